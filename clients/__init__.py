@@ -1,0 +1,1 @@
+"""Client side: the ClientApp and the tasks it runs."""

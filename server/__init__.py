@@ -1,0 +1,1 @@
+"""Server side: the ServerApp, centralized evaluation, and run results."""

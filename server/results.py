@@ -1,0 +1,221 @@
+"""A run's results folder: config, per-round metrics, a plot, a summary.
+
+Everything is written as the run goes (metrics appended and the plot redrawn after
+each round), so a run that crashes or is interrupted keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
+from logging import INFO
+from pathlib import Path
+from typing import Any
+
+from flwr.common.logger import log
+
+from spry.config import RunConfig
+
+COLUMNS = (
+    "round",
+    "test-accuracy",
+    "test-loss",
+    "majority-rate",
+    "federated-accuracy",
+    "federated-loss",
+    "train-loss",
+    "clients",
+    "dropped",
+    "coverage-trained",
+    "peak-client-mem-mib",
+    "client-train-seconds-max",
+    "round-seconds",
+    "elapsed-seconds",
+)
+
+_PACKAGES = ("torch", "flwr", "transformers", "peft", "datasets", "numpy")
+
+
+def _versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "absent"
+    return found
+
+
+@dataclass
+class RunRecorder:
+    """Writes one run's results under `directory` and prints a line per round."""
+
+    directory: Path
+    num_rounds: int
+    majority_rate: float
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+    last: float = field(default_factory=time.time)
+
+    @classmethod
+    def create(cls, cfg: RunConfig, *, majority_rate: float) -> RunRecorder:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        name = f"{stamp}-{cfg.strategy.strategy}-{cfg.client.engine}-seed{cfg.runtime.seed}"
+        directory = Path(cfg.runtime.results_dir) / name
+        suffix = 1
+        while directory.exists():
+            directory = Path(cfg.runtime.results_dir) / f"{name}-{suffix}"
+            suffix += 1
+        directory.mkdir(parents=True)
+        manifest = {
+            "config": cfg.to_mapping(),
+            "versions": _versions(),
+            "machine": platform.platform(),
+            "started": datetime.now().isoformat(timespec="seconds"),
+        }
+        (directory / "config.json").write_text(json.dumps(manifest, indent=2))
+        with open(directory / "metrics.csv", "w", newline="") as fh:
+            csv.writer(fh).writerow(COLUMNS)
+        log(INFO, "Results folder: %s", directory)
+        return cls(
+            directory=directory,
+            num_rounds=cfg.runtime.num_server_rounds,
+            majority_rate=majority_rate,
+        )
+
+    def record(
+        self,
+        server_round: int,
+        central: Mapping[str, float],
+        round_log: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        """Append one round's row, redraw the plot, print a progress line."""
+        now = time.time()
+        train = round_log.get("train", {})
+        federated = round_log.get("federated-evaluate", {})
+        row: dict[str, Any] = {
+            "round": server_round,
+            "test-accuracy": central["accuracy"],
+            "test-loss": central["loss"],
+            "majority-rate": self.majority_rate,
+            "federated-accuracy": federated.get("accuracy"),
+            "federated-loss": federated.get("loss"),
+            "train-loss": train.get("train-loss"),
+            "clients": train.get("clients"),
+            "dropped": round_log.get("dropped"),
+            "coverage-trained": round_log.get("coverage-trained"),
+            "peak-client-mem-mib": (
+                train["peak-mem-bytes-max"] / 2**20
+                if "peak-mem-bytes-max" in train
+                else None
+            ),
+            "client-train-seconds-max": train.get("train-seconds-max"),
+            "round-seconds": now - self.last if server_round else 0.0,
+            "elapsed-seconds": now - self.started,
+        }
+        self.last = now
+        self.rows.append(row)
+        with open(self.directory / "metrics.csv", "a", newline="") as fh:
+            csv.writer(fh).writerow(["" if row[c] is None else row[c] for c in COLUMNS])
+        self._print(row)
+        self.plot()
+        return row
+
+    def _print(self, row: Mapping[str, Any]) -> None:
+        done = row["round"]
+        eta = ""
+        if done:
+            per_round = (
+                row["elapsed-seconds"] - self.rows[0]["elapsed-seconds"]
+            ) / done
+            eta = f" | ETA {_duration(per_round * (self.num_rounds - done))}"
+        parts = [
+            f"round {done}/{self.num_rounds}",
+            f"test acc {100 * row['test-accuracy']:.1f}% "
+            f"(majority {100 * self.majority_rate:.1f}%)",
+            f"test loss {row['test-loss']:.4f}",
+        ]
+        if row["federated-accuracy"] is not None:
+            parts.append(f"fed acc {100 * row['federated-accuracy']:.1f}%")
+        if row["train-loss"] is not None:
+            parts.append(f"train loss {row['train-loss']:.4f}")
+        if row["peak-client-mem-mib"] is not None:
+            parts.append(f"client peak +{row['peak-client-mem-mib']:.0f} MiB")
+        if done:
+            parts.append(f"{row['round-seconds']:.0f} s")
+        log(INFO, "[spry] %s%s", " | ".join(parts), eta)
+
+    def plot(self) -> Path:
+        """Accuracy and loss per round, with the majority-class rate for reference."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rounds = [r["round"] for r in self.rows]
+        fig, (acc, loss) = plt.subplots(1, 2, figsize=(11, 4))
+        acc.plot(
+            rounds,
+            [100 * r["test-accuracy"] for r in self.rows],
+            "o-",
+            label="test (central)",
+        )
+        fed = [
+            (r["round"], 100 * r["federated-accuracy"])
+            for r in self.rows
+            if r["federated-accuracy"] is not None
+        ]
+        if fed:
+            acc.plot(
+                *zip(*fed, strict=True), "s--", label="clients' held-out (federated)"
+            )
+        acc.axhline(
+            100 * self.majority_rate, color="grey", ls=":", label="majority class"
+        )
+        acc.set(xlabel="round", ylabel="accuracy (%)", title="Accuracy")
+        acc.legend()
+        loss.plot(rounds, [r["test-loss"] for r in self.rows], "o-", label="test loss")
+        train = [
+            (r["round"], r["train-loss"])
+            for r in self.rows
+            if r["train-loss"] is not None
+        ]
+        if train:
+            loss.plot(*zip(*train, strict=True), "s--", label="client train loss")
+        loss.set(xlabel="round", ylabel="cross-entropy", title="Loss")
+        loss.legend()
+        fig.suptitle(self.directory.name)
+        fig.tight_layout()
+        path = self.directory / "plot.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
+
+    def finish(self, status: str = "completed") -> Path:
+        """Write summary.json (final and best accuracy, time) and return its path."""
+        summary: dict[str, Any] = {"status": status, "rounds-recorded": len(self.rows)}
+        if self.rows:
+            final = self.rows[-1]
+            summary.update(
+                {
+                    "final-test-accuracy": final["test-accuracy"],
+                    "best-test-accuracy": max(r["test-accuracy"] for r in self.rows),
+                    "initial-test-accuracy": self.rows[0]["test-accuracy"],
+                    "majority-rate": self.majority_rate,
+                    "wall-seconds": final["elapsed-seconds"],
+                }
+            )
+        path = self.directory / "summary.json"
+        path.write_text(json.dumps(summary, indent=2))
+        return path
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"

@@ -1,0 +1,171 @@
+"""The ServerApp: builds the strategy from the run config and runs the rounds.
+
+`flwr run .` uses `app`; `spry run` builds the same app with its command-line
+overrides through `make_server_app`. Before the first round the server asks every
+node which data partition it holds (node ids are random, partition ids are not), so
+client sampling is a function of the seed alone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from logging import INFO
+from pathlib import Path
+
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.common.logger import log
+from flwr.serverapp import Grid, ServerApp
+
+from spry import protocol
+from spry.aggregation import ServerOptimizer
+from spry.classification import evaluate
+from spry.config import ConfigError, ConfigValue, RunConfig
+from spry.data import load_for
+from spry.models import build_classifier
+from strategies import STRATEGIES
+
+from .results import RunRecorder
+
+DISCOVERY_TIMEOUT = 600.0
+
+
+class DiscoveryError(RuntimeError):
+    """The connected nodes do not form the federation the config describes."""
+
+
+def discover_partitions(
+    grid: Grid, num_clients: int, timeout: float = DISCOVERY_TIMEOUT
+) -> dict[int, int]:
+    """Node id -> partition id, asked of every node once all `num_clients` are up."""
+    deadline = time.monotonic() + timeout
+    while len(nodes := list(grid.get_node_ids())) < num_clients:
+        if time.monotonic() > deadline:
+            raise DiscoveryError(f"only {len(nodes)} of {num_clients} nodes connected")
+        time.sleep(0.5)
+    if len(nodes) > num_clients:
+        raise DiscoveryError(f"{len(nodes)} nodes connected, config says {num_clients}")
+    messages = [
+        Message(
+            content=RecordDict({protocol.CONFIG: ConfigRecord()}),
+            message_type=f"{MessageType.QUERY}.{protocol.DESCRIBE}",
+            dst_node_id=node_id,
+        )
+        for node_id in nodes
+    ]
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    partitions: dict[int, int] = {}
+    for reply in replies:
+        if reply.has_error():
+            raise DiscoveryError(
+                f"node {reply.metadata.src_node_id}: {reply.error.reason}"
+            )
+        metrics = reply.content[protocol.METRICS]
+        if int(metrics[protocol.NUM_PARTITIONS]) != num_clients:
+            raise DiscoveryError(
+                f"node {reply.metadata.src_node_id} holds one of "
+                f"{metrics[protocol.NUM_PARTITIONS]} partitions; config says {num_clients}"
+            )
+        partitions[reply.metadata.src_node_id] = int(metrics[protocol.PARTITION_ID])
+    if sorted(partitions.values()) != list(range(num_clients)):
+        raise DiscoveryError(
+            f"expected partitions 0..{num_clients - 1} once each, got {sorted(partitions.values())}"
+        )
+    return partitions
+
+
+def run_federation(grid: Grid, cfg: RunConfig) -> Path:
+    """Run `cfg` on `grid`; return the results folder."""
+    data = load_for(cfg.data)
+    trainable = build_classifier(
+        cfg.model, num_labels=data.num_labels, seed=cfg.runtime.seed
+    )
+    recorder = RunRecorder.create(cfg, majority_rate=data.majority_rate())
+    partitions = discover_partitions(grid, cfg.data.num_clients)
+    log(
+        INFO,
+        "Discovered %d nodes holding partitions 0..%d",
+        len(partitions),
+        len(partitions) - 1,
+    )
+
+    strategy_cls = STRATEGIES.get(cfg.strategy.strategy)
+    if strategy_cls is None:
+        raise ConfigError(
+            f"unknown strategy {cfg.strategy.strategy!r}; available: {sorted(STRATEGIES)}"
+        )
+    head = [n for n in trainable.names if n.startswith(("classifier.", "score."))]
+    strategy = strategy_cls(
+        partitions=partitions,
+        clients_per_round=cfg.strategy.clients_per_round,
+        eval_clients_per_round=cfg.strategy.eval_clients_per_round,
+        group_size=cfg.strategy.group_size,
+        shared_names=head if cfg.strategy.share_head else (),
+        send_context=cfg.strategy.send_context,
+        optimizer=ServerOptimizer(
+            kind=cfg.strategy.server_optimizer,
+            eta=cfg.strategy.eta,
+            beta_1=cfg.strategy.beta_1,
+            beta_2=cfg.strategy.beta_2,
+            tau=cfg.strategy.tau,
+        ),
+        seed=cfg.runtime.seed,
+        run_config=cfg.to_mapping(),
+    )
+
+    def evaluate_central(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        trainable.load({k: v.numpy() for k, v in arrays.items()})
+        scores = evaluate(
+            trainable.model,
+            trainable.tokenizer,
+            data.test,
+            batch_size=cfg.client.eval_batch_size,
+            max_length=cfg.model.max_length,
+        )
+        recorder.record(server_round, scores, strategy.round_log.get(server_round, {}))
+        return MetricRecord({"accuracy": scores["accuracy"], "loss": scores["loss"]})
+
+    status = "failed"
+    try:
+        strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(
+                {k: Array(v) for k, v in trainable.state().items()}
+            ),
+            num_rounds=cfg.runtime.num_server_rounds,
+            timeout=cfg.runtime.round_timeout,
+            evaluate_fn=evaluate_central,
+        )
+        status = "completed"
+    finally:
+        recorder.finish(status)
+        log(
+            INFO,
+            "[spry] results: %s (metrics.csv, plot.png, summary.json)",
+            recorder.directory,
+        )
+    return recorder.directory
+
+
+def make_server_app(overrides: Mapping[str, ConfigValue] | None = None) -> ServerApp:
+    """A ServerApp whose run config is Flower's, updated with `overrides`."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        cfg = RunConfig.from_run_config({**context.run_config, **(overrides or {})})
+        run_federation(grid, cfg)
+
+    return server_app
+
+
+app = make_server_app()

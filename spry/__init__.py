@@ -1,0 +1,8 @@
+"""Spry: federated fine-tuning with forward-mode AD, and the methods it is measured against.
+
+The library: gradient engines, weight splitting, aggregation, models, data,
+memory measurement, config and the command line. It imports nothing from
+`strategies/`, `server/` or `clients/`.
+"""
+
+__version__ = "0.1.0"

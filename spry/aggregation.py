@@ -1,0 +1,135 @@
+"""Aggregation and server optimizers, shared by every strategy.
+
+Per-tensor aggregation: the new value of a tensor is the example-weighted mean over
+the clients that trained it this round; a tensor nobody trained keeps its value.
+When every client trains every tensor this is exactly FedAvg's weighted mean.
+
+Server optimizers follow Reddi et al., "Adaptive Federated Optimization"
+(arXiv 2003.00295), with Flower's conventions (moments start at zero): on the
+pseudo-gradient delta = aggregate - current,
+
+    m <- b1 m + (1 - b1) delta
+    v <- v - (1 - b2) delta^2 sign(v - delta^2)          (Yogi)
+    v <- b2 v + (1 - b2) delta^2                          (Adam)
+    w <- w + eta m / (sqrt(v) + tau)
+
+and "avg" takes the aggregate as is. They are optax-style: a pure `init` and `update`
+over explicit state, so the state can be checkpointed and tested by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
+
+import numpy as np
+
+Arrays = dict[str, np.ndarray]
+
+
+def weighted_mean_per_tensor(
+    contributions: Iterable[tuple[Mapping[str, np.ndarray], float]],
+) -> Arrays:
+    """Example-weighted mean of each tensor over the contributions that carry it.
+
+    `contributions` holds (tensors, weight) per client; weights must be positive.
+    """
+    sums: dict[str, np.ndarray] = {}
+    weights: dict[str, float] = {}
+    for tensors, weight in contributions:
+        if weight <= 0:
+            raise ValueError(f"contribution weight must be positive, got {weight}")
+        for name, value in tensors.items():
+            value64 = np.asarray(value, dtype=np.float64)
+            if name in sums:
+                sums[name] += weight * value64
+                weights[name] += weight
+            else:
+                sums[name] = weight * value64
+                weights[name] = weight
+    return {
+        name: (total / weights[name]).astype(np.float32) for name, total in sums.items()
+    }
+
+
+def merge_into(
+    current: Mapping[str, np.ndarray], updates: Mapping[str, np.ndarray]
+) -> Arrays:
+    """`current` with the tensors in `updates` replaced (untrained tensors stay)."""
+    return {
+        name: np.asarray(updates.get(name, value)) for name, value in current.items()
+    }
+
+
+class OptimizerState(NamedTuple):
+    """First and second moments per tensor (empty before the first step)."""
+
+    m: Arrays
+    v: Arrays
+
+
+@dataclass(frozen=True)
+class ServerOptimizer:
+    """A server step on the pseudo-gradient (aggregate - current).
+
+    Parameters
+    ----------
+    kind : str (default: "yogi")
+        "yogi", "adam" or "avg".
+    eta : float (default: 1e-2)
+        Server learning rate.
+    beta_1 : float (default: 0.9)
+        First-moment decay.
+    beta_2 : float (default: 0.99)
+        Second-moment decay.
+    tau : float (default: 1e-3)
+        Adaptivity (added to sqrt(v)).
+    """
+
+    kind: str = "yogi"
+    eta: float = 1e-2
+    beta_1: float = 0.9
+    beta_2: float = 0.99
+    tau: float = 1e-3
+    KINDS: ClassVar[tuple[str, ...]] = ("yogi", "adam", "avg")
+
+    def __post_init__(self) -> None:
+        if self.kind not in self.KINDS:
+            raise ValueError(
+                f"unknown server optimizer {self.kind!r}; use {self.KINDS}"
+            )
+
+    def init(self, current: Mapping[str, np.ndarray]) -> OptimizerState:
+        zeros = {k: np.zeros_like(v, dtype=np.float32) for k, v in current.items()}
+        return OptimizerState(m=dict(zeros), v={k: z.copy() for k, z in zeros.items()})
+
+    def update(
+        self,
+        current: Mapping[str, np.ndarray],
+        aggregate: Mapping[str, np.ndarray],
+        state: OptimizerState,
+    ) -> tuple[Arrays, OptimizerState]:
+        """New weights and state; `aggregate` must carry every tensor of `current`."""
+        if set(aggregate) != set(current):
+            raise KeyError(
+                f"aggregate and current differ in tensors: "
+                f"{sorted(set(aggregate) ^ set(current))}"
+            )
+        if self.kind == "avg":
+            return {k: np.asarray(aggregate[k]) for k in current}, state
+        m, v, new = {}, {}, {}
+        for name, w in current.items():
+            delta = np.asarray(aggregate[name]) - w
+            m[name] = self.beta_1 * state.m[name] + (1 - self.beta_1) * delta
+            d2 = delta**2
+            if self.kind == "yogi":
+                v[name] = state.v[name] - (1 - self.beta_2) * d2 * np.sign(
+                    state.v[name] - d2
+                )
+            else:
+                v[name] = self.beta_2 * state.v[name] + (1 - self.beta_2) * d2
+            new[name] = (w + self.eta * m[name] / (np.sqrt(v[name]) + self.tau)).astype(
+                np.float32
+            )
+        return new, OptimizerState(m=m, v=v)

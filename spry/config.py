@@ -1,0 +1,324 @@
+"""Run configuration: every default lives here, once.
+
+A run is described by one flat mapping of kebab-case keys (Flower's run config, the
+`[tool.flwr.app.config]` table, `--run-config` overrides and the `spry run` flags all
+speak it). The dataclasses below group those keys by concern and validate them, so a
+bad value fails before any process starts, with a message that names it.
+
+The server is the single source of truth at run time: it sends the whole config to
+every client in each message, so simulation (where Flower passes no run config to
+in-process apps) and deployment behave the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+ConfigValue = bool | int | float | str
+
+T = TypeVar("T", bound="_Section")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message says which and why."""
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class _Section:
+    """Base for config sections: kebab-case <-> snake_case mapping and coercion."""
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [_kebab(f.name) for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_mapping(cls: type[T], values: Mapping[str, ConfigValue]) -> T:
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            key = _kebab(f.name)
+            if key in values:
+                kwargs[f.name] = _coerce(key, values[key], type(f.default))
+        return cls(**kwargs)
+
+    def to_mapping(self) -> dict[str, ConfigValue]:
+        return {_kebab(k): v for k, v in dataclasses.asdict(self).items()}
+
+
+def _coerce(key: str, value: ConfigValue, kind: type) -> ConfigValue:
+    """Coerce TOML/CLI values to the field's type (TOML writes 1 for 1.0, CLI gives str)."""
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                if value.lower() in {"true", "1", "yes"}:
+                    return True
+                if value.lower() in {"false", "0", "no"}:
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if kind is float:
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"`{key}` should be a {kind.__name__}, got {value!r}"
+        ) from None
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Section):
+    """Which network trains, and which of its weights are trainable."""
+
+    model: str = field(
+        default="all-MiniLM-L6-v2",
+        metadata={"help": "offline model name, Hugging Face model id, or local path"},
+    )
+    lora_r: int = field(default=1, metadata={"help": "LoRA rank (paper: 1)"})
+    lora_alpha: int = field(default=1, metadata={"help": "LoRA alpha (paper: 1)"})
+    lora_targets: str = field(
+        default="query,value", metadata={"help": "comma-separated module names"}
+    )
+    max_length: int = field(default=64, metadata={"help": "tokens per example"})
+
+    def __post_init__(self) -> None:
+        _require(self.lora_r > 0, f"`lora-r` should be positive, got {self.lora_r}")
+        _require(bool(self.target_modules), "`lora-targets` should name a module")
+        _require(
+            self.max_length > 0,
+            f"`max-length` should be positive, got {self.max_length}",
+        )
+
+    @property
+    def target_modules(self) -> list[str]:
+        return [t.strip() for t in self.lora_targets.split(",") if t.strip()]
+
+
+@dataclass(frozen=True)
+class DataConfig(_Section):
+    """Which data, and how it is split into a test set and client partitions."""
+
+    PARTITIONERS: ClassVar[tuple[str, ...]] = ("dirichlet", "iid")
+
+    dataset: str = field(
+        default="rotten-tomatoes",
+        metadata={"help": "offline dataset name or Hugging Face dataset id"},
+    )
+    num_clients: int = field(default=100, metadata={"help": "number of partitions"})
+    partitioner: str = field(default="dirichlet", metadata={"help": "dirichlet|iid"})
+    alpha: float = field(default=1.0, metadata={"help": "Dirichlet concentration"})
+    test_fraction: float = field(default=0.1, metadata={"help": "central test split"})
+    client_eval_fraction: float = field(
+        default=0.1, metadata={"help": "held-out share of each client's partition"}
+    )
+    max_train_examples: int = field(
+        default=0, metadata={"help": "use only this many training examples (0: all)"}
+    )
+    max_test_examples: int = field(
+        default=0, metadata={"help": "use only this many test examples (0: all)"}
+    )
+
+    def __post_init__(self) -> None:
+        _require(
+            self.num_clients >= 1,
+            f"`num-clients` should be at least 1, got {self.num_clients}",
+        )
+        _require(
+            self.partitioner in self.PARTITIONERS,
+            f"`partitioner` should be one of {self.PARTITIONERS}, "
+            f"got {self.partitioner!r}",
+        )
+        _require(self.alpha > 0, f"`alpha` should be > 0, got {self.alpha}")
+        _require(
+            0 < self.test_fraction < 1,
+            f"`test-fraction` should be in (0, 1), got {self.test_fraction}",
+        )
+        _require(
+            self.max_train_examples >= 0 and self.max_test_examples >= 0,
+            "`max-train-examples` and `max-test-examples` should be >= 0",
+        )
+        _require(
+            0 <= self.client_eval_fraction < 1,
+            f"`client-eval-fraction` should be in [0, 1), "
+            f"got {self.client_eval_fraction}",
+        )
+
+
+@dataclass(frozen=True)
+class ClientConfig(_Section):
+    """How a client trains the slice it receives."""
+
+    engine: str = field(default="forward", metadata={"help": "forward|backprop"})
+    num_tangents: int = field(default=1, metadata={"help": "K tangents per batch"})
+    local_epochs: int = field(default=1, metadata={"help": "local epochs per round"})
+    lr: float = field(default=1e-4, metadata={"help": "client AdamW learning rate"})
+    weight_decay: float = field(default=0.0, metadata={"help": "client AdamW decay"})
+    batch_size: int = field(default=8, metadata={"help": "client batch size"})
+    eval_batch_size: int = field(default=64, metadata={"help": "evaluation batch"})
+
+    def __post_init__(self) -> None:
+        _require(
+            self.num_tangents >= 1,
+            f"`num-tangents` should be at least 1, got {self.num_tangents}",
+        )
+        _require(
+            self.local_epochs >= 1,
+            f"`local-epochs` should be at least 1, got {self.local_epochs}",
+        )
+        _require(self.lr > 0, f"`lr` should be positive, got {self.lr}")
+        _require(
+            self.batch_size >= 1,
+            f"`batch-size` should be at least 1, got {self.batch_size}",
+        )
+
+
+@dataclass(frozen=True)
+class StrategyConfig(_Section):
+    """How the server samples, splits, aggregates and steps."""
+
+    SERVER_OPTIMIZERS: ClassVar[tuple[str, ...]] = ("yogi", "adam", "avg")
+
+    strategy: str = field(default="spry", metadata={"help": "server strategy"})
+    clients_per_round: int = field(default=10, metadata={"help": "M sampled clients"})
+    group_size: int = field(default=2, metadata={"help": "tensors per split group"})
+    share_head: bool = field(
+        default=False, metadata={"help": "every client also trains the task head"}
+    )
+    send_context: bool = field(
+        default=True,
+        metadata={"help": "send the other trainable tensors read-only with a slice"},
+    )
+    server_optimizer: str = field(default="yogi", metadata={"help": "yogi|adam|avg"})
+    eta: float = field(default=1e-2, metadata={"help": "server learning rate"})
+    beta_1: float = field(default=0.9, metadata={"help": "server first moment"})
+    beta_2: float = field(default=0.99, metadata={"help": "server second moment"})
+    tau: float = field(default=1e-3, metadata={"help": "server adaptivity"})
+    eval_clients_per_round: int = field(
+        default=10, metadata={"help": "clients in federated evaluation (0: off)"}
+    )
+
+    def __post_init__(self) -> None:
+        _require(
+            self.clients_per_round >= 1,
+            f"`clients-per-round` should be at least 1, got {self.clients_per_round}",
+        )
+        _require(
+            self.group_size >= 1,
+            f"`group-size` should be at least 1, got {self.group_size}",
+        )
+        _require(
+            self.server_optimizer in self.SERVER_OPTIMIZERS,
+            f"`server-optimizer` should be one of {self.SERVER_OPTIMIZERS}, "
+            f"got {self.server_optimizer!r}",
+        )
+        _require(self.eta > 0, f"`eta` should be positive, got {self.eta}")
+        _require(
+            self.eval_clients_per_round >= 0,
+            f"`eval-clients-per-round` should be >= 0, "
+            f"got {self.eval_clients_per_round}",
+        )
+
+
+@dataclass(frozen=True)
+class RuntimeConfig(_Section):
+    """Rounds, seed, where results go, and what each simulated client may use."""
+
+    num_server_rounds: int = field(default=20, metadata={"help": "federated rounds"})
+    seed: int = field(default=0, metadata={"help": "root seed of every random draw"})
+    results_dir: str = field(default="results", metadata={"help": "results folder"})
+    client_num_cpus: int = field(default=1, metadata={"help": "CPUs per client"})
+    client_num_gpus: float = field(default=0.0, metadata={"help": "GPU per client"})
+    round_timeout: float = field(default=3600.0, metadata={"help": "seconds"})
+
+    def __post_init__(self) -> None:
+        _require(
+            self.num_server_rounds >= 1,
+            f"`num-server-rounds` should be at least 1, got {self.num_server_rounds}",
+        )
+        _require(
+            self.client_num_cpus >= 1,
+            f"`client-num-cpus` should be at least 1, got {self.client_num_cpus}",
+        )
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The whole run: one section per concern, all built from one flat mapping."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    SECTIONS: ClassVar[dict[str, type[_Section]]] = {
+        "model": ModelConfig,
+        "data": DataConfig,
+        "client": ClientConfig,
+        "strategy": StrategyConfig,
+        "runtime": RuntimeConfig,
+    }
+
+    def __post_init__(self) -> None:
+        _require(
+            self.strategy.clients_per_round <= self.data.num_clients,
+            f"`clients-per-round` ({self.strategy.clients_per_round}) should not "
+            f"exceed `num-clients` ({self.data.num_clients})",
+        )
+        _require(
+            self.strategy.eval_clients_per_round <= self.data.num_clients,
+            f"`eval-clients-per-round` ({self.strategy.eval_clients_per_round}) "
+            f"should not exceed `num-clients` ({self.data.num_clients})",
+        )
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [key for section in cls.SECTIONS.values() for key in section.keys()]
+
+    @classmethod
+    def from_run_config(cls, values: Mapping[str, ConfigValue]) -> RunConfig:
+        """Build from Flower's `context.run_config` or a message's ConfigRecord.
+
+        Unknown keys are an error (a typo must not silently fall back to a default);
+        keys Flower itself injects, such as `server-round`, are ignored.
+        """
+        known = set(cls.keys())
+        unknown = sorted(k for k in values if k not in known and k not in _TRANSIENT)
+        if unknown:
+            raise ConfigError(
+                f"unknown config key(s) {unknown}; valid keys: {sorted(known)}"
+            )
+        sections = {
+            name: section.from_mapping(values) for name, section in cls.SECTIONS.items()
+        }
+        return cls(**sections)  # type: ignore[arg-type]
+
+    def to_mapping(self) -> dict[str, ConfigValue]:
+        """The flat kebab-case mapping (round-trips through `from_run_config`)."""
+        flat: dict[str, ConfigValue] = {}
+        for name in self.SECTIONS:
+            flat.update(getattr(self, name).to_mapping())
+        return flat
+
+
+def default_values() -> dict[str, ConfigValue]:
+    """Every key with its default: the table `[tool.flwr.app.config]` mirrors."""
+    return RunConfig().to_mapping()
+
+
+# Keys that travel in messages but are not part of a run's configuration.
+_TRANSIENT = frozenset({"server-round"})

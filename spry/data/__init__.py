@@ -1,0 +1,20 @@
+"""Text classification data: offline sources, a fixed test split, client partitions."""
+
+from .partitions import client_split, make_partitioner
+from .sources import (
+    OFFLINE_DATASETS,
+    DataError,
+    TextDataset,
+    load_for,
+    load_text_dataset,
+)
+
+__all__ = [
+    "OFFLINE_DATASETS",
+    "DataError",
+    "TextDataset",
+    "client_split",
+    "load_for",
+    "load_text_dataset",
+    "make_partitioner",
+]

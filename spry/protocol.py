@@ -1,0 +1,31 @@
+"""Every key and action name that travels in a Flower message, in one place.
+
+Server and clients never import each other; they agree through these names.
+"""
+
+from __future__ import annotations
+
+# RecordDict keys
+ARRAYS = "arrays"  # ArrayRecord: the tensors a client trains (its slice), and returns
+CONTEXT = "context"  # ArrayRecord: other trainable tensors, read-only on the client
+CONFIG = "config"  # ConfigRecord: the run config + per-message fields below
+METRICS = "metrics"  # MetricRecord in replies
+
+# ConfigRecord fields added per message
+SERVER_ROUND = "server-round"
+TRAINABLE_NAMES = "trainable-names"  # list[str]: the slice, in training order
+
+# MetricRecord fields in replies
+NUM_EXAMPLES = "num-examples"  # the aggregation weight
+PARTITION_ID = "partition-id"
+NUM_PARTITIONS = "num-partitions"
+TRAIN_LOSS = "train-loss"
+ACCURACY = "accuracy"
+LOSS = "loss"
+PEAK_MEM_BYTES = "peak-mem-bytes"  # peak above the client's baseline during training
+PEAK_MEM_TOTAL_BYTES = "peak-mem-total-bytes"
+TRAIN_SECONDS = "train-seconds"
+STEPS = "steps"
+
+# Actions: message types beyond Flower's defaults ("train", "evaluate")
+DESCRIBE = "describe"  # query: which partition a node holds

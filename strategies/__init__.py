@@ -1,0 +1,7 @@
+"""Flower strategies, one algorithm a file, sharing splitting/aggregation in `spry`."""
+
+from .spry import Spry
+
+STRATEGIES = {"spry": Spry}
+
+__all__ = ["STRATEGIES", "Spry"]

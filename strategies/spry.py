@@ -1,0 +1,296 @@
+"""Spry [Panchal et al., 2024]: federated forward-mode fine-tuning with weight splitting.
+
+Paper: arxiv.org/abs/2405.15551
+
+Each round the server samples M clients, cuts the trainable tensors into groups and
+deals them round-robin, so each client estimates a forward gradient over a small
+slice (a much better estimate than one over all weights). Replies are averaged per
+tensor over the clients that trained it, weighted by examples, and the server takes
+a FedYogi step (FedAdam / plain averaging selectable) on the pseudo-gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from logging import INFO
+from typing import Any
+
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+
+from spry import protocol
+from spry.aggregation import (
+    OptimizerState,
+    ServerOptimizer,
+    merge_into,
+    weighted_mean_per_tensor,
+)
+from spry.seeding import STREAM_SAMPLING, numpy_rng
+from spry.splitting import assign_groups, coverage, make_groups
+
+from .replies import InvalidReply, checked_update, log_dropped, slice_arrays
+
+_EVALUATE_STREAM_OFFSET = 1_000_000  # keeps evaluation sampling apart from training
+
+
+class Spry(FedAvg):
+    """Spry strategy (message API).
+
+    Parameters
+    ----------
+    partitions : Mapping[int, int]
+        Node id -> the data partition it holds (found by asking each node once), so
+        sampling depends on the seed and partition ids, never on random node ids.
+    clients_per_round : int (default: 10)
+        M, clients sampled for training each round.
+    eval_clients_per_round : int (default: 10)
+        Clients sampled for federated evaluation (0 turns it off).
+    group_size : int (default: 2)
+        Consecutive trainable tensors per group (2: one LoRA A/B pair).
+    shared_names : Sequence[str] (default: ())
+        Tensors every client trains in addition to its groups (e.g. the head).
+    send_context : bool (default: True)
+        Also send the other trainable tensors, read-only, so each client's forward
+        pass is the global model's (as in the authors' code). Uploads carry only the
+        slice either way.
+    optimizer : ServerOptimizer (default: FedYogi, eta 1e-2, b1 0.9, b2 0.99, tau 1e-3)
+        The server step on the pseudo-gradient.
+    seed : int (default: 0)
+        Root seed for client sampling.
+    run_config : Mapping[str, Any] (default: {})
+        Sent to every client in each message's ConfigRecord.
+    """
+
+    def __init__(
+        self,
+        *,
+        partitions: Mapping[int, int],
+        clients_per_round: int = 10,
+        eval_clients_per_round: int = 10,
+        group_size: int = 2,
+        shared_names: Sequence[str] = (),
+        send_context: bool = True,
+        optimizer: ServerOptimizer | None = None,
+        seed: int = 0,
+        run_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            fraction_train=1.0,
+            fraction_evaluate=1.0 if eval_clients_per_round else 0.0,
+            min_available_nodes=len(partitions),
+            weighted_by_key=protocol.NUM_EXAMPLES,
+            arrayrecord_key=protocol.ARRAYS,
+            configrecord_key=protocol.CONFIG,
+        )
+        if clients_per_round > len(partitions):
+            raise ValueError(
+                f"clients_per_round ({clients_per_round}) exceeds the "
+                f"{len(partitions)} connected nodes"
+            )
+        self.partitions = dict(partitions)
+        self.clients_per_round = clients_per_round
+        self.eval_clients_per_round = min(eval_clients_per_round, len(partitions))
+        self.group_size = group_size
+        self.shared_names = tuple(shared_names)
+        self.send_context = send_context
+        self.optimizer = optimizer or ServerOptimizer()
+        self.seed = seed
+        self.run_config = dict(run_config or {})
+        self.optimizer_state: OptimizerState | None = None
+        self.current: dict[str, np.ndarray] = {}
+        self.assignment: dict[int, list[str]] = {}  # node id -> its slice this round
+        self.round_log: dict[int, dict[str, Any]] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def _sample(self, server_round: int, count: int, stream: int) -> list[int]:
+        """`count` node ids drawn from (seed, round): the draw order is the deal order."""
+        by_partition = sorted(self.partitions.items(), key=lambda item: item[1])
+        rng = numpy_rng(self.seed, STREAM_SAMPLING, stream + server_round)
+        picks = rng.choice(len(by_partition), size=count, replace=False)
+        return [by_partition[int(i)][0] for i in picks]
+
+    def _config(self, config: ConfigRecord, server_round: int) -> ConfigRecord:
+        merged = ConfigRecord({**self.run_config, **dict(config)})
+        merged[protocol.SERVER_ROUND] = server_round
+        return merged
+
+    def summary(self) -> None:
+        """Log the strategy's settings."""
+        log(INFO, "\t├──> Spry settings:")
+        log(
+            INFO,
+            "\t│\t├── clients per round %d of %d | group size %d | shared %s",
+            self.clients_per_round,
+            len(self.partitions),
+            self.group_size,
+            list(self.shared_names) or "none",
+        )
+        log(
+            INFO,
+            "\t│\t└── server optimizer %s (eta %g, b1 %g, b2 %g, tau %g)",
+            self.optimizer.kind,
+            self.optimizer.eta,
+            self.optimizer.beta_1,
+            self.optimizer.beta_2,
+            self.optimizer.tau,
+        )
+
+    # ------------------------------------------------------------------ training
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Sample clients, split the trainable tensors, send each node its slice."""
+        self.current = {name: array.numpy() for name, array in arrays.items()}
+        if self.optimizer_state is None:
+            self.optimizer_state = self.optimizer.init(self.current)
+        names = list(arrays.keys())
+        unknown_shared = sorted(set(self.shared_names) - set(names))
+        if unknown_shared:
+            raise ValueError(f"shared tensors not in the model: {unknown_shared}")
+        split = [n for n in names if n not in self.shared_names]
+        nodes = self._sample(server_round, self.clients_per_round, stream=0)
+        self.assignment = assign_groups(
+            make_groups(split, self.group_size), nodes, shared=self.shared_names
+        )
+        cfg = self._config(config, server_round)
+        messages = []
+        for node_id, owned in self.assignment.items():
+            content = RecordDict(
+                {
+                    protocol.ARRAYS: slice_arrays(self.current, owned),
+                    protocol.CONFIG: ConfigRecord(
+                        {**dict(cfg), protocol.TRAINABLE_NAMES: owned}
+                    ),
+                }
+            )
+            if self.send_context:
+                rest = [n for n in names if n not in set(owned)]
+                content[protocol.CONTEXT] = slice_arrays(self.current, rest)
+            messages.append(
+                Message(
+                    content=content, message_type=MessageType.TRAIN, dst_node_id=node_id
+                )
+            )
+        self.round_log[server_round] = {
+            "sampled-partitions": [self.partitions[n] for n in nodes],
+            "coverage-assigned": coverage(self.assignment, names),
+        }
+        log(
+            INFO,
+            "configure_train: %d clients (partitions %s), %d tensors in %d groups",
+            len(nodes),
+            self.round_log[server_round]["sampled-partitions"],
+            len(names),
+            len(make_groups(split, self.group_size)),
+        )
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Per-tensor weighted mean over valid replies, then the server step."""
+        contributions: list[tuple[dict[str, np.ndarray], float]] = []
+        accepted: list[RecordDict] = []
+        dropped = 0
+        for reply in replies:
+            node_id = reply.metadata.src_node_id
+            try:
+                if node_id not in self.assignment:
+                    raise InvalidReply("node was not sent a slice this round")
+                tensors, weight, metrics = checked_update(
+                    reply, expected_names=self.assignment[node_id], current=self.current
+                )
+            except InvalidReply as reason:
+                dropped += 1
+                log_dropped(node_id, self.partitions.get(node_id), str(reason))
+                continue
+            contributions.append((tensors, weight))
+            accepted.append(RecordDict({protocol.METRICS: metrics}))
+        entry = self.round_log.setdefault(server_round, {})
+        entry["dropped"] = dropped
+        if not contributions:
+            entry["coverage-trained"] = 0.0
+            log(INFO, "aggregate_train: no valid replies; the model is unchanged")
+            return None, None
+        aggregate = weighted_mean_per_tensor(contributions)
+        entry["coverage-trained"] = len(aggregate) / len(self.current)
+        assert self.optimizer_state is not None
+        new, self.optimizer_state = self.optimizer.update(
+            self.current, merge_into(self.current, aggregate), self.optimizer_state
+        )
+        metrics = _train_metrics(accepted)
+        entry["train"] = dict(metrics)
+        return ArrayRecord({k: Array(v) for k, v in new.items()}), metrics
+
+    # ---------------------------------------------------------------- evaluation
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Send the full trainable state to a seeded sample of clients."""
+        if not self.eval_clients_per_round:
+            return []
+        nodes = self._sample(
+            server_round, self.eval_clients_per_round, stream=_EVALUATE_STREAM_OFFSET
+        )
+        content = RecordDict(
+            {
+                protocol.ARRAYS: arrays,
+                protocol.CONFIG: self._config(config, server_round),
+            }
+        )
+        return [
+            Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=n)
+            for n in nodes
+        ]
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Example-weighted mean of client metrics (clients with no held-out data skip)."""
+        usable = []
+        for reply in replies:
+            if reply.has_error():
+                log_dropped(reply.metadata.src_node_id, None, reply.error.reason)
+                continue
+            metrics = reply.content.metric_records.get(protocol.METRICS)
+            if metrics and float(metrics.get(protocol.NUM_EXAMPLES, 0)) > 0:
+                usable.append(RecordDict({protocol.METRICS: metrics}))
+        if not usable:
+            return None
+        metrics = aggregate_metricrecords(usable, protocol.NUM_EXAMPLES)
+        self.round_log.setdefault(server_round, {})["federated-evaluate"] = dict(
+            metrics
+        )
+        return metrics
+
+
+def _train_metrics(records: list[RecordDict]) -> MetricRecord:
+    """Weighted mean of losses and times; max of peak memory; total examples."""
+    metrics = [next(iter(r.metric_records.values())) for r in records]
+    mean = aggregate_metricrecords(records, protocol.NUM_EXAMPLES)
+    summary = MetricRecord(
+        {
+            protocol.TRAIN_LOSS: float(mean.get(protocol.TRAIN_LOSS, 0.0)),
+            "train-seconds-max": max(
+                float(m.get(protocol.TRAIN_SECONDS, 0.0)) for m in metrics
+            ),
+            "peak-mem-bytes-max": max(
+                int(m.get(protocol.PEAK_MEM_BYTES, 0)) for m in metrics
+            ),
+            "clients": len(metrics),
+            protocol.NUM_EXAMPLES: sum(int(m[protocol.NUM_EXAMPLES]) for m in metrics),
+        }
+    )
+    return summary
