@@ -1,0 +1,1 @@
+"""Benchmarks: standalone entry points, run as `python -m benchmarks.<name>`."""
