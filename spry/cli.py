@@ -76,6 +76,7 @@ def run(overrides: dict[str, ConfigValue]) -> int:
     """Run one simulation; 0 on success."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     cfg = RunConfig.from_run_config({**default_values(), **overrides})
     preflight(cfg)
 

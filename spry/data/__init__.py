@@ -1,5 +1,9 @@
 """Text classification data: offline sources, a fixed test split, client partitions."""
 
+import datasets as _datasets
+
+_datasets.disable_progress_bars()  # per-client progress bars would flood the log
+
 from .partitions import client_split, make_partitioner
 from .sources import (
     OFFLINE_DATASETS,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -158,7 +159,9 @@ def build_classifier(
                 lora_dropout=0.0,
                 target_modules=cfg.target_modules,
             )
-            model = get_peft_model(base, lora)
+            with warnings.catch_warnings():  # transformers 5 deprecation noise
+                warnings.simplefilter("ignore", FutureWarning)
+                model = get_peft_model(base, lora)
     except (OSError, ValueError) as error:
         if isinstance(error, ModelError):
             raise
