@@ -66,7 +66,8 @@ class RunRecorder:
     @classmethod
     def create(cls, cfg: RunConfig, *, majority_rate: float) -> RunRecorder:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        name = f"{stamp}-{cfg.strategy.strategy}-{cfg.client.engine}-seed{cfg.runtime.seed}"
+        run = f"{cfg.strategy.strategy}-{cfg.client.engine}-seed{cfg.runtime.seed}"
+        name = f"{stamp}-{run}"
         directory = Path(cfg.runtime.results_dir) / name
         suffix = 1
         while directory.exists():

@@ -73,12 +73,14 @@ def discover_partitions(
         if int(metrics[protocol.NUM_PARTITIONS]) != num_clients:
             raise DiscoveryError(
                 f"node {reply.metadata.src_node_id} holds one of "
-                f"{metrics[protocol.NUM_PARTITIONS]} partitions; config says {num_clients}"
+                f"{metrics[protocol.NUM_PARTITIONS]} partitions; "
+                f"config says {num_clients}"
             )
         partitions[reply.metadata.src_node_id] = int(metrics[protocol.PARTITION_ID])
     if sorted(partitions.values()) != list(range(num_clients)):
         raise DiscoveryError(
-            f"expected partitions 0..{num_clients - 1} once each, got {sorted(partitions.values())}"
+            f"expected partitions 0..{num_clients - 1} once each, "
+            f"got {sorted(partitions.values())}"
         )
     return partitions
 
@@ -101,7 +103,8 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     strategy_cls = STRATEGIES.get(cfg.strategy.strategy)
     if strategy_cls is None:
         raise ConfigError(
-            f"unknown strategy {cfg.strategy.strategy!r}; available: {sorted(STRATEGIES)}"
+            f"unknown strategy {cfg.strategy.strategy!r}; "
+            f"available: {sorted(STRATEGIES)}"
         )
     head = [n for n in trainable.names if n.startswith(("classifier.", "score."))]
     strategy = strategy_cls(

@@ -1,4 +1,4 @@
-"""Spry: federated fine-tuning with forward-mode AD, and the methods it is measured against.
+"""Spry: federated forward-mode fine-tuning, and the methods it is compared with.
 
 The library: gradient engines, weight splitting, aggregation, models, data,
 memory measurement, config and the command line. It imports nothing from

@@ -52,7 +52,7 @@ class _Section:
 
 
 def _coerce(key: str, value: ConfigValue, kind: type) -> ConfigValue:
-    """Coerce TOML/CLI values to the field's type (TOML writes 1 for 1.0, CLI gives str)."""
+    """Coerce to the field's type (TOML may write 1 for 1.0; the CLI gives str)."""
     try:
         if kind is bool:
             if isinstance(value, str):

@@ -1,4 +1,4 @@
-"""Spry [Panchal et al., 2024]: federated forward-mode fine-tuning with weight splitting.
+"""Spry [Panchal et al., 2024]: forward-mode federated fine-tuning, weights split.
 
 Paper: arxiv.org/abs/2405.15551
 
@@ -115,7 +115,7 @@ class Spry(FedAvg):
 
     # ------------------------------------------------------------------ helpers
     def _sample(self, server_round: int, count: int, stream: int) -> list[int]:
-        """`count` node ids drawn from (seed, round): the draw order is the deal order."""
+        """`count` node ids drawn from (seed, round); draw order is deal order."""
         by_partition = sorted(self.partitions.items(), key=lambda item: item[1])
         rng = numpy_rng(self.seed, STREAM_SAMPLING, stream + server_round)
         picks = rng.choice(len(by_partition), size=count, replace=False)
@@ -258,7 +258,7 @@ class Spry(FedAvg):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """Example-weighted mean of client metrics (clients with no held-out data skip)."""
+        """Example-weighted mean of client metrics (empty held-out sets skip)."""
         usable = []
         for reply in replies:
             if reply.has_error():

@@ -17,7 +17,9 @@ def reply(
     """A reply from `src_node_id` carrying `arrays` and `metrics`."""
     content = RecordDict({"metrics": MetricRecord(dict(metrics))})
     if arrays is not None:
-        content["arrays"] = ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()})
+        content["arrays"] = ArrayRecord(
+            {k: Array(np.asarray(v)) for k, v in arrays.items()}
+        )
     metadata = Metadata(
         run_id=1,
         message_id="",

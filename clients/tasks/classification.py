@@ -81,7 +81,7 @@ class ClassificationTask:
     def batches(
         self, trainable: TrainableModel, server_round: int, epoch: int
     ) -> Iterable[Batch]:
-        """Shuffled batches of the local training data, fixed by (seed, round, client, epoch)."""
+        """Shuffled local batches ordered by (seed, round, client, epoch)."""
         data = self.train_data
         order = numpy_rng(
             self.cfg.runtime.seed, STREAM_DATA, server_round, self.partition_id, epoch

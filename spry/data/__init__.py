@@ -2,8 +2,6 @@
 
 import datasets as _datasets
 
-_datasets.disable_progress_bars()  # per-client progress bars would flood the log
-
 from .partitions import client_split, make_partitioner
 from .sources import (
     OFFLINE_DATASETS,
@@ -12,6 +10,8 @@ from .sources import (
     load_for,
     load_text_dataset,
 )
+
+_datasets.disable_progress_bars()  # per-client progress bars would flood the log
 
 __all__ = [
     "OFFLINE_DATASETS",

@@ -14,7 +14,10 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 def _spry(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "spry.cli", *args],
-        capture_output=True, text=True, timeout=timeout, env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=ENV,
     )
 
 
@@ -22,7 +25,10 @@ def _spry(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     "args, message",
     [
         (["--alpha", "0"], "`alpha` should be > 0, got 0.0"),
-        (["--clients", "5", "--per-round", "10"], "should not exceed `num-clients` (5)"),
+        (
+            ["--clients", "5", "--per-round", "10"],
+            "should not exceed `num-clients` (5)",
+        ),
         (["--model", "no-such/model-xyz"], "cannot load model 'no-such/model-xyz'"),
         (["--dataset", "no-such/dataset-xyz"], "unknown dataset 'no-such/dataset-xyz'"),
         (["--set", "lr=fast"], "`lr` should be a float, got 'fast'"),
@@ -34,7 +40,9 @@ def test_bad_input_is_one_line_and_exit_code_2(args, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
-    error_lines = [line for line in result.stderr.splitlines() if line.startswith("spry: error:")]
+    error_lines = [
+        line for line in result.stderr.splitlines() if line.startswith("spry: error:")
+    ]
     assert len(error_lines) == 1
 
 

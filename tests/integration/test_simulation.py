@@ -13,23 +13,36 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-TIMING = {"round-seconds", "elapsed-seconds", "client-train-seconds-max", "peak-client-mem-mib"}
+TIMING = {
+    "round-seconds",
+    "elapsed-seconds",
+    "client-train-seconds-max",
+    "peak-client-mem-mib",
+}
 
 SMALL_RUN = [
-    "--rounds", "2", "--clients", "3", "--per-round", "3",
-    "--set", "eval-clients-per-round=3",
-    "--set", "max-train-examples=96",
-    "--set", "max-test-examples=64",
-    "--set", "lr=0.01",
+    "--rounds",
+    "2",
+    "--clients",
+    "3",
+    "--per-round",
+    "3",
+    "--set",
+    "eval-clients-per-round=3",
+    "--set",
+    "max-train-examples=96",
+    "--set",
+    "max-test-examples=64",
+    "--set",
+    "lr=0.01",
 ]
 
 
 def _ray_pids() -> set[int]:
     out = subprocess.run(
         ["pgrep", "-f", "raylet|gcs_server|ray::|default_worker.py"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     ).stdout
     return {int(pid) for pid in out.split()}
 
@@ -37,8 +50,20 @@ def _ray_pids() -> set[int]:
 def _run(results: Path, *extra: str) -> Path:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "spry.cli", "run", *SMALL_RUN, "--results-dir", str(results), *extra],
-        capture_output=True, text=True, timeout=600, env=env,
+        [
+            sys.executable,
+            "-m",
+            "spry.cli",
+            "run",
+            *SMALL_RUN,
+            "--results-dir",
+            str(results),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = results.iterdir()
@@ -47,7 +72,10 @@ def _run(results: Path, *extra: str) -> Path:
 
 def _metrics(run_dir: Path) -> list[dict[str, str]]:
     with open(run_dir / "metrics.csv") as fh:
-        return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(fh)]
+        return [
+            {k: v for k, v in row.items() if k not in TIMING}
+            for row in csv.DictReader(fh)
+        ]
 
 
 def test_two_round_spry_run_is_complete_reproducible_and_leaves_nothing(tmp_path):

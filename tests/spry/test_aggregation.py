@@ -44,10 +44,12 @@ def test_yogi_step_matches_hand_computed_values():
     new, state = opt.update(current, {"w": np.array([1.5], np.float32)}, state)
     new2, state2 = opt.update(new, {"w": new["w"] + 0.2}, state)
 
-    # Assert: m1 = 0.05; v1 = 0 - 0.01*0.25*sign(0-0.25) = 0.0025; w1 = 1 + 0.1*0.05/(0.05+1e-3)
+    # Assert: m1 = 0.05; v1 = 0 - 0.01*0.25*sign(0-0.25) = 0.0025;
+    # w1 = 1 + 0.1*0.05/(0.05+1e-3)
     w1 = 1 + 0.1 * 0.05 / (0.05 + 1e-3)
     np.testing.assert_allclose(new["w"], [w1], rtol=1e-6)
-    # m2 = 0.9*0.05 + 0.1*0.2 = 0.065; v2 = 0.0025 - 0.01*0.04*sign(0.0025-0.04) = 0.0029
+    # m2 = 0.9*0.05 + 0.1*0.2 = 0.065;
+    # v2 = 0.0025 - 0.01*0.04*sign(0.0025-0.04) = 0.0029
     w2 = w1 + 0.1 * 0.065 / (np.sqrt(0.0029) + 1e-3)
     np.testing.assert_allclose(new2["w"], [w2], rtol=1e-5)
     np.testing.assert_allclose(state2.v["w"], [0.0029], rtol=1e-6)
@@ -56,7 +58,9 @@ def test_yogi_step_matches_hand_computed_values():
 def test_adam_and_avg_steps():
     current = {"w": np.array([0.0], np.float32)}
     adam = ServerOptimizer(kind="adam", eta=1.0, beta_1=0.0, beta_2=0.0, tau=0.0)
-    new, _ = adam.update(current, {"w": np.array([-2.0], np.float32)}, adam.init(current))
+    new, _ = adam.update(
+        current, {"w": np.array([-2.0], np.float32)}, adam.init(current)
+    )
     np.testing.assert_allclose(new["w"], [-1.0])  # sign step of size eta
     avg = ServerOptimizer(kind="avg")
     new, _ = avg.update(current, {"w": np.array([5.0], np.float32)}, avg.init(current))
@@ -68,9 +72,21 @@ def test_adam_and_avg_steps():
 def test_full_coverage_yogi_equals_flowers_own_fedyogi():
     # Prepare: two rounds of replies in which every client returns every tensor
     rng = np.random.default_rng(0)
-    current = {"a": rng.normal(size=(3, 2)).astype(np.float32), "b": rng.normal(size=4).astype(np.float32)}
+    current = {
+        "a": rng.normal(size=(3, 2)).astype(np.float32),
+        "b": rng.normal(size=4).astype(np.float32),
+    }
     rounds = [
-        [({k: v + rng.normal(size=v.shape).astype(np.float32) * 0.1 for k, v in current.items()}, n) for n in (5, 20, 11)]
+        [
+            (
+                {
+                    k: v + rng.normal(size=v.shape).astype(np.float32) * 0.1
+                    for k, v in current.items()
+                },
+                n,
+            )
+            for n in (5, 20, 11)
+        ]
         for _ in range(2)
     ]
     ours_opt = ServerOptimizer(kind="yogi")
@@ -83,7 +99,10 @@ def test_full_coverage_yogi_equals_flowers_own_fedyogi():
         ours, state = ours_opt.update(ours, weighted_mean_per_tensor(replies), state)
         # Execute (Flower's)
         flower.current_arrays = {k: a.numpy() for k, a in theirs.items()}
-        messages = [reply(i + 1, arrays, {"num-examples": n}) for i, (arrays, n) in enumerate(replies)]
+        messages = [
+            reply(i + 1, arrays, {"num-examples": n})
+            for i, (arrays, n) in enumerate(replies)
+        ]
         theirs, _ = flower.aggregate_train(1, messages)
 
     # Assert

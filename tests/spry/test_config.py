@@ -11,15 +11,21 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_pyproject_app_config_mirrors_the_dataclass_defaults():
-    table = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    table = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"][
+        "config"
+    ]
     parsed = RunConfig.from_run_config(table)
     assert parsed == RunConfig()
     assert set(table) == set(default_values())
 
 
 def test_round_trip_through_the_flat_mapping():
-    cfg = RunConfig.from_run_config({"alpha": "0.5", "num-clients": "20", "share-head": "true"})
-    assert cfg.data.alpha == 0.5 and cfg.data.num_clients == 20 and cfg.strategy.share_head
+    cfg = RunConfig.from_run_config(
+        {"alpha": "0.5", "num-clients": "20", "share-head": "true"}
+    )
+    assert (
+        cfg.data.alpha == 0.5 and cfg.data.num_clients == 20 and cfg.strategy.share_head
+    )
     assert RunConfig.from_run_config(cfg.to_mapping()) == cfg
 
 
@@ -28,7 +34,10 @@ def test_round_trip_through_the_flat_mapping():
     [
         ({"alpha": 0}, "`alpha` should be > 0, got 0"),
         ({"alpha": -1.0}, "`alpha` should be > 0"),
-        ({"num-clients": 5, "clients-per-round": 10}, "should not exceed `num-clients` (5)"),
+        (
+            {"num-clients": 5, "clients-per-round": 10},
+            "should not exceed `num-clients` (5)",
+        ),
         ({"partitioner": "zipf"}, "`partitioner` should be one of"),
         ({"lr": "fast"}, "`lr` should be a float, got 'fast'"),
         ({"num-tangent": 2}, "unknown config key(s) ['num-tangent']"),

@@ -39,7 +39,8 @@ def test_jvp_equals_backprop_gradient_dot_tangent_on_default_model(
     params = _trainable_params(default_model)
     gen = torch.Generator().manual_seed(1)
     moved = {
-        k: (v.detach() + 0.05 * torch.randn(v.shape, generator=gen)) for k, v in params.items()
+        k: (v.detach() + 0.05 * torch.randn(v.shape, generator=gen))
+        for k, v in params.items()
     }
     batch = _default_batch(default_model, default_data)
     tangents = {k: torch.randn(v.shape, generator=gen) for k, v in moved.items()}
@@ -56,7 +57,9 @@ def test_jvp_equals_backprop_gradient_dot_tangent_on_default_model(
     expected = sum((exact.grads[k] * tangents[k]).sum() for k in moved)
     assert torch.isclose(loss_f, exact.loss, rtol=1e-6)
     assert abs(float(jvp) - float(expected)) <= 1e-4 * abs(float(expected))
-    assert all(float(exact.grads[k].abs().sum()) > 0 for k in moved)  # covers A, B, head
+    assert all(
+        float(exact.grads[k].abs().sum()) > 0 for k in moved
+    )  # covers A, B, head
 
 
 class TinyMLP(nn.Module):
@@ -80,7 +83,9 @@ def test_forward_gradient_is_unbiased_on_small_model():
     model = TinyMLP()
     batch = {"x": torch.randn(16, 4), "labels": torch.randint(0, 2, (16,))}
     params = dict(model.named_parameters())
-    exact = Backprop().estimate(model, _mlp_loss, batch, params, generator=torch.Generator())
+    exact = Backprop().estimate(
+        model, _mlp_loss, batch, params, generator=torch.Generator()
+    )
     engine = ForwardGradient(num_tangents=1)
     gen = torch.Generator().manual_seed(0)
     n = 6000
@@ -140,8 +145,13 @@ def test_forward_engine_runs_sdpa_attention_models_through_the_math_kernel():
     from transformers import BertConfig, BertForSequenceClassification
 
     cfg = BertConfig(
-        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=32, num_labels=2, attn_implementation="sdpa",
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=2,
+        attn_implementation="sdpa",
     )
     model = BertForSequenceClassification(cfg).eval()
     batch = {
@@ -153,11 +163,17 @@ def test_forward_engine_runs_sdpa_attention_models_through_the_math_kernel():
 
     # Execute
     fwd = make_engine("forward").estimate(
-        model, classification_loss, batch, params, generator=torch.Generator().manual_seed(0)
+        model,
+        classification_loss,
+        batch,
+        params,
+        generator=torch.Generator().manual_seed(0),
     )
 
     # Assert: finite and consistent with backprop's loss
-    exact = Backprop().estimate(model, classification_loss, batch, params, generator=None)
+    exact = Backprop().estimate(
+        model, classification_loss, batch, params, generator=None
+    )
     assert torch.isfinite(fwd.grads["classifier.weight"]).all()
     assert torch.isclose(fwd.loss, exact.loss)
 
@@ -171,7 +187,10 @@ def test_forward_pass_keeps_no_autograd_graph(default_model, default_data):
     params = _trainable_params(default_model)
     batch = _default_batch(default_model, default_data, size=2)
     est = ForwardGradient().estimate(
-        default_model.model, classification_loss, batch, params,
+        default_model.model,
+        classification_loss,
+        batch,
+        params,
         generator=torch.Generator().manual_seed(0),
     )
     assert est.loss.grad_fn is None

@@ -31,7 +31,11 @@ def test_more_clients_than_groups_repeats_groups():
     groups = make_groups(NAMES[:4], 2)  # 2 groups
     assignment = assign_groups(groups, [1, 2, 3, 4, 5])
     assert [assignment[c] for c in (1, 2, 3, 4, 5)] == [
-        ["t0", "t1"], ["t2", "t3"], ["t0", "t1"], ["t2", "t3"], ["t0", "t1"],
+        ["t0", "t1"],
+        ["t2", "t3"],
+        ["t0", "t1"],
+        ["t2", "t3"],
+        ["t0", "t1"],
     ]
 
 

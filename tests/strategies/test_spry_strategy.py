@@ -1,4 +1,4 @@
-"""Spry's configure/aggregate on hand-built replies (no network, as in Flower's tests)."""
+"""Spry's configure/aggregate on hand-built replies (no network, as Flower tests)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ def _strategy(clients=2, **kwargs):
 
 def _configure(strategy, server_round=1):
     arrays = ArrayRecord({k: Array(v) for k, v in _current().items()})
-    return list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid=None))
+    return list(
+        strategy.configure_train(server_round, arrays, ConfigRecord(), grid=None)
+    )
 
 
 def test_each_node_is_sent_only_its_slice_and_the_rest_read_only():
@@ -53,7 +55,10 @@ def test_without_context_nothing_but_the_slice_travels():
 
 def test_sampling_depends_on_seed_and_round_only():
     a, b = _strategy(clients=3), _strategy(clients=3)
-    assert _configure(a, 5)[0].metadata.dst_node_id == _configure(b, 5)[0].metadata.dst_node_id
+    assert (
+        _configure(a, 5)[0].metadata.dst_node_id
+        == _configure(b, 5)[0].metadata.dst_node_id
+    )
     assert a.assignment == b.assignment
     samples = set()
     for r in range(1, 8):
@@ -70,7 +75,9 @@ def test_aggregate_is_per_tensor_weighted_mean_and_untrained_tensors_stay():
     for i, (node, owned) in enumerate(strategy.assignment.items()):
         arrays = {n: np.full((2,), 10.0 * (i + 1), np.float32) for n in owned}
         n_examples = i + 1
-        replies.append(reply(node, arrays, {"num-examples": n_examples, "train-loss": 0.5}))
+        replies.append(
+            reply(node, arrays, {"num-examples": n_examples, "train-loss": 0.5})
+        )
         for n in owned:
             expected_sum[n] = expected_sum.get(n, 0.0) + n_examples * 10.0 * (i + 1)
             expected_w[n] = expected_w.get(n, 0.0) + n_examples
@@ -101,10 +108,16 @@ def test_a_bad_reply_is_dropped_and_the_round_goes_on(corrupt, reason, caplog):
     _configure(strategy)
     nodes = list(strategy.assignment)
     good = [
-        reply(node, {n: np.full(2, 5.0, np.float32) for n in strategy.assignment[node]}, {"num-examples": 3})
+        reply(
+            node,
+            {n: np.full(2, 5.0, np.float32) for n in strategy.assignment[node]},
+            {"num-examples": 3},
+        )
         for node in nodes[1:]
     ]
-    bad_arrays = corrupt({n: np.full(2, 99.0, np.float32) for n in strategy.assignment[nodes[0]]})
+    bad_arrays = corrupt(
+        {n: np.full(2, 99.0, np.float32) for n in strategy.assignment[nodes[0]]}
+    )
     bad = reply(nodes[0], bad_arrays, {"num-examples": 3})
 
     # Execute
@@ -127,7 +140,14 @@ def test_reply_from_a_node_that_got_no_slice_cannot_write():
     (owner,) = strategy.assignment
     stranger = next(n for n in strategy.partitions if n != owner)
     arrays, _ = strategy.aggregate_train(
-        1, [reply(stranger, {n: np.zeros(2, np.float32) for n in NAMES}, {"num-examples": 5})]
+        1,
+        [
+            reply(
+                stranger,
+                {n: np.zeros(2, np.float32) for n in NAMES},
+                {"num-examples": 5},
+            )
+        ],
     )
     assert arrays is None
     assert strategy.round_log[1]["dropped"] == 1
@@ -138,7 +158,14 @@ def test_zero_examples_is_rejected():
     _configure(strategy)
     (owner,) = strategy.assignment
     arrays, _ = strategy.aggregate_train(
-        1, [reply(owner, {n: np.zeros(2, np.float32) for n in strategy.assignment[owner]}, {"num-examples": 0})]
+        1,
+        [
+            reply(
+                owner,
+                {n: np.zeros(2, np.float32) for n in strategy.assignment[owner]},
+                {"num-examples": 0},
+            )
+        ],
     )
     assert arrays is None
 
