@@ -169,6 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("spry: interrupted; workers stopped", file=sys.stderr)
         return 130
+    except Exception as error:  # the run started and failed; Flower logged the cause
+        print(f"spry: error: the run failed: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

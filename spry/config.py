@@ -162,6 +162,8 @@ class DataConfig(_Section):
 class ClientConfig(_Section):
     """How a client trains the slice it receives."""
 
+    ENGINES: ClassVar[tuple[str, ...]] = ("forward", "backprop")
+
     engine: str = field(default="forward", metadata={"help": "forward|backprop"})
     num_tangents: int = field(default=1, metadata={"help": "K tangents per batch"})
     local_epochs: int = field(default=1, metadata={"help": "local epochs per round"})
@@ -171,6 +173,10 @@ class ClientConfig(_Section):
     eval_batch_size: int = field(default=64, metadata={"help": "evaluation batch"})
 
     def __post_init__(self) -> None:
+        _require(
+            self.engine in self.ENGINES,
+            f"`engine` should be one of {self.ENGINES}, got {self.engine!r}",
+        )
         _require(
             self.num_tangents >= 1,
             f"`num-tangents` should be at least 1, got {self.num_tangents}",

@@ -1,7 +1,7 @@
 """Flower strategies, one algorithm a file, sharing splitting/aggregation in `spry`."""
 
-from .spry import Spry
+from .spry import RoundFailedError, Spry
 
 STRATEGIES = {"spry": Spry}
 
-__all__ = ["STRATEGIES", "Spry"]
+__all__ = ["STRATEGIES", "RoundFailedError", "Spry"]

@@ -45,6 +45,10 @@ from .replies import InvalidReply, checked_update, log_dropped, slice_arrays
 _EVALUATE_STREAM_OFFSET = 1_000_000  # keeps evaluation sampling apart from training
 
 
+class RoundFailedError(RuntimeError):
+    """Every client of a round failed; the run cannot make progress."""
+
+
 class Spry(FedAvg):
     """Spry strategy (message API).
 
@@ -203,9 +207,12 @@ class Spry(FedAvg):
         """Per-tensor weighted mean over valid replies, then the server step."""
         contributions: list[tuple[dict[str, np.ndarray], float]] = []
         accepted: list[RecordDict] = []
+        errors: list[str] = []
         dropped = 0
         for reply in replies:
             node_id = reply.metadata.src_node_id
+            if reply.has_error():
+                errors.append(reply.error.reason)
             try:
                 if node_id not in self.assignment:
                     raise InvalidReply("node was not sent a slice this round")
@@ -220,6 +227,13 @@ class Spry(FedAvg):
             accepted.append(RecordDict({protocol.METRICS: metrics}))
         entry = self.round_log.setdefault(server_round, {})
         entry["dropped"] = dropped
+        if errors and len(errors) == dropped == len(self.assignment):
+            # Every client crashed: a bug or a broken setup, not bad luck. Stop the
+            # run with the first traceback instead of silently training nothing.
+            raise RoundFailedError(
+                f"round {server_round}: all {dropped} clients failed; first error: "
+                f"{errors[0]}"
+            )
         if not contributions:
             entry["coverage-trained"] = 0.0
             log(INFO, "aggregate_train: no valid replies; the model is unchanged")

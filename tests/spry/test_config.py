@@ -48,3 +48,12 @@ def test_bad_values_name_the_key_and_the_value(values, message):
     with pytest.raises(ConfigError) as error:
         RunConfig.from_run_config(values)
     assert message in str(error.value)
+
+
+def test_engine_names_match_the_engine_registry():
+    from spry.config import ClientConfig
+    from spry.engines import ENGINES
+
+    assert set(ClientConfig.ENGINES) == set(ENGINES)
+    with pytest.raises(ConfigError, match="`engine` should be one of"):
+        RunConfig.from_run_config({"engine": "nope"})

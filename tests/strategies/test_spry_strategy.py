@@ -182,3 +182,22 @@ def test_yogi_moves_every_tensor_on_the_first_round_it_is_trained():
         step = arrays[n].numpy() - _current()[n]
         # first Yogi step: eta * 0.1 d / (0.1 |d| + tau) with d = 1 -> ~ eta
         np.testing.assert_allclose(step, 0.01 * 0.1 / (0.1 + 1e-3), rtol=1e-5)
+
+
+def test_a_round_in_which_every_client_crashed_stops_the_run():
+    from flwr.app import Error, Message
+
+    from strategies import RoundFailedError
+
+    strategy = _strategy(clients=2)
+    _configure(strategy)
+    crashed = []
+    for node in strategy.assignment:
+        ok = reply(node, None, {"num-examples": 1})
+        crashed.append(
+            Message(
+                error=Error(code=0, reason="ValueError: boom"), metadata=ok.metadata
+            )
+        )
+    with pytest.raises(RoundFailedError, match="all 2 clients failed.*boom"):
+        strategy.aggregate_train(1, crashed)
