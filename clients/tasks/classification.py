@@ -15,6 +15,7 @@ from functools import lru_cache
 import datasets
 import numpy as np
 import torch
+from flwr_datasets.partitioner import Partitioner
 
 from spry.classification import classification_loss, evaluate, iterate_batches, move
 from spry.config import DataConfig, ModelConfig, RunConfig
@@ -34,12 +35,16 @@ def _initial_state(cfg: ModelConfig, num_labels: int, seed: int, device: str) ->
     return _model(cfg, num_labels, seed, device).state()
 
 
+@lru_cache(maxsize=2)
+def _partitioner(cfg: DataConfig, seed: int) -> Partitioner:
+    return make_partitioner(load_for(cfg).train, cfg, seed=seed)
+
+
 @lru_cache(maxsize=256)
 def _partition(
     cfg: DataConfig, seed: int, partition_id: int
 ) -> tuple[datasets.Dataset, datasets.Dataset]:
-    data = load_for(cfg)
-    partitioner = make_partitioner(data.train, cfg, seed=seed)
+    partitioner = _partitioner(cfg, seed)
     return client_split(
         partitioner.load_partition(partition_id),
         cfg,
