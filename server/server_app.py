@@ -47,10 +47,18 @@ def discover_partitions(
     grid: Grid, num_clients: int, timeout: float = DISCOVERY_TIMEOUT
 ) -> dict[int, int]:
     """Node id -> partition id, asked of every node once all `num_clients` are up."""
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    next_log = start
     while len(nodes := list(grid.get_node_ids())) < num_clients:
-        if time.monotonic() > deadline:
-            raise DiscoveryError(f"only {len(nodes)} of {num_clients} nodes connected")
+        now = time.monotonic()
+        if now - start > timeout:
+            raise DiscoveryError(
+                f"only {len(nodes)} of {num_clients} nodes connected after "
+                f"{timeout:.0f} s (`num-clients` must equal the number of SuperNodes)"
+            )
+        if now >= next_log:
+            log(INFO, "Waiting for nodes: %d of %d connected", len(nodes), num_clients)
+            next_log = now + 10
         time.sleep(0.5)
     if len(nodes) > num_clients:
         raise DiscoveryError(f"{len(nodes)} nodes connected, config says {num_clients}")
