@@ -167,8 +167,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"spry: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        # Flower's ServerApp runs in a non-daemon thread that Ctrl-C does not reach;
+        # Ray is already stopped (run's `finally`), so leave without waiting for it.
         print("spry: interrupted; workers stopped", file=sys.stderr)
-        return 130
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(130)
     except Exception as error:  # the run started and failed; Flower logged the cause
         print(f"spry: error: the run failed: {error}", file=sys.stderr)
         return 1

@@ -101,3 +101,47 @@ def test_two_round_spry_run_is_complete_reproducible_and_leaves_nothing(tmp_path
     assert _metrics(second) == rows
     # Nothing left behind
     assert _ray_pids() - before == set()
+
+
+def test_ctrl_c_stops_the_run_and_every_worker(tmp_path):
+    import signal
+    import time
+
+    before = _ray_pids()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "spry.cli",
+            "run",
+            *SMALL_RUN,
+            "--rounds",
+            "50",
+            "--results-dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        # Interrupt once the first training round has started on the Ray workers
+        deadline = time.monotonic() + 300
+        for line in proc.stdout:
+            if "[ROUND 1/50]" in line or time.monotonic() > deadline:
+                break
+        time.sleep(2)
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, rest[-2000:]
+    assert "interrupted" in rest
+    time.sleep(2)
+    assert _ray_pids() - before == set()
+    # What was measured before the interrupt is on disk
+    (run_dir,) = tmp_path.iterdir()
+    assert (run_dir / "metrics.csv").read_text().count("\n") >= 2
