@@ -1,27 +1,35 @@
 """Peak memory of one training step: forward-mode vs backprop vs inference alone.
 
 Spry's claim is that a forward-mode gradient needs about the memory of inference,
-while backprop must keep every activation for its backward pass. This measures one
-step (the gradient estimate and nothing else) on the same model and batch for three
+while backprop must keep activations for its backward pass. This measures one step
+(the gradient estimate and nothing else) on the same model and batch for three
 engines: `inference` (a plain forward under `torch.no_grad()`, the floor), and
 `forward` and `backprop` from `spry.engines`.
 
 *Extra* is the peak during the step minus the memory in use when it started
-(weights, Python, torch): what the step needs on top of holding the model. It is the
-headline; the absolute peak (*total*) is reported too. CPU: the resident-set
-high-water mark (`spry.memory`, VmHWM after /proc/self/clear_refs); CUDA:
-`torch.cuda.max_memory_allocated`.
+(weights, Python, torch): what the step needs on top of holding the model; the
+absolute peak (*total*) is reported too. CPU: the resident-set high-water mark
+(`spry.memory`: VmHWM after /proc/self/clear_refs); CUDA: `max_memory_allocated`.
 
-Each measurement runs in a fresh process (`--worker`, which prints one JSON line): a
-high-water mark, allocator caches or lazily built kernels left by one engine would
-otherwise leak into the next one's number. A worker builds the model, runs one tiny
-step (batch 1, seq 8) of the same engine for lazy allocations, measures the real step,
-then times a few more steps apart from the memory measurement.
+On CPU each step is measured twice, in two processes. *RSS*: glibc as it comes; it
+raises its mmap threshold as a process runs, after which tensors come from a heap
+whose freed holes stay resident, so RSS can well exceed the live tensors (about 2x
+for backprop here) and varies from run to run. *Live*: MALLOC_MMAP_THRESHOLD_=65536,
+so every tensor is mmapped and leaves RSS when freed; the peak then tracks live
+tensor bytes (like CUDA's number) and repeats to the MiB. The depth sweep uses live.
+
+Each measurement runs in a fresh process (`--worker`, printing one JSON line): a
+high-water mark, allocator state or lazily built kernels left by one engine would
+otherwise leak into the next one's number. A worker builds the model, reads every
+weight once (safetensors weights are mmapped and would otherwise fault into RSS
+during the step), runs one tiny step (batch 1, seq 8) of the same engine for lazy
+allocations, measures one step on random token ids (no padding, attention mask all
+ones, random labels), then times further steps apart from the memory measurement.
 
 "roberta-large-shape" is RoBERTa-large's shape with *random* weights (memory does not
 depend on weight values); `--depths` sweeps its number of layers.
 
-    python -m benchmarks.memory                  # both models + depth sweep 2,6,12,24
+    python -m benchmarks.memory                       # both models, depths 2,6,24
     python -m benchmarks.memory --models minilm --depths ""
 """
 
@@ -39,7 +47,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -49,9 +57,20 @@ MODELS = ("minilm", "roberta-large-shape")
 ENGINES = ("inference", "forward", "backprop")
 LARGE = "roberta-large-shape"
 LARGE_DEPTH = 24  # RoBERTa-large's number of layers
+LIVE_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}  # glibc: mmap every tensor >= 64 KiB
 MIB = 2**20
 Record = dict[str, Any]
-Step = Callable[[dict[str, torch.Tensor]], None]
+Batch = dict[str, torch.Tensor]
+
+
+class Job(NamedTuple):
+    """One worker process to run."""
+
+    model: str
+    engine: str
+    depth: int
+    sweep: bool  # part of the depth sweep (memory only, not timed)
+    live: bool  # CPU allocator pinned so RSS tracks live tensors
 
 
 # --------------------------------------------------------------------------- worker
@@ -101,9 +120,7 @@ def build_model(name: str, depth: int, device: str) -> Any:
     return trainable
 
 
-def random_batch(
-    vocab: int, batch: int, seq: int, *, device: str, seed: int = 0
-) -> dict[str, torch.Tensor]:
+def random_batch(vocab: int, batch: int, seq: int, *, device: str, seed: int) -> Batch:
     """Make random ids of exactly `seq` tokens (no padding) and binary labels.
 
     Ids start at 3, so no special token appears (RoBERTa derives position ids from
@@ -116,7 +133,7 @@ def random_batch(
     return {k: v.to(device) for k, v in out.items()}
 
 
-def make_step(engine: str, trainable: Any, device: str) -> Step:
+def make_step(engine: str, trainable: Any, device: str) -> Callable[[Batch], None]:
     """Return one step of `engine` on a batch (its result is dropped)."""
     from spry.classification import classification_loss
     from spry.engines import make_engine
@@ -125,18 +142,30 @@ def make_step(engine: str, trainable: Any, device: str) -> Step:
     if engine == "inference":
 
         @torch.no_grad()
-        def infer(batch: dict[str, torch.Tensor]) -> None:
+        def infer(batch: Batch) -> None:
             classification_loss(model, batch)
 
         return infer
     estimator = make_engine(engine)
     params = {trainable.own_name(n): p for n, p in trainable.parameters().items()}
 
-    def estimate(batch: dict[str, torch.Tensor]) -> None:
+    def estimate(batch: Batch) -> None:
         gen = torch.Generator(device=device).manual_seed(0)  # on the params' device
         estimator.estimate(model, classification_loss, batch, params, generator=gen)
 
     return estimate
+
+
+def make_resident(model: torch.nn.Module) -> None:
+    """Read every weight once, so all of it is resident before the baseline is taken.
+
+    safetensors weights are mmapped from the file and enter RSS only when touched:
+    the warm-up touches each matrix but few embedding rows, so the measured step
+    would otherwise fault in most of the embedding (about 36 MiB for MiniLM).
+    """
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.sum()
 
 
 def release_free_memory(device: str) -> None:
@@ -151,7 +180,7 @@ def release_free_memory(device: str) -> None:
         pass
 
 
-def timed(step: Step, batch: dict[str, torch.Tensor], device: str) -> float:
+def timed(step: Callable[[Batch], None], batch: Batch, device: str) -> float:
     """Run one step; return its wall seconds."""
     start = time.perf_counter()
     step(batch)
@@ -167,9 +196,12 @@ def run_worker(args: argparse.Namespace) -> Record:
     torch.set_num_threads(args.threads)
     trainable = build_model(args.model, args.depth, args.device)
     model, dev = trainable.model, args.device
+    make_resident(model)
     step = make_step(args.engine, trainable, dev)
     step(random_batch(model.config.vocab_size, 1, 8, device=dev, seed=1))  # warm-up
-    batch = random_batch(model.config.vocab_size, args.batch, args.seq, device=dev)
+    batch = random_batch(
+        model.config.vocab_size, args.batch, args.seq, device=dev, seed=0
+    )
     release_free_memory(dev)
     with track_peak_memory(dev) as report:
         step(batch)
@@ -182,6 +214,7 @@ def run_worker(args: argparse.Namespace) -> Record:
         "batch": args.batch,
         "seq": args.seq,
         "weights": "random" if args.model == LARGE else "pretrained",
+        "live": cuda or all(os.environ.get(k) == v for k, v in LIVE_ENV.items()),
         "extra_mib": report.extra_bytes / MIB,
         "total_mib": report.peak_bytes / MIB,
         "baseline_mib": report.baseline_bytes / MIB,
@@ -201,48 +234,54 @@ def run_worker(args: argparse.Namespace) -> Record:
 
 
 # ------------------------------------------------------------------ orchestration
-def measure(job: tuple[str, str, int, bool], args: argparse.Namespace) -> Record:
+def measure(job: Job, args: argparse.Namespace) -> Record:
     """Run one worker in a fresh interpreter; return its record."""
-    model, engine, depth, sweep = job
-    steps = 0 if sweep else args.timed_steps  # the sweep is about memory only
     options = {
-        "model": model,
-        "engine": engine,
-        "depth": depth,
+        "model": job.model,
+        "engine": job.engine,
+        "depth": job.depth,
         "batch": args.batch,
         "seq": args.seq,
         "device": args.device,
         "threads": args.threads,
-        "timed-steps": steps,
+        "timed-steps": 0 if job.sweep or job.live else args.timed_steps,
     }
     cmd = [sys.executable, "-m", "benchmarks.memory", "--worker"]
     for key, value in options.items():
         cmd += [f"--{key}", str(value)]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    env.update(LIVE_ENV if job.live else {})
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
     if done.returncode != 0 or not lines:
         raise RuntimeError(
-            f"worker {model}/{engine}/depth {depth} failed (rc {done.returncode}):\n"
-            + done.stderr[-3000:]
+            f"worker {job} failed (rc {done.returncode}):\n" + done.stderr[-3000:]
         )
-    return {**json.loads(lines[-1]), "sweep": sweep}
+    return {**json.loads(lines[-1]), "sweep": job.sweep}
 
 
-def plan(args: argparse.Namespace) -> list[tuple[str, str, int, bool]]:
-    """List (model, engine, depth, in depth sweep) for every worker to run."""
-    jobs = [(m, e, LARGE_DEPTH, False) for m in args.models for e in ENGINES]
-    for depth in args.depths:  # depth 24 is the main run's, when that ran
+def plan(args: argparse.Namespace) -> list[Job]:
+    """List every worker to run (CUDA's allocated bytes are live already)."""
+    cpu = not args.device.startswith("cuda")
+    kinds = (False, True) if cpu else (False,)
+    jobs = [
+        Job(m, e, LARGE_DEPTH, False, live)
+        for m in args.models
+        for live in kinds
+        for e in ENGINES
+    ]
+    for depth in args.depths:  # depth 24 comes from the main run when that ran
         if depth != LARGE_DEPTH or LARGE not in args.models:
-            jobs += [(LARGE, e, depth, True) for e in ENGINES]
+            jobs += [Job(LARGE, e, depth, True, cpu) for e in ENGINES]
     return jobs
 
 
-def grouped(records: Sequence[Record], key: str) -> dict[Any, dict[str, Record]]:
-    """Map records[key] -> engine -> record, in first-seen order."""
-    out: dict[Any, dict[str, Record]] = {}
+def table(records: Sequence[Record], key: str, **where: Any) -> dict[Any, Record]:
+    """Map r[key] -> {engine: r} over the records matching `where`, first seen first."""
+    out: dict[Any, Record] = {}
     for r in records:
-        out.setdefault(r[key], {})[r["engine"]] = r
+        if all(r[k] == v for k, v in where.items()):
+            out.setdefault(r[key], {})[r["engine"]] = r
     return out
 
 
@@ -256,105 +295,119 @@ def secs(x: float | None) -> str:
     return "–" if x is None else f"{x:.2f}"
 
 
-def markdown(main: Sequence[Record], sweep: Sequence[Record]) -> str:
+def mib(e: Record, key: str = "extra_mib") -> list[str]:
+    """Format `key` of the inference, forward and backprop records."""
+    return [f"{e[k][key]:.0f}" for k in ENGINES]
+
+
+def markdown(records: Sequence[Record], sweep: dict[Any, Record]) -> str:
     """Write the results tables and how they were measured."""
-    r0 = (list(main) + list(sweep))[0]
+    r0 = records[0]
+    rss = table(records, "model", sweep=False, live=r0["device"].startswith("cuda"))
+    live = table(records, "model", sweep=False, live=True)
     out = [
         f"## Peak memory of one step (batch {r0['batch']}, seq {r0['seq']}, "
         f"{r0['device']}), MiB above the loaded model",
         "",
-        "| model | inference extra | forward extra | backprop extra "
-        "| fwd/bp extra | fwd/bp total | step s fwd / bp |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| model | inference extra | forward extra | backprop extra | fwd/bp extra "
+        "| fwd/bp total | step s fwd / bp | live extra inf / fwd / bp | live fwd/bp |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for model, e in grouped(main, "model").items():  # empty when only swept
-        inf, fwd, bp = (e[k] for k in ENGINES)
+    for model, e in rss.items():
+        fwd, bp = e["forward"], e["backprop"]
+        lv = live.get(model, e)
         label = model + (" (random weights)" if fwd["weights"] == "random" else "")
+        times = " / ".join(secs(e[k]["step_seconds"]) for k in ENGINES[1:])
         out.append(
-            f"| {label} | {inf['extra_mib']:.0f} | {fwd['extra_mib']:.0f} "
-            f"| {bp['extra_mib']:.0f} | {ratio(fwd['extra_mib'], bp['extra_mib'])} "
-            f"| {ratio(fwd['total_mib'], bp['total_mib'])} "
-            f"| {secs(fwd['step_seconds'])} / {secs(bp['step_seconds'])} |"
+            f"| {label} | {' | '.join(mib(e))} "
+            f"| {ratio(fwd['extra_mib'], bp['extra_mib'])} "
+            f"| {ratio(fwd['total_mib'], bp['total_mib'])} | {times} "
+            f"| {' / '.join(mib(lv))} "
+            f"| {ratio(lv['forward']['extra_mib'], lv['backprop']['extra_mib'])} |"
         )
     out += [
         "",
         "| model | params | trainable | total MiB inference / forward / backprop |",
-        "|---|---:|---:|---:|",
     ]
-    for model, e in grouped(main, "model").items():
-        totals = " / ".join(f"{e[k]['total_mib']:.0f}" for k in ENGINES)
+    out += ["|---|---:|---:|---:|"]
+    for model, e in rss.items():
         f = e["forward"]
         out.append(
             f"| {model} | {f['params_total']:,} | {f['params_trainable']:,} "
-            f"| {totals} |"
+            f"| {' / '.join(mib(e, 'total_mib'))} |"
         )
     if sweep:
         out += [
             "",
-            "### Depth sweep: RoBERTa-large shape (random weights), extra MiB",
-            "",
-            "| layers | inference | forward | backprop | fwd/bp |",
-            "|---:|---:|---:|---:|---:|",
+            "### Depth sweep: RoBERTa-large shape (random weights), live extra MiB",
         ]
-        for depth, e in sorted(grouped(sweep, "depth").items()):
-            inf, fwd, bp = (e[k]["extra_mib"] for k in ENGINES)
-            out.append(
-                f"| {depth} | {inf:.0f} | {fwd:.0f} | {bp:.0f} | {ratio(fwd, bp)} |"
-            )
-    out += ["", "**How measured.** " + HOW_MEASURED.format(**r0)]
+        out += ["", "| layers | inference | forward | backprop | fwd/bp |"]
+        out += ["|---:|---:|---:|---:|---:|"]
+        for depth, e in sweep.items():
+            fwd_bp = ratio(e["forward"]["extra_mib"], e["backprop"]["extra_mib"])
+            out.append(f"| {depth} | {' | '.join(mib(e))} | {fwd_bp} |")
+    if not all(r["exact"] for r in records):
+        out += [
+            "",
+            "**Warning:** the RSS high-water mark could not be reset here "
+            "(/proc/self/clear_refs), so some peaks may predate the step.",
+        ]
+    out += ["", how_measured(r0)]
     return "\n".join(out) + "\n"
 
 
-HOW_MEASURED = (
-    "Each number comes from its own fresh process (`python -m benchmarks.memory "
-    "--worker`), so no engine inherits another's high-water mark or allocator state. "
-    "A worker builds the model (LoRA r = 1 on query/value plus the trainable "
-    "classifier head; every trainable tensor is differentiated), runs one tiny step "
-    "of the same engine (batch 1, seq 8) for lazy allocations, returns freed memory "
-    "to the OS, then measures one step on random token ids ({batch} x {seq}, "
-    "attention mask all ones, random labels) with `spry.memory.track_peak_memory` "
-    "(CPU: RSS high-water mark, VmHWM after /proc/self/clear_refs; CUDA: "
-    "`max_memory_allocated`). *Extra* is that peak minus the memory in use when the "
-    "step began (weights are in the latter): what the step itself needs; *total* is "
-    "the absolute peak. `inference` is a plain forward under `torch.no_grad()`; "
-    "`forward` is Spry's forward gradient (one tangent, `torch.func.jvp`); "
-    "`backprop` is reverse mode. Step time is the median of further steps "
-    "(`--timed-steps`, default 3), timed apart from the memory measurement (the "
-    "depth sweep is not timed). The RoBERTa-large-shaped model has random weights: "
-    "memory does not depend on weight values. torch {torch}, {threads} threads, "
-    "{cpu_count} CPUs, {machine}."
-)
+def how_measured(r: Record) -> str:
+    """Say how the numbers were measured: the module docstring, plus the machine."""
+    prose = " ".join(p.replace("\n", " ") for p in (__doc__ or "").split("\n\n")[2:6])
+    return (
+        f"**How measured.** {prose} Step time is the median of further steps "
+        f"(`--timed-steps`, default 3). torch {r['torch']}, {r['threads']} threads, "
+        f"{r['cpu_count']} CPUs, {r['machine']}."
+    )
 
 
-def plot(main: Sequence[Record], sweep: Sequence[Record], path: Path) -> None:
+def plot(records: Sequence[Record], sweep: dict[Any, Record], path: Path) -> None:
     """Save bars of extra MiB per engine per model, and extra MiB vs depth if swept."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2 if sweep else 1, figsize=(12 if sweep else 6, 4))
+    fig, axes = plt.subplots(1, 2 if sweep else 1, figsize=(12 if sweep else 6, 4.5))
     ax = axes[0] if sweep else axes
-    by_model = grouped(main, "model")
-    width = 0.8 / len(ENGINES)
-    for i, engine in enumerate(ENGINES):
-        xs = [x + (i - 1) * width for x in range(len(by_model))]
-        ys = [e[engine]["extra_mib"] for e in by_model.values()]
-        ax.bar_label(ax.bar(xs, ys, width, label=engine), fmt="%.0f", fontsize=8)
+    cuda = records[0]["device"].startswith("cuda")
+    for live, hatch, alpha in ((False, "", 0.9), (True, "//", 0.5)):
+        if live and cuda:
+            break
+        by_model = table(records, "model", sweep=False, live=live or cuda)
+        for i, engine in enumerate(ENGINES):
+            xs = [x + (i - 1) * 0.27 for x in range(len(by_model))]
+            ys = [e[engine]["extra_mib"] for e in by_model.values()]
+            tag = " (live tensors)" if live else ""
+            bars = ax.bar(
+                xs,
+                ys,
+                0.27,
+                color=f"C{i}",
+                hatch=hatch,
+                alpha=alpha,
+                label=engine + tag,
+            )
+            ax.bar_label(bars, fmt="%.0f", fontsize=7)
     ax.set_xticks(range(len(by_model)), list(by_model))
     ax.set(ylabel="extra peak memory (MiB)", title="One step, memory above the model")
-    ax.legend()
+    ax.legend(fontsize=8)
     if sweep:
-        by_depth = sorted(grouped(sweep, "depth").items())
-        for engine in ENGINES:
-            ys = [e[engine]["extra_mib"] for _, e in by_depth]
-            axes[1].plot([d for d, _ in by_depth], ys, marker="o", label=engine)
+        for i, engine in enumerate(ENGINES):
+            ys = [e[engine]["extra_mib"] for e in sweep.values()]
+            axes[1].plot(list(sweep), ys, marker="o", color=f"C{i}", label=engine)
         axes[1].set(
             xlabel="layers (RoBERTa-large shape, random weights)",
-            ylabel="extra peak memory (MiB)",
+            ylabel="live extra peak memory (MiB)",
             title="Extra memory vs depth",
         )
-        axes[1].legend()
+        axes[1].set_ylim(bottom=0)
+        axes[1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -369,17 +422,17 @@ def run_all(args: argparse.Namespace) -> str:
         start = time.perf_counter()
         records.append(r := measure(job, args))
         print(
-            f"[{i}/{len(jobs)}] {r['model']} ({r['depth']} layers) {r['engine']}: "
-            f"extra {r['extra_mib']:.0f} MiB, total {r['total_mib']:.0f} MiB "
-            f"({time.perf_counter() - start:.0f} s)",
+            f"[{i}/{len(jobs)}] {r['model']} ({r['depth']} layers) {r['engine']}"
+            f"{' live' if job.live else ''}: extra {r['extra_mib']:.0f} MiB, total "
+            f"{r['total_mib']:.0f} MiB ({time.perf_counter() - start:.0f} s)",
             file=sys.stderr,
         )
-    main = [r for r in records if not r["sweep"]]
-    sweep = [r for r in records if r["model"] == LARGE and r["depth"] in args.depths]
+    swept = [r for r in records if r["model"] == LARGE and r["depth"] in args.depths]
+    sweep = dict(sorted(table(swept, "depth", live=True).items()))  # live on CPU
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "memory.json").write_text(json.dumps(records, indent=2) + "\n")
-    (args.out / "memory.md").write_text(text := markdown(main, sweep))
-    plot(main, sweep, args.out / "memory.png")
+    (args.out / "memory.md").write_text(text := markdown(records, sweep))
+    plot(records, sweep, args.out / "memory.png")
     return text
 
 
@@ -402,21 +455,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=list(MODELS),
         help=f"comma-separated, from: {', '.join(MODELS)}",
     )
-    add(
-        "--depths",
-        type=ints,
-        default=[2, 6, 12, 24],
-        help="RoBERTa-large-shape layer counts to sweep ('' for none)",
-    )
+    add("--depths", type=ints, default=[2, 6, 24], help="RoBERTa layers to sweep")
     add("--batch", type=int, default=8)
     add("--seq", type=int, default=128)
     add("--device", default="cpu", help="cpu or cuda[:N]")
     add("--threads", type=int, default=2, help="torch.set_num_threads")
     add("--timed-steps", type=int, default=3, help="steps timed after the measured one")
     add("--out", type=Path, default=RESULTS, help="results folder")
-    add(
-        "--worker", action="store_true", help="internal: one measurement, one JSON line"
-    )
+    add("--worker", action="store_true", help="internal: one measurement, one line")
     add("--model", choices=MODELS, help="worker's model")
     add("--engine", choices=ENGINES, help="worker's engine")
     add("--depth", type=int, default=LARGE_DEPTH, help="worker's RoBERTa layers")
@@ -425,8 +471,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error(f"unknown model(s) {unknown}; available: {', '.join(MODELS)}")
     if args.worker and not (args.model and args.engine):
         p.error("--worker needs --model and --engine")
-    if not args.worker and not args.models and not args.depths:
-        p.error("nothing to measure: give --models or --depths")
+    if not args.worker and not args.models:
+        p.error("give at least one model in --models")
     return args
 
 
