@@ -230,6 +230,7 @@ def run_worker(args: argparse.Namespace) -> Record:
         "machine": platform.platform(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
+        "load_average_1min": os.getloadavg()[0],  # other work skews step times
     }
 
 
@@ -376,26 +377,29 @@ def plot(records: Sequence[Record], sweep: dict[Any, Record], path: Path) -> Non
     fig, axes = plt.subplots(1, 2 if sweep else 1, figsize=(12 if sweep else 6, 4.5))
     ax = axes[0] if sweep else axes
     cuda = records[0]["device"].startswith("cuda")
-    for live, hatch, alpha in ((False, "", 0.9), (True, "//", 0.5)):
-        if live and cuda:
-            break
+    kinds = (False,) if cuda else (False, True)  # CPU: RSS bar, then live bar
+    width = 0.8 / (len(ENGINES) * len(kinds))
+    for j, live in enumerate(kinds):
         by_model = table(records, "model", sweep=False, live=live or cuda)
         for i, engine in enumerate(ENGINES):
-            xs = [x + (i - 1) * 0.27 for x in range(len(by_model))]
+            offset = (i * len(kinds) + j + 0.5) * width - 0.4
             ys = [e[engine]["extra_mib"] for e in by_model.values()]
-            tag = " (live tensors)" if live else ""
+            label = engine + (" (live tensors)" if live else "")
             bars = ax.bar(
-                xs,
+                [x + offset for x in range(len(ys))],
                 ys,
-                0.27,
+                width,
+                label=label,
                 color=f"C{i}",
-                hatch=hatch,
-                alpha=alpha,
-                label=engine + tag,
+                hatch="//" if live else "",
+                alpha=0.9 - 0.4 * j,
             )
             ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax.set_yscale("log")
     ax.set_xticks(range(len(by_model)), list(by_model))
-    ax.set(ylabel="extra peak memory (MiB)", title="One step, memory above the model")
+    ax.set(
+        ylabel="extra peak memory (MiB, log)", title="One step, memory above the model"
+    )
     ax.legend(fontsize=8)
     if sweep:
         for i, engine in enumerate(ENGINES):
