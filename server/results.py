@@ -33,7 +33,8 @@ COLUMNS = (
     "clients",
     "dropped",
     "coverage-trained",
-    "peak-client-mem-mib",
+    "client-peak-mib",
+    "client-peak-extra-mib",
     "client-train-seconds-max",
     "round-seconds",
     "elapsed-seconds",
@@ -111,11 +112,8 @@ class RunRecorder:
             "clients": train.get("clients"),
             "dropped": round_log.get("dropped"),
             "coverage-trained": round_log.get("coverage-trained"),
-            "peak-client-mem-mib": (
-                train["peak-mem-bytes-max"] / 2**20
-                if "peak-mem-bytes-max" in train
-                else None
-            ),
+            "client-peak-mib": _mib(train.get("peak-mem-total-bytes-max")),
+            "client-peak-extra-mib": _mib(train.get("peak-mem-bytes-max")),
             "client-train-seconds-max": train.get("train-seconds-max"),
             "round-seconds": now - self.last if server_round else 0.0,
             "elapsed-seconds": now - self.started,
@@ -146,8 +144,8 @@ class RunRecorder:
             parts.append(f"fed acc {100 * row['federated-accuracy']:.1f}%")
         if row["train-loss"] is not None:
             parts.append(f"train loss {row['train-loss']:.4f}")
-        if row["peak-client-mem-mib"] is not None:
-            parts.append(f"client peak +{row['peak-client-mem-mib']:.0f} MiB")
+        if row["client-peak-mib"] is not None:
+            parts.append(f"client peak {row['client-peak-mib']:.0f} MiB")
         if done:
             parts.append(f"{row['round-seconds']:.0f} s")
         log(INFO, "[spry] %s%s", " | ".join(parts), eta)
@@ -215,6 +213,10 @@ class RunRecorder:
         path = self.directory / "summary.json"
         path.write_text(json.dumps(summary, indent=2))
         return path
+
+
+def _mib(value: float | None) -> float | None:
+    return None if value is None else value / 2**20
 
 
 def _duration(seconds: float) -> str:

@@ -303,6 +303,9 @@ def _train_metrics(records: list[RecordDict]) -> MetricRecord:
             "peak-mem-bytes-max": max(
                 int(m.get(protocol.PEAK_MEM_BYTES, 0)) for m in metrics
             ),
+            "peak-mem-total-bytes-max": max(
+                int(m.get(protocol.PEAK_MEM_TOTAL_BYTES, 0)) for m in metrics
+            ),
             "clients": len(metrics),
             protocol.NUM_EXAMPLES: sum(int(m[protocol.NUM_EXAMPLES]) for m in metrics),
         }

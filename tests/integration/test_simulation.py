@@ -17,7 +17,8 @@ TIMING = {
     "round-seconds",
     "elapsed-seconds",
     "client-train-seconds-max",
-    "peak-client-mem-mib",
+    "client-peak-mib",
+    "client-peak-extra-mib",
 }
 
 SMALL_RUN = [
