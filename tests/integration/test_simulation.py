@@ -48,23 +48,17 @@ def _ray_pids() -> set[int]:
     return {int(pid) for pid in out.split()}
 
 
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def _command(results: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "spry.cli", "run", *SMALL_RUN,
+            "--results-dir", str(results), *extra]  # fmt: skip
+
+
 def _run(results: Path, *extra: str) -> Path:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "spry.cli",
-            "run",
-            *SMALL_RUN,
-            "--results-dir",
-            str(results),
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
+        _command(results, *extra), capture_output=True, text=True, timeout=600, env=ENV
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = results.iterdir()
@@ -109,23 +103,12 @@ def test_ctrl_c_stops_the_run_and_every_worker(tmp_path):
     import time
 
     before = _ray_pids()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "spry.cli",
-            "run",
-            *SMALL_RUN,
-            "--rounds",
-            "50",
-            "--results-dir",
-            str(tmp_path),
-        ],
+        _command(tmp_path, "--rounds", "50"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=env,
+        env=ENV,
     )
     try:
         # Interrupt once the first training round has started on the Ray workers
