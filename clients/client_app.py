@@ -60,7 +60,7 @@ def train(msg: Message, context: Context) -> Message:
     trainable = task.model(
         {**_arrays(msg, protocol.CONTEXT), **_arrays(msg, protocol.ARRAYS)}
     )
-    engine = make_engine(cfg.client.engine, num_tangents=cfg.client.num_tangents)
+    engine = make_engine(cfg.client.engine, **cfg.client.engine_options())
     _ = task.train_data  # build the partition outside the measured block
     with track_peak_memory(task.device) as memory:
         report = train_slice(

@@ -156,6 +156,7 @@ class RunRecorder:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
 
         rounds = [r["round"] for r in self.rows]
         fig, (acc, loss) = plt.subplots(1, 2, figsize=(11, 4))
@@ -189,6 +190,8 @@ class RunRecorder:
             loss.plot(*zip(*train, strict=True), "s--", label="client train loss")
         loss.set(xlabel="round", ylabel="cross-entropy", title="Loss")
         loss.legend()
+        for axis in (acc, loss):
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.suptitle(self.directory.name)
         fig.tight_layout()
         path = self.directory / "plot.png"

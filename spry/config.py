@@ -162,10 +162,32 @@ class DataConfig(_Section):
 class ClientConfig(_Section):
     """How a client trains the slice it receives."""
 
-    ENGINES: ClassVar[tuple[str, ...]] = ("forward", "backprop")
+    ENGINES: ClassVar[tuple[str, ...]] = (
+        "forward",
+        "backprop",
+        "mezo",
+        "baffle",
+        "fwdllm",
+    )
+    ZO_FORMATS: ClassVar[tuple[str, ...]] = ("auto", "forward", "center")
 
-    engine: str = field(default="forward", metadata={"help": "forward|backprop"})
-    num_tangents: int = field(default=1, metadata={"help": "K tangents per batch"})
+    engine: str = field(
+        default="forward", metadata={"help": "forward|backprop|mezo|baffle|fwdllm"}
+    )
+    num_tangents: int = field(
+        default=1, metadata={"help": "K tangents (directions) per batch"}
+    )
+    zo_eps: float = field(
+        default=0.0,
+        metadata={
+            "help": "finite-difference step of mezo|baffle|fwdllm "
+            "(0: the method's own, 1e-3|1e-4|1e-2)"
+        },
+    )
+    zo_format: str = field(
+        default="auto",
+        metadata={"help": "baffle's difference: auto|forward|center (auto: forward)"},
+    )
     local_epochs: int = field(default=1, metadata={"help": "local epochs per round"})
     lr: float = field(default=1e-4, metadata={"help": "client AdamW learning rate"})
     weight_decay: float = field(default=0.0, metadata={"help": "client AdamW decay"})
@@ -181,6 +203,15 @@ class ClientConfig(_Section):
             self.num_tangents >= 1,
             f"`num-tangents` should be at least 1, got {self.num_tangents}",
         )
+        _require(self.zo_eps >= 0, f"`zo-eps` should be >= 0, got {self.zo_eps}")
+        _require(
+            self.zo_format in self.ZO_FORMATS,
+            f"`zo-format` should be one of {self.ZO_FORMATS}, got {self.zo_format!r}",
+        )
+        _require(
+            self.zo_format != "forward" or self.engine not in ("mezo", "fwdllm"),
+            f"`zo-format` 'forward' applies to baffle; {self.engine} is central",
+        )
         _require(
             self.local_epochs >= 1,
             f"`local-epochs` should be at least 1, got {self.local_epochs}",
@@ -190,6 +221,14 @@ class ClientConfig(_Section):
             self.batch_size >= 1,
             f"`batch-size` should be at least 1, got {self.batch_size}",
         )
+
+    def engine_options(self) -> dict[str, Any]:
+        """Keyword options for `spry.engines.make_engine` (None: method default)."""
+        return {
+            "num_tangents": self.num_tangents,
+            "eps": self.zo_eps or None,
+            "fd_format": None if self.zo_format == "auto" else self.zo_format,
+        }
 
 
 @dataclass(frozen=True)

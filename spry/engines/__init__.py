@@ -11,34 +11,65 @@ from .forward import (
     ForwardGradient,
     directional_derivative,
 )
+from .zeroth_order import (
+    FiniteDifference,
+    baffle,
+    fwdllm,
+    mezo,
+    rebuild_from_scalars,
+    sample_direction,
+)
 
+# Every factory takes (num_tangents, eps, fd_format) as keywords; each ignores or
+# rejects what does not apply to it (eps and fd_format are finite-difference only).
 ENGINES: dict[str, Callable[..., GradientEngine]] = {
-    "forward": lambda *, num_tangents=1: ForwardGradient(num_tangents=num_tangents),
+    "forward": lambda *, num_tangents=1, **_: ForwardGradient(
+        num_tangents=num_tangents
+    ),
     "backprop": lambda **_: Backprop(),
+    "mezo": mezo,
+    "baffle": baffle,
+    "fwdllm": fwdllm,
 }
 
 
-def make_engine(name: str, *, num_tangents: int = 1) -> GradientEngine:
-    """The engine called `name` (one of `ENGINES`)."""
+def make_engine(
+    name: str,
+    *,
+    num_tangents: int = 1,
+    eps: float | None = None,
+    fd_format: str | None = None,
+) -> GradientEngine:
+    """The engine called `name` (one of `ENGINES`).
+
+    `eps` and `fd_format` set the finite-difference step and format of the
+    zero-order engines (None: the method's published value); others ignore them.
+    """
     try:
         factory = ENGINES[name]
     except KeyError:
         raise ValueError(
             f"unknown engine {name!r}; available: {sorted(ENGINES)}"
         ) from None
-    return factory(num_tangents=num_tangents)
+    return factory(num_tangents=num_tangents, eps=eps, fd_format=fd_format)
 
 
 __all__ = [
     "ENGINES",
     "Backprop",
     "Batch",
+    "FiniteDifference",
     "ForwardADUnsupportedError",
     "ForwardGradient",
     "GradientEngine",
     "GradientEstimate",
     "TaskLoss",
+    "baffle",
     "directional_derivative",
     "functional_loss",
+    "fwdllm",
     "make_engine",
+    "mezo",
+    "rebuild_from_scalars",
+    "sample_direction",
 ]

@@ -38,5 +38,8 @@ class Backprop(GradientEngine):
         if isinstance(aux, torch.Tensor):
             aux = aux.detach()
         return GradientEstimate(
-            loss=value.detach(), grads=dict(zip(leaves, grads, strict=True)), aux=aux
+            loss=value.detach(),
+            grads=dict(zip(leaves, grads, strict=True)),
+            aux=aux,
+            forward_passes=1,
         )

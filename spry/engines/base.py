@@ -4,8 +4,8 @@ A task supplies its loss as `loss(model, batch) -> (scalar loss, aux)`; an engin
 gets that function, the batch, and the trainable tensors it should differentiate
 (`params`, keyed by the model's own parameter names; every other weight stays as it
 is in the model), and returns the loss and a gradient estimate for exactly those
-tensors. Forward-mode, backprop and (next) zero-order engines all take this path, so
-a comparison between them differs only in the engine.
+tensors. Forward-mode, backprop and zero-order engines all take this path, so a
+comparison between them differs only in the engine.
 """
 
 from __future__ import annotations
@@ -35,11 +35,20 @@ class GradientEstimate:
         The gradient (or its estimate) for every tensor in `params`.
     aux : Any
         The task's side output (e.g. logits), detached.
+    forward_passes : int (default: 0)
+        Forward passes through the model this estimate cost (a jvp pass counts as
+        one), so engines can be compared at equal compute.
+    projected : tuple[float, ...] (default: ())
+        The K per-direction scalars (directional derivatives or their finite
+        differences), in draw order, for engines that average K random directions.
+        With the generator's seed they are all a server needs to rebuild `grads`.
     """
 
     loss: Tensor
     grads: dict[str, Tensor]
     aux: Any
+    forward_passes: int = 0
+    projected: tuple[float, ...] = ()
 
 
 class GradientEngine(ABC):

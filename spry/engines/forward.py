@@ -118,13 +118,21 @@ class ForwardGradient(GradientEngine):
     ) -> GradientEstimate:
         grads = {name: torch.zeros_like(value) for name, value in params.items()}
         value, aux = None, None
+        projected: list[float] = []
         for _ in range(self.num_tangents):
             tangents = self.sample_tangents(params, generator)
             value, derivative, aux = directional_derivative(
                 model, loss, batch, params, tangents
             )
-            scale = derivative.item() / self.num_tangents
+            projected.append(derivative.item())
+            scale = projected[-1] / self.num_tangents
             for name, tangent in tangents.items():
                 grads[name].add_(tangent, alpha=scale)
         assert value is not None
-        return GradientEstimate(loss=value, grads=grads, aux=aux)
+        return GradientEstimate(
+            loss=value,
+            grads=grads,
+            aux=aux,
+            forward_passes=self.num_tangents,
+            projected=tuple(projected),
+        )
