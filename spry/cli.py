@@ -20,7 +20,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .config import ConfigError, ConfigValue, RunConfig, default_values
+from .config import ClientConfig, ConfigError, ConfigValue, RunConfig, default_values
 
 SERVER_APP_FACTORY = "server.server_app:make_server_app"
 CLIENT_APP = "clients.client_app:app"
@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--dataset", help="offline dataset name or HF dataset id")
     run_p.add_argument("--alpha", type=float, help="Dirichlet alpha (label skew)")
     run_p.add_argument("--partitioner", choices=["dirichlet", "iid"])
-    run_p.add_argument("--engine", choices=["forward", "backprop"])
+    run_p.add_argument("--engine", choices=ClientConfig.ENGINES)
     run_p.add_argument("--seed", type=int)
     run_p.add_argument("--results-dir")
     run_p.add_argument(
