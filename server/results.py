@@ -21,6 +21,7 @@ from typing import Any
 from flwr.common.logger import log
 
 from spry.config import RunConfig
+from spry.methods import method_of
 
 COLUMNS = (
     "round",
@@ -67,7 +68,7 @@ class RunRecorder:
     @classmethod
     def create(cls, cfg: RunConfig, *, majority_rate: float) -> RunRecorder:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        run = f"{cfg.strategy.strategy}-{cfg.client.engine}-seed{cfg.runtime.seed}"
+        run = f"{method_of(cfg)}-{cfg.client.engine}-seed{cfg.runtime.seed}"
         name = f"{stamp}-{run}"
         directory = Path(cfg.runtime.results_dir) / name
         suffix = 1
@@ -76,6 +77,7 @@ class RunRecorder:
             suffix += 1
         directory.mkdir(parents=True)
         manifest = {
+            "method": method_of(cfg),
             "config": cfg.to_mapping(),
             "versions": _versions(),
             "machine": platform.platform(),

@@ -119,6 +119,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
         partitions=partitions,
         clients_per_round=cfg.strategy.clients_per_round,
         eval_clients_per_round=cfg.strategy.eval_clients_per_round,
+        split=cfg.strategy.split,
         group_size=cfg.strategy.group_size,
         shared_names=head if cfg.strategy.share_head else (),
         send_context=cfg.strategy.send_context,

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Sequence
 
 from .config import ClientConfig, ConfigError, ConfigValue, RunConfig, default_values
+from .methods import METHODS, method_overrides
 
 SERVER_APP_FACTORY = "server.server_app:make_server_app"
 CLIENT_APP = "clients.client_app:app"
@@ -55,11 +56,13 @@ def _parse_set(items: Sequence[str]) -> dict[str, ConfigValue]:
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, ConfigValue]:
-    overrides = _parse_set(args.set or [])
+    """The method's settings, then the flags, then `--set` (later wins)."""
+    overrides = method_overrides(args.method) if args.method else {}
     for flag, key in _SHORTCUTS.items():
         value = getattr(args, flag, None)
         if value is not None:
             overrides[key] = value
+    overrides.update(_parse_set(args.set or []))
     return overrides
 
 
@@ -136,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spry", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="run a federated simulation")
+    run_p.add_argument(
+        "--method",
+        help=f"a named method: {', '.join(METHODS)} (default: spry's settings)",
+    )
     run_p.add_argument("--rounds", type=int, help="federated rounds")
     run_p.add_argument("--clients", type=int, help="number of clients (partitions)")
     run_p.add_argument("--per-round", type=int, help="clients sampled per round")

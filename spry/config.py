@@ -239,6 +239,10 @@ class StrategyConfig(_Section):
 
     strategy: str = field(default="spry", metadata={"help": "server strategy"})
     clients_per_round: int = field(default=10, metadata={"help": "M sampled clients"})
+    split: bool = field(
+        default=True,
+        metadata={"help": "deal tensor groups to clients (false: all train all)"},
+    )
     group_size: int = field(default=2, metadata={"help": "tensors per split group"})
     share_head: bool = field(
         default=False, metadata={"help": "every client also trains the task head"}

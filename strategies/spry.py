@@ -61,6 +61,10 @@ class Spry(FedAvg):
         M, clients sampled for training each round.
     eval_clients_per_round : int (default: 10)
         Clients sampled for federated evaluation (0 turns it off).
+    split : bool (default: True)
+        Deal groups of tensors to clients (Spry). False: every client trains every
+        trainable tensor (FedFGD with the forward engine; FedAvg/FedYogi with
+        backprop), the same code path with one group.
     group_size : int (default: 2)
         Consecutive trainable tensors per group (2: one LoRA A/B pair).
     shared_names : Sequence[str] (default: ())
@@ -83,6 +87,7 @@ class Spry(FedAvg):
         partitions: Mapping[int, int],
         clients_per_round: int = 10,
         eval_clients_per_round: int = 10,
+        split: bool = True,
         group_size: int = 2,
         shared_names: Sequence[str] = (),
         send_context: bool = True,
@@ -106,6 +111,7 @@ class Spry(FedAvg):
         self.partitions = dict(partitions)
         self.clients_per_round = clients_per_round
         self.eval_clients_per_round = min(eval_clients_per_round, len(partitions))
+        self.split = split
         self.group_size = group_size
         self.shared_names = tuple(shared_names)
         self.send_context = send_context
@@ -135,9 +141,10 @@ class Spry(FedAvg):
         log(INFO, "\t├──> Spry settings:")
         log(
             INFO,
-            "\t│\t├── clients per round %d of %d | group size %d | shared %s",
+            "\t│\t├── clients per round %d of %d | split %s (groups of %d) | shared %s",
             self.clients_per_round,
             len(self.partitions),
+            self.split,
             self.group_size,
             list(self.shared_names) or "none",
         )
@@ -163,11 +170,11 @@ class Spry(FedAvg):
         unknown_shared = sorted(set(self.shared_names) - set(names))
         if unknown_shared:
             raise ValueError(f"shared tensors not in the model: {unknown_shared}")
-        split = [n for n in names if n not in self.shared_names]
+        dealt = [n for n in names if n not in self.shared_names]
+        # Without splitting, all tensors form one group, so every client gets it.
+        groups = make_groups(dealt, self.group_size if self.split else len(dealt) or 1)
         nodes = self._sample(server_round, self.clients_per_round, stream=0)
-        self.assignment = assign_groups(
-            make_groups(split, self.group_size), nodes, shared=self.shared_names
-        )
+        self.assignment = assign_groups(groups, nodes, shared=self.shared_names)
         cfg = self._config(config, server_round)
         messages = []
         for node_id, owned in self.assignment.items():
@@ -197,7 +204,7 @@ class Spry(FedAvg):
             len(nodes),
             self.round_log[server_round]["sampled-partitions"],
             len(names),
-            len(make_groups(split, self.group_size)),
+            len(groups),
         )
         return messages
 

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 TIMING = {
     "round-seconds",
     "elapsed-seconds",
@@ -140,3 +142,16 @@ def test_ctrl_c_stops_the_run_and_every_worker(tmp_path):
     # What was measured before the interrupt is on disk
     (run_dir,) = tmp_path.iterdir()
     assert (run_dir / "metrics.csv").read_text().count("\n") >= 2
+
+
+@pytest.mark.parametrize("method", ["fedavg", "fedmezo"])
+def test_baseline_methods_run_two_rounds_in_the_same_harness(method, tmp_path):
+    run_dir = _run(tmp_path, "--method", method)
+
+    rows = _metrics(run_dir)
+    manifest = json.loads((run_dir / "config.json").read_text())
+    assert manifest["method"] == method
+    assert run_dir.name.split("-")[2] == method
+    assert [r["round"] for r in rows] == ["0", "1", "2"]
+    assert all(r["dropped"] == "0" and r["clients"] == "3" for r in rows[1:])
+    assert rows[2]["test-loss"] != rows[0]["test-loss"]

@@ -201,3 +201,26 @@ def test_a_round_in_which_every_client_crashed_stops_the_run():
         )
     with pytest.raises(RoundFailedError, match="all 2 clients failed.*boom"):
         strategy.aggregate_train(1, crashed)
+
+
+def test_without_split_every_client_trains_every_tensor_and_aggregation_is_fedavg():
+    # Prepare
+    from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+    strategy = _strategy(clients=3, split=False)
+    messages = _configure(strategy)
+    assert all(sorted(m.content["arrays"].keys()) == sorted(NAMES) for m in messages)
+    rng = np.random.default_rng(1)
+    replies = [
+        reply(node, {n: rng.normal(size=2).astype(np.float32) for n in NAMES},
+              {"num-examples": n_ex})
+        for node, n_ex in zip(strategy.assignment, (3, 7, 11), strict=True)
+    ]  # fmt: skip
+
+    # Execute
+    ours, _ = strategy.aggregate_train(1, replies)
+    flowers = aggregate_arrayrecords([r.content for r in replies], "num-examples")
+
+    # Assert: identical to Flower's own FedAvg aggregation
+    for n in NAMES:
+        np.testing.assert_allclose(ours[n].numpy(), flowers[n].numpy(), rtol=1e-6)
