@@ -83,6 +83,7 @@ def train(msg: Message, context: Context) -> Message:
             protocol.NUM_EXAMPLES: report.num_examples,
             protocol.TRAIN_LOSS: report.mean_loss,
             protocol.STEPS: report.steps,
+            protocol.FORWARD_PASSES: report.forward_passes,
             protocol.TRAIN_SECONDS: memory.seconds,
             protocol.PEAK_MEM_BYTES: memory.extra_bytes,
             protocol.PEAK_MEM_TOTAL_BYTES: memory.peak_bytes,

@@ -37,6 +37,8 @@ COLUMNS = (
     "client-peak-mib",
     "client-peak-extra-mib",
     "client-train-seconds-max",
+    "upload-bytes-per-client",
+    "forward-passes",
     "round-seconds",
     "elapsed-seconds",
 )
@@ -117,6 +119,8 @@ class RunRecorder:
             "client-peak-mib": _mib(train.get("peak-mem-total-bytes-max")),
             "client-peak-extra-mib": _mib(train.get("peak-mem-bytes-max")),
             "client-train-seconds-max": train.get("train-seconds-max"),
+            "upload-bytes-per-client": train.get("upload-bytes-mean"),
+            "forward-passes": train.get("forward-passes"),
             "round-seconds": now - self.last if server_round else 0.0,
             "elapsed-seconds": now - self.started,
         }

@@ -26,6 +26,7 @@ PEAK_MEM_BYTES = "peak-mem-bytes"  # peak above the client's baseline during tra
 PEAK_MEM_TOTAL_BYTES = "peak-mem-total-bytes"
 TRAIN_SECONDS = "train-seconds"
 STEPS = "steps"
+FORWARD_PASSES = "forward-passes"  # model passes the engine ran (a jvp pass counts 1)
 
 # Actions: message types beyond Flower's defaults ("train", "evaluate")
 DESCRIBE = "describe"  # query: which partition a node holds

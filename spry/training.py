@@ -22,11 +22,12 @@ from .seeding import STREAM_TANGENTS, torch_generator
 
 @dataclass(frozen=True)
 class TrainReport:
-    """What local training did: examples seen, steps, mean loss."""
+    """What local training did: examples seen, steps, mean loss, forward passes."""
 
     num_examples: int
     steps: int
     mean_loss: float
+    forward_passes: int = 0
 
 
 def train_slice(
@@ -56,7 +57,7 @@ def train_slice(
         list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay
     )
     trainable.model.eval()  # dropout off for every engine: one loss, one function
-    steps, examples, loss_sum = 0, 0, 0.0
+    steps, examples, loss_sum, passes = 0, 0, 0.0, 0
     for epoch in range(cfg.local_epochs):
         for batch in batches(epoch):
             generator = torch_generator(
@@ -76,10 +77,12 @@ def train_slice(
             optimizer.zero_grad(set_to_none=True)
             n = len(next(iter(batch.values())))  # examples in this batch
             steps += 1
+            passes += estimate.forward_passes
             examples += n
             loss_sum += float(estimate.loss) * n
     return TrainReport(
         num_examples=examples // cfg.local_epochs,
         steps=steps,
         mean_loss=loss_sum / examples if examples else 0.0,
+        forward_passes=passes,
     )

@@ -215,6 +215,7 @@ class Spry(FedAvg):
         contributions: list[tuple[dict[str, np.ndarray], float]] = []
         accepted: list[RecordDict] = []
         errors: list[str] = []
+        uploaded: list[int] = []  # bytes of tensors each accepted client sent
         dropped = 0
         for reply in replies:
             node_id = reply.metadata.src_node_id
@@ -232,6 +233,7 @@ class Spry(FedAvg):
                 continue
             contributions.append((tensors, weight))
             accepted.append(RecordDict({protocol.METRICS: metrics}))
+            uploaded.append(sum(t.nbytes for t in tensors.values()))
         entry = self.round_log.setdefault(server_round, {})
         entry["dropped"] = dropped
         if errors and len(errors) == dropped == len(self.assignment):
@@ -252,6 +254,7 @@ class Spry(FedAvg):
             self.current, merge_into(self.current, aggregate), self.optimizer_state
         )
         metrics = _train_metrics(accepted)
+        metrics["upload-bytes-mean"] = sum(uploaded) / len(uploaded)
         entry["train"] = dict(metrics)
         return ArrayRecord({k: Array(v) for k, v in new.items()}), metrics
 
@@ -314,6 +317,9 @@ def _train_metrics(records: list[RecordDict]) -> MetricRecord:
                 int(m.get(protocol.PEAK_MEM_TOTAL_BYTES, 0)) for m in metrics
             ),
             "clients": len(metrics),
+            "forward-passes": sum(
+                int(m.get(protocol.FORWARD_PASSES, 0)) for m in metrics
+            ),
             protocol.NUM_EXAMPLES: sum(int(m[protocol.NUM_EXAMPLES]) for m in metrics),
         }
     )
