@@ -1,0 +1,219 @@
+"""Run several methods on the same federation and compare them in one table and plot.
+
+Spry's claims are relative (memory near inference, accuracy near backprop, faster
+than zero-order methods), so they are only meaningful side by side: every method
+here runs with the same model, data, partitions, client sampling and seed, through
+the same `spry run` (each in its own process, so no method inherits another's Ray
+workers or memory), and differs only in the settings of `spry.methods.METHODS`.
+
+For each method the table gives the final and best central test accuracy, the
+round and wall time at which it first reached 90% of the reference's final accuracy
+(the reference is FedAvg with backprop when it is in the list, else the best final
+accuracy), the largest client peak memory, the mean upload per client per round and
+the forward passes per round. The majority-class rate is printed beside accuracy:
+reaching it only means the label prior was learned.
+
+    python -m benchmarks.compare --methods spry,fedfgd,fedavg,fedmezo --rounds 20
+    python -m benchmarks.compare --methods spry,fedavg --rounds 3 --set num-clients=20
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from spry.methods import METHODS
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+REFERENCE = "fedavg"
+TARGET_SHARE = 0.9
+
+
+def run_method(
+    method: str, rounds: int, seed: int, extra: list[str], runs_dir: Path
+) -> Path:
+    """Run one method with `spry run` in a fresh process; return its results folder."""
+    out = runs_dir / method
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "run.log"
+    command = [
+        sys.executable, "-m", "spry.cli", "run", "--method", method,
+        "--rounds", str(rounds), "--seed", str(seed), "--results-dir", str(out),
+    ]  # fmt: skip
+    for item in extra:
+        command += ["--set", item]
+    started = time.monotonic()
+    print(f"[compare] {method}: running ({' '.join(command[3:])}); log: {log}")
+    with open(log, "w") as fh:
+        status = subprocess.run(command, stdout=fh, stderr=subprocess.STDOUT).returncode
+    runs = sorted(p for p in out.iterdir() if p.is_dir())
+    if status != 0 or not runs:
+        raise RuntimeError(f"{method} failed (exit {status}); see {log}")
+    print(f"[compare] {method}: done in {time.monotonic() - started:.0f} s")
+    return runs[-1]
+
+
+def read_rows(run_dir: Path) -> list[dict[str, float]]:
+    with open(run_dir / "metrics.csv") as fh:
+        return [
+            {k: float(v) for k, v in row.items() if v != ""}
+            for row in csv.DictReader(fh)
+        ]
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def summarize(method: str, rows: list[dict[str, float]], target: float) -> dict:
+    """One table row: accuracy, time to the target, memory, upload, passes."""
+    trained = [r for r in rows if r["round"] > 0]
+    reached = next((r for r in rows if r["test-accuracy"] >= target), None)
+    peaks = [r["client-peak-mib"] for r in trained if "client-peak-mib" in r]
+    return {
+        "method": method,
+        "settings": METHODS[method],
+        "final-accuracy": rows[-1]["test-accuracy"],
+        "best-accuracy": max(r["test-accuracy"] for r in rows),
+        "majority-rate": rows[0]["majority-rate"],
+        "final-test-loss": rows[-1]["test-loss"],
+        "target-accuracy": target,
+        "round-to-target": None if reached is None else int(reached["round"]),
+        "seconds-to-target": None if reached is None else reached["elapsed-seconds"],
+        "client-peak-mib": max(peaks) if peaks else None,
+        "upload-bytes-per-client": _mean(
+            [
+                r["upload-bytes-per-client"]
+                for r in trained
+                if "upload-bytes-per-client" in r
+            ]
+        ),
+        "forward-passes-per-round": _mean(
+            [r["forward-passes"] for r in trained if "forward-passes" in r]
+        ),
+        "wall-seconds": rows[-1]["elapsed-seconds"],
+    }
+
+
+def _fmt(value: Any, spec: str, missing: str = "not reached") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def markdown(
+    summaries: list[dict], rounds: int, reference: str, extra: list[str]
+) -> str:
+    lines = [
+        f"## Methods compared: {rounds} rounds, same model, data, partitions and seed",
+        "",
+        f"Target: {100 * TARGET_SHARE:.0f}% of {reference}'s final test accuracy "
+        f"= {100 * summaries[0]['target-accuracy']:.1f}%; majority class "
+        f"{100 * summaries[0]['majority-rate']:.1f}%. Extra settings: "
+        f"{' '.join(extra) or 'none'}.",
+        "",
+        "| method | final acc | best acc | round / s to target | client peak MiB "
+        "| upload KiB/client/round | forward passes/round | wall s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in summaries:
+        to_target = (
+            "not reached"
+            if s["round-to-target"] is None
+            else f"{s['round-to-target']} / {s['seconds-to-target']:.0f}"
+        )
+        upload = s["upload-bytes-per-client"]
+        lines.append(
+            f"| {s['method']} | {100 * s['final-accuracy']:.1f}% "
+            f"| {100 * s['best-accuracy']:.1f}% | {to_target} "
+            f"| {_fmt(s['client-peak-mib'], '.0f', '-')} "
+            f"| {_fmt(None if upload is None else upload / 1024, '.1f', '-')} "
+            f"| {_fmt(s['forward-passes-per-round'], '.0f', '-')} "
+            f"| {s['wall-seconds']:.0f} |"
+        )
+    lines += [
+        "",
+        "Each method ran as its own `spry run --method <name>` process here; "
+        "client peak is the largest resident set of a client worker process during "
+        "training (model, torch and Ray included); upload counts the tensors a client "
+        "returned; a forward pass is one model pass (a jvp pass counts once).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(curves: dict[str, list[dict[str, float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (acc, loss) = plt.subplots(1, 2, figsize=(11, 4))
+    majority = None
+    for method, rows in curves.items():
+        rounds = [r["round"] for r in rows]
+        acc.plot(rounds, [100 * r["test-accuracy"] for r in rows], "o-", label=method)
+        loss.plot(rounds, [r["test-loss"] for r in rows], "o-", label=method)
+        majority = rows[0]["majority-rate"]
+    if majority is not None:
+        acc.axhline(100 * majority, color="grey", ls=":", label="majority class")
+    acc.set(xlabel="round", ylabel="test accuracy (%)", title="Accuracy per round")
+    loss.set(xlabel="round", ylabel="test cross-entropy", title="Loss per round")
+    acc.legend()
+    loss.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--methods", default="spry,fedfgd,fedavg,fedmezo")
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    methods = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        print(
+            f"compare: unknown method(s) {unknown}; known: {', '.join(METHODS)}",
+            file=sys.stderr,
+        )
+        return 2
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    runs_dir = ROOT / "results" / "compare"  # raw runs stay out of git
+    curves = {
+        m: read_rows(run_method(m, args.rounds, args.seed, args.set, runs_dir))
+        for m in methods
+    }
+    reference = (
+        REFERENCE
+        if REFERENCE in curves
+        else max(curves, key=lambda m: curves[m][-1]["test-accuracy"])
+    )
+    target = TARGET_SHARE * curves[reference][-1]["test-accuracy"]
+    summaries = [summarize(m, rows, target) for m, rows in curves.items()]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "compare.json").write_text(
+        json.dumps(
+            {"rounds": args.rounds, "seed": args.seed, "extra": args.set,
+             "reference": reference, "methods": summaries, "curves": curves},
+            indent=2,
+        )
+    )  # fmt: skip
+    report = markdown(summaries, args.rounds, reference, args.set)
+    (args.out / "compare.md").write_text(report)
+    plot(curves, args.out / "compare.png")
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from benchmarks.compare import main, markdown, summarize
+
+
+def _rows(accuracies, seconds_per_round=10.0):
+    return [
+        {
+            "round": float(i),
+            "test-accuracy": acc,
+            "test-loss": 0.7 - 0.01 * i,
+            "majority-rate": 0.578,
+            "elapsed-seconds": seconds_per_round * i,
+            **({"client-peak-mib": 800.0 + i, "upload-bytes-per-client": 4096.0,
+                "forward-passes": 100.0} if i else {}),
+        }
+        for i, acc in enumerate(accuracies)
+    ]  # fmt: skip
+
+
+def test_summary_finds_the_first_round_at_the_target():
+    rows = _rows([0.55, 0.60, 0.66, 0.70, 0.69])
+
+    summary = summarize("spry", rows, target=0.65)
+
+    assert summary["round-to-target"] == 2
+    assert summary["seconds-to-target"] == 20.0
+    assert summary["final-accuracy"] == 0.69 and summary["best-accuracy"] == 0.70
+    assert summary["client-peak-mib"] == 804.0
+    assert summary["upload-bytes-per-client"] == 4096.0
+
+
+def test_a_method_that_never_reaches_the_target_says_so():
+    summary = summarize("fedmezo", _rows([0.55, 0.56, 0.57]), target=0.65)
+    assert summary["round-to-target"] is None
+    table = markdown([summary], rounds=2, reference="fedavg", extra=[])
+    assert "| fedmezo | 57.0% | 57.0% | not reached | 802 | 4.0 | 100 | 20 |" in table
+    assert "majority class 57.8%" in table
+
+
+def test_unknown_method_is_refused_with_the_known_ones(capsys):
+    assert main(["--methods", "spry,fedprox"]) == 2
+    assert "known: spry" in capsys.readouterr().err
