@@ -1,11 +1,13 @@
-"""Builders for Flower reply messages, as a strategy receives them from nodes."""
+"""Test helpers: Flower reply messages as a strategy receives them, a tiny model."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord, Message, Metadata, MetricRecord, RecordDict
+from torch import nn
 
 
 def reply(
@@ -32,3 +34,22 @@ def reply(
         message_type=message_type,
     )
     return Message(content=content, metadata=metadata)
+
+
+class TinyMLP(nn.Module):
+    """A 4-3-2 tanh MLP (23 parameters) with fixed weights, for engine tests."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.l1 = nn.Linear(4, 3)
+        self.l2 = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.l2(torch.tanh(self.l1(x)))
+
+
+def mlp_loss(model, batch):
+    """Cross-entropy of TinyMLP's logits; the logits are the side output."""
+    logits = model(batch["x"])
+    return nn.functional.cross_entropy(logits, batch["labels"]), logits

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from spry.classification import classification_loss, iterate_batches
 from spry.engines import (
@@ -14,6 +13,7 @@ from spry.engines import (
     directional_derivative,
     make_engine,
 )
+from tests.helpers import TinyMLP, mlp_loss
 
 
 def _default_batch(model, data, size=8, max_length=64):
@@ -62,29 +62,13 @@ def test_jvp_equals_backprop_gradient_dot_tangent_on_default_model(
     )  # covers A, B, head
 
 
-class TinyMLP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.l1 = nn.Linear(4, 3)
-        self.l2 = nn.Linear(3, 2)
-
-    def forward(self, x):
-        return self.l2(torch.tanh(self.l1(x)))
-
-
-def _mlp_loss(model, batch):
-    logits = model(batch["x"])
-    return nn.functional.cross_entropy(logits, batch["labels"]), logits
-
-
 def test_forward_gradient_is_unbiased_on_small_model():
     # Prepare
     model = TinyMLP()
     batch = {"x": torch.randn(16, 4), "labels": torch.randint(0, 2, (16,))}
     params = dict(model.named_parameters())
     exact = Backprop().estimate(
-        model, _mlp_loss, batch, params, generator=torch.Generator()
+        model, mlp_loss, batch, params, generator=torch.Generator()
     )
     engine = ForwardGradient(num_tangents=1)
     gen = torch.Generator().manual_seed(0)
@@ -93,7 +77,7 @@ def test_forward_gradient_is_unbiased_on_small_model():
     # Execute: average n independent one-tangent estimates
     total = {k: torch.zeros_like(v) for k, v in params.items()}
     for _ in range(n):
-        est = engine.estimate(model, _mlp_loss, batch, params, generator=gen)
+        est = engine.estimate(model, mlp_loss, batch, params, generator=gen)
         for k in total:
             total[k] += est.grads[k] / n
 
@@ -102,7 +86,7 @@ def test_forward_gradient_is_unbiased_on_small_model():
     flat_mean = torch.cat([total[k].flatten() for k in params])
     flat_true = torch.cat([exact.grads[k].flatten() for k in params])
     rel = float((flat_mean - flat_true).norm() / flat_true.norm())
-    single = engine.estimate(model, _mlp_loss, batch, params, generator=gen)
+    single = engine.estimate(model, mlp_loss, batch, params, generator=gen)
     flat_single = torch.cat([single.grads[k].flatten() for k in params])
     assert rel < 0.15
     assert float((flat_single - flat_true).norm() / flat_true.norm()) > rel
@@ -113,11 +97,11 @@ def test_forward_gradient_with_k_tangents_is_the_mean_of_k_single_estimates():
     batch = {"x": torch.randn(8, 4), "labels": torch.randint(0, 2, (8,))}
     params = dict(model.named_parameters())
     k4 = ForwardGradient(num_tangents=4).estimate(
-        model, _mlp_loss, batch, params, generator=torch.Generator().manual_seed(3)
+        model, mlp_loss, batch, params, generator=torch.Generator().manual_seed(3)
     )
     gen = torch.Generator().manual_seed(3)
     singles = [
-        ForwardGradient().estimate(model, _mlp_loss, batch, params, generator=gen)
+        ForwardGradient().estimate(model, mlp_loss, batch, params, generator=gen)
         for _ in range(4)
     ]
     for name in params:
@@ -131,10 +115,10 @@ def test_same_generator_seed_gives_the_same_estimate_whatever_the_dict_order():
     params = dict(model.named_parameters())
     reordered = dict(reversed(list(params.items())))
     a = ForwardGradient().estimate(
-        model, _mlp_loss, batch, params, generator=torch.Generator().manual_seed(7)
+        model, mlp_loss, batch, params, generator=torch.Generator().manual_seed(7)
     )
     b = ForwardGradient().estimate(
-        model, _mlp_loss, batch, reordered, generator=torch.Generator().manual_seed(7)
+        model, mlp_loss, batch, reordered, generator=torch.Generator().manual_seed(7)
     )
     for name in params:
         torch.testing.assert_close(a.grads[name], b.grads[name], rtol=0, atol=0)

@@ -19,6 +19,7 @@ from spry.engines import (
     sample_direction,
 )
 from spry.engines.zeroth_order import direction_specs
+from tests.helpers import TinyMLP, mlp_loss
 
 D = 5
 
@@ -45,22 +46,6 @@ def _quadratic_loss(model, batch):
     del batch
     value = model()
     return value, value  # jvp's has_aux wants a tensor
-
-
-class TinyMLP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.l1 = nn.Linear(4, 3)
-        self.l2 = nn.Linear(3, 2)
-
-    def forward(self, x):
-        return self.l2(torch.tanh(self.l1(x)))
-
-
-def _mlp_loss(model, batch):
-    logits = model(batch["x"])
-    return nn.functional.cross_entropy(logits, batch["labels"]), logits
 
 
 def _mlp_setup():
@@ -176,7 +161,7 @@ def test_params_and_model_are_unchanged_bit_for_bit(name):
     identities = {k: id(v) for k, v in params.items()}
 
     # Execute
-    ALL_ZO[name](4).estimate(model, _mlp_loss, batch, params, generator=_seeded())
+    ALL_ZO[name](4).estimate(model, mlp_loss, batch, params, generator=_seeded())
 
     # Assert
     after = model.state_dict()
@@ -189,8 +174,8 @@ def test_same_seed_gives_the_same_estimate_whatever_the_dict_order(name):
     model, batch, params = _mlp_setup()
     reordered = dict(reversed(list(params.items())))
     engine = ALL_ZO[name](2)
-    a = engine.estimate(model, _mlp_loss, batch, params, generator=_seeded(7))
-    b = engine.estimate(model, _mlp_loss, batch, reordered, generator=_seeded(7))
+    a = engine.estimate(model, mlp_loss, batch, params, generator=_seeded(7))
+    b = engine.estimate(model, mlp_loss, batch, reordered, generator=_seeded(7))
     assert a.projected == b.projected
     for k in params:
         torch.testing.assert_close(a.grads[k], b.grads[k], rtol=0, atol=0)
@@ -203,9 +188,9 @@ def test_k_direction_estimate_is_the_mean_of_k_single_estimates(name):
     gen = _seeded(3)
 
     # Execute
-    k4 = ALL_ZO[name](4).estimate(model, _mlp_loss, batch, params, generator=_seeded(3))
+    k4 = ALL_ZO[name](4).estimate(model, mlp_loss, batch, params, generator=_seeded(3))
     singles = [
-        ALL_ZO[name]().estimate(model, _mlp_loss, batch, params, generator=gen)
+        ALL_ZO[name]().estimate(model, mlp_loss, batch, params, generator=gen)
         for _ in range(4)
     ]
 
@@ -220,7 +205,7 @@ def test_server_rebuilds_the_estimate_from_the_scalars_and_the_seed(name):
     # Prepare
     model, batch, params = _mlp_setup()
     est = ALL_ZO[name](5).estimate(
-        model, _mlp_loss, batch, params, generator=_seeded(11)
+        model, mlp_loss, batch, params, generator=_seeded(11)
     )
     shapes = {k: tuple(v.shape) for k, v in params.items()}
 
@@ -275,7 +260,7 @@ def test_forward_passes_are_counted_as_run(name, options, expected):
 
     def counting_loss(m, b):
         calls.append(1)
-        return _mlp_loss(m, b)
+        return mlp_loss(m, b)
 
     # Execute
     est = make_engine(name, num_tangents=3, **options).estimate(
@@ -289,12 +274,12 @@ def test_forward_passes_are_counted_as_run(name, options, expected):
 def test_reported_loss_is_the_clean_loss_or_within_eps_squared_of_it():
     model, batch, params = _mlp_setup()
     with torch.no_grad():
-        clean, logits = _mlp_loss(model, batch)
+        clean, logits = mlp_loss(model, batch)
     fwd = baffle(num_tangents=2).estimate(
-        model, _mlp_loss, batch, params, generator=_seeded()
+        model, mlp_loss, batch, params, generator=_seeded()
     )
     center = mezo(num_tangents=2).estimate(
-        model, _mlp_loss, batch, params, generator=_seeded()
+        model, mlp_loss, batch, params, generator=_seeded()
     )
     assert torch.equal(fwd.loss, clean) and torch.equal(fwd.aux, logits)
     assert float(center.loss) == pytest.approx(float(clean), abs=1e-4)
@@ -305,7 +290,7 @@ def test_bad_settings_are_clear_errors():
     model, batch, params = _mlp_setup()
     half = {k: v.detach().to(torch.bfloat16) for k, v in params.items()}
     with pytest.raises(ValueError, match="fp32 or wider"):
-        mezo().estimate(model.bfloat16(), _mlp_loss, batch, half, generator=_seeded())
+        mezo().estimate(model.bfloat16(), mlp_loss, batch, half, generator=_seeded())
     with pytest.raises(ValueError, match="`eps` should be a positive"):
         FiniteDifference(eps=0.0)
     with pytest.raises(ValueError, match="applies to baffle only"):
@@ -314,7 +299,7 @@ def test_bad_settings_are_clear_errors():
         make_engine("baffle", fd_format="backward")
     with pytest.raises(KeyError, match="not a parameter"):
         mezo().estimate(
-            model, _mlp_loss, batch, {"nope": torch.zeros(1)}, generator=_seeded()
+            model, mlp_loss, batch, {"nope": torch.zeros(1)}, generator=_seeded()
         )
 
 
