@@ -41,3 +41,10 @@ def test_a_method_that_never_reaches_the_target_says_so():
 def test_unknown_method_is_refused_with_the_known_ones(capsys):
     assert main(["--methods", "spry,fedprox"]) == 2
     assert "known: spry" in capsys.readouterr().err
+
+
+def test_the_untrained_model_meeting_the_target_does_not_count():
+    summary = summarize("spry", _rows([0.60, 0.58, 0.61]), target=0.59)
+    assert summary["round-to-target"] == 2
+    table = markdown([summary], rounds=2, reference="fedavg", extra=[])
+    assert "The untrained model already scores 60.0%, above the target" in table
