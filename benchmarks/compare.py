@@ -161,6 +161,7 @@ def plot(curves: dict[str, list[dict[str, float]]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (acc, loss) = plt.subplots(1, 2, figsize=(11, 4))
     majority = None
@@ -173,8 +174,9 @@ def plot(curves: dict[str, list[dict[str, float]]], path: Path) -> None:
         acc.axhline(100 * majority, color="grey", ls=":", label="majority class")
     acc.set(xlabel="round", ylabel="test accuracy (%)", title="Accuracy per round")
     loss.set(xlabel="round", ylabel="test cross-entropy", title="Loss per round")
-    acc.legend()
-    loss.legend()
+    for axis in (acc, loss):
+        axis.legend()
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
