@@ -137,10 +137,9 @@ def warm_up(trainable: Any, train: Any, args: argparse.Namespace) -> list[float]
 
 def sample_clients(seed: int, server_round: int, num: int, total: int) -> list[int]:
     """Client ids drawn as Spry's strategy draws them for `server_round`."""
-    from spry.seeding import STREAM_SAMPLING, numpy_rng
+    from spry.splitting import sample_clients as strategy_sampling
 
-    rng = numpy_rng(seed, STREAM_SAMPLING, server_round)
-    return [int(i) for i in rng.choice(total, size=num, replace=False)]
+    return strategy_sampling(seed, server_round, num, total)
 
 
 def client_batches(

@@ -13,6 +13,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .seeding import STREAM_SAMPLING, numpy_rng
+
+
+def sample_clients(seed: int, draw: int, count: int, population: int) -> list[int]:
+    """`count` distinct indices into a population sorted by partition id.
+
+    A pure function of (seed, draw): the server's round sampling and any offline
+    probe of "the clients of round r" get the same clients. The order of the draw
+    is the order in which groups are dealt.
+    """
+    rng = numpy_rng(seed, STREAM_SAMPLING, draw)
+    return [int(i) for i in rng.choice(population, size=count, replace=False)]
+
 
 def make_groups(names: Sequence[str], group_size: int) -> list[tuple[str, ...]]:
     """Consecutive groups of `group_size` names (the last may be shorter)."""

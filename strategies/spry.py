@@ -37,8 +37,7 @@ from spry.aggregation import (
     merge_into,
     weighted_mean_per_tensor,
 )
-from spry.seeding import STREAM_SAMPLING, numpy_rng
-from spry.splitting import assign_groups, coverage, make_groups
+from spry.splitting import assign_groups, coverage, make_groups, sample_clients
 
 from .replies import InvalidReply, checked_update, log_dropped, slice_arrays
 
@@ -127,9 +126,10 @@ class Spry(FedAvg):
     def _sample(self, server_round: int, count: int, stream: int) -> list[int]:
         """`count` node ids drawn from (seed, round); draw order is deal order."""
         by_partition = sorted(self.partitions.items(), key=lambda item: item[1])
-        rng = numpy_rng(self.seed, STREAM_SAMPLING, stream + server_round)
-        picks = rng.choice(len(by_partition), size=count, replace=False)
-        return [by_partition[int(i)][0] for i in picks]
+        picks = sample_clients(
+            self.seed, stream + server_round, count, len(by_partition)
+        )
+        return [by_partition[i][0] for i in picks]
 
     def _config(self, config: ConfigRecord, server_round: int) -> ConfigRecord:
         merged = ConfigRecord({**self.run_config, **dict(config)})
