@@ -165,6 +165,7 @@ class ClientConfig(_Section):
     ENGINES: ClassVar[tuple[str, ...]] = (
         "forward",
         "backprop",
+        "backprop-checkpoint",
         "mezo",
         "baffle",
         "fwdllm",
@@ -172,7 +173,8 @@ class ClientConfig(_Section):
     ZO_FORMATS: ClassVar[tuple[str, ...]] = ("auto", "forward", "center")
 
     engine: str = field(
-        default="forward", metadata={"help": "forward|backprop|mezo|baffle|fwdllm"}
+        default="forward",
+        metadata={"help": "forward|backprop|backprop-checkpoint|mezo|baffle|fwdllm"},
     )
     num_tangents: int = field(
         default=1, metadata={"help": "K tangents (directions) per batch"}

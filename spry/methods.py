@@ -22,6 +22,12 @@ METHODS: dict[str, dict[str, ConfigValue]] = {
     # Backprop baselines: FedAvg (McMahan et al.) and FedYogi (Reddi et al.).
     "fedavg": {"engine": "backprop", "split": False, "server-optimizer": "avg"},
     "fedyogi": {"engine": "backprop", "split": False, "server-optimizer": "yogi"},
+    # FedAvg with activation checkpointing: backprop's memory-frugal form.
+    "fedavg-ckpt": {
+        "engine": "backprop-checkpoint",
+        "split": False,
+        "server-optimizer": "avg",
+    },
     # FedMeZO (Ling et al., arXiv 2402.05926): MeZO local steps, weights averaged.
     "fedmezo": {"engine": "mezo", "split": False, "server-optimizer": "avg"},
 }

@@ -27,6 +27,7 @@ ENGINES: dict[str, Callable[..., GradientEngine]] = {
         num_tangents=num_tangents
     ),
     "backprop": lambda **_: Backprop(),
+    "backprop-checkpoint": lambda **_: Backprop(checkpointing=True),
     "mezo": mezo,
     "baffle": baffle,
     "fwdllm": fwdllm,

@@ -1,6 +1,16 @@
-"""Backpropagation: the reference every other engine is measured against."""
+"""Backpropagation: the reference every other engine is measured against.
+
+With activation checkpointing (Chen et al., arXiv 1604.06174) the forward pass keeps
+only each transformer layer's input and recomputes the layer during the backward
+pass: activation memory drops from one set per layer to about one layer's worth, for
+roughly one more forward pass. A later study (arXiv 2506.21833) finds this the
+strong baseline for forward/zero-order methods, so it is an engine here too.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
@@ -15,10 +25,51 @@ from .base import (
 )
 
 
+@contextmanager
+def activation_checkpointing(model: nn.Module) -> Iterator[None]:
+    """Checkpoint every Hugging Face transformer layer of `model` inside the block.
+
+    transformers checkpoints a layer only while that layer's own `training` flag is
+    set; we set the flag on those layer modules alone (not their children), so
+    dropout stays off and the loss is the one every other engine differentiates.
+    """
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    if not layers:
+        raise ValueError(
+            f"{type(model).__name__} has no transformers layers to checkpoint"
+        )
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    # Non-reentrant: with LoRA the layer inputs do not require grad themselves.
+    base.gradient_checkpointing_enable(
+        gradient_checkpointing_kwargs={"use_reentrant": False}
+    )
+    flags = [layer.training for layer in layers]
+    for layer in layers:
+        layer.training = True
+    try:
+        yield
+    finally:
+        for layer, flag in zip(layers, flags, strict=True):
+            layer.training = flag
+        base.gradient_checkpointing_disable()
+
+
 class Backprop(GradientEngine):
-    """Exact gradient by reverse-mode AD (stores activations for the backward pass)."""
+    """Exact gradient by reverse-mode AD.
+
+    Parameters
+    ----------
+    checkpointing : bool (default: False)
+        Recompute each transformer layer in the backward pass instead of storing
+        its activations.
+    """
 
     name = "backprop"
+
+    def __init__(self, *, checkpointing: bool = False) -> None:
+        self.checkpointing = checkpointing
 
     def estimate(
         self,
@@ -32,7 +83,10 @@ class Backprop(GradientEngine):
         del generator  # exact: nothing is random
         f = functional_loss(model, loss, batch)
         leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-        with torch.enable_grad():
+        recompute = (
+            activation_checkpointing(model) if self.checkpointing else nullcontext()
+        )
+        with torch.enable_grad(), recompute:
             value, aux = f(leaves)
             grads = torch.autograd.grad(value, list(leaves.values()))
         if isinstance(aux, torch.Tensor):
@@ -41,5 +95,5 @@ class Backprop(GradientEngine):
             loss=value.detach(),
             grads=dict(zip(leaves, grads, strict=True)),
             aux=aux,
-            forward_passes=1,
+            forward_passes=2 if self.checkpointing else 1,
         )

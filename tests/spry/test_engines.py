@@ -180,3 +180,52 @@ def test_forward_pass_keeps_no_autograd_graph(default_model, default_data):
     assert est.loss.grad_fn is None
     assert all(g.grad_fn is None for g in est.grads.values())
     assert np.isfinite(float(est.loss))
+
+
+def test_checkpointed_backprop_gives_backprops_gradient_with_dropout_off():
+    # Prepare: a 2-layer BERT with dropout configured (it must stay off) and LoRA
+    from peft import LoraConfig, get_peft_model
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, num_labels=2, hidden_dropout_prob=0.5,
+        attn_implementation="eager",
+    )  # fmt: skip
+    model = get_peft_model(
+        BertForSequenceClassification(cfg),
+        LoraConfig(task_type="SEQ_CLS", r=1, target_modules=["query", "value"]),
+    ).eval()
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_()  # off the zero init, so every tensor gets a gradient
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    batch = {
+        "input_ids": torch.randint(0, 50, (3, 6)),
+        "attention_mask": torch.ones(3, 6, dtype=torch.long),
+        "labels": torch.tensor([0, 1, 1]),
+    }
+
+    calls = []
+    attention = next(
+        m for n, m in model.named_modules() if n.endswith("layer.0.attention")
+    )
+    attention.register_forward_hook(lambda *_: calls.append(1))
+
+    # Execute
+    plain = make_engine("backprop").estimate(
+        model, classification_loss, batch, params, generator=None
+    )
+    calls_plain = len(calls)
+    ckpt = make_engine("backprop-checkpoint").estimate(
+        model, classification_loss, batch, params, generator=None
+    )
+
+    # Assert: same loss and gradient; no module left in training mode
+    torch.testing.assert_close(ckpt.loss, plain.loss)
+    for name in params:
+        torch.testing.assert_close(ckpt.grads[name], plain.grads[name])
+    assert ckpt.forward_passes == 2 and plain.forward_passes == 1
+    assert (calls_plain, len(calls) - calls_plain) == (1, 2)  # recomputed in backward
+    assert not any(m.training for m in model.modules())
