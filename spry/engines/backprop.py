@@ -42,8 +42,8 @@ def activation_checkpointing(model: nn.Module) -> Iterator[None]:
         )
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     # Non-reentrant: with LoRA the layer inputs do not require grad themselves.
-    base.gradient_checkpointing_enable(
-        gradient_checkpointing_kwargs={"use_reentrant": False}
+    base.activation_checkpointing_enable(
+        activation_checkpointing_kwargs={"use_reentrant": False}
     )
     flags = [layer.training for layer in layers]
     for layer in layers:
@@ -53,7 +53,7 @@ def activation_checkpointing(model: nn.Module) -> Iterator[None]:
     finally:
         for layer, flag in zip(layers, flags, strict=True):
             layer.training = flag
-        base.gradient_checkpointing_disable()
+        base.activation_checkpointing_disable()
 
 
 class Backprop(GradientEngine):
