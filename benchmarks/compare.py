@@ -38,9 +38,18 @@ TARGET_SHARE = 0.9
 
 
 def run_method(
-    method: str, rounds: int, seed: int, extra: list[str], runs_dir: Path
+    method: str,
+    rounds: int,
+    seed: int,
+    extra: list[str],
+    runs_dir: Path,
+    *,
+    reuse: bool = False,
 ) -> Path:
-    """Run one method with `spry run` in a fresh process; return its results folder."""
+    """Run one method with `spry run` in a fresh process; return its results folder.
+
+    With `reuse`, a completed earlier run of the same command is used instead.
+    """
     out = runs_dir / method
     out.mkdir(parents=True, exist_ok=True)
     log = out / "run.log"
@@ -50,6 +59,19 @@ def run_method(
     ]  # fmt: skip
     for item in extra:
         command += ["--set", item]
+    stamp = out / "command.json"
+    if reuse and stamp.exists() and json.loads(stamp.read_text()) == command[3:]:
+        done = [
+            p
+            for p in sorted(out.iterdir())
+            if (p / "summary.json").exists()
+            and json.loads((p / "summary.json").read_text()).get("status")
+            == "completed"
+        ]
+        if done:
+            print(f"[compare] {method}: reusing {done[-1]}")
+            return done[-1]
+    stamp.write_text(json.dumps(command[3:]))
     started = time.monotonic()
     print(f"[compare] {method}: running ({' '.join(command[3:])}); log: {log}")
     with open(log, "w") as fh:
@@ -73,9 +95,12 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def summarize(method: str, rows: list[dict[str, float]], target: float) -> dict:
+def summarize(
+    method: str, rows: list[dict[str, float]], target: float, common_round: int = 0
+) -> dict:
     """One table row: accuracy, time to the target, memory, upload, passes."""
     trained = [r for r in rows if r["round"] > 0]
+    at_common = [r for r in rows if r["round"] <= (common_round or rows[-1]["round"])]
     # Round 0 is the untrained model: meeting the target there is not training.
     reached = next((r for r in trained if r["test-accuracy"] >= target), None)
     peaks = [r["client-peak-mib"] for r in trained if "client-peak-mib" in r]
@@ -84,6 +109,8 @@ def summarize(method: str, rows: list[dict[str, float]], target: float) -> dict:
         "settings": METHODS[method],
         "initial-accuracy": rows[0]["test-accuracy"],
         "final-accuracy": rows[-1]["test-accuracy"],
+        "rounds": int(rows[-1]["round"]),
+        "accuracy-at-common-round": at_common[-1]["test-accuracy"],
         "best-accuracy": max(r["test-accuracy"] for r in rows),
         "majority-rate": rows[0]["majority-rate"],
         "final-test-loss": rows[-1]["test-loss"],
@@ -110,7 +137,11 @@ def _fmt(value: Any, spec: str, missing: str = "not reached") -> str:
 
 
 def markdown(
-    summaries: list[dict], rounds: int, reference: str, extra: list[str]
+    summaries: list[dict],
+    rounds: int,
+    reference: str,
+    extra: list[str],
+    per_method: dict[str, list[str]] | None = None,
 ) -> str:
     lines = [
         f"## Methods compared: {rounds} rounds, same model, data, partitions and seed",
@@ -118,11 +149,14 @@ def markdown(
         f"Target: {100 * TARGET_SHARE:.0f}% of {reference}'s final test accuracy "
         f"= {100 * summaries[0]['target-accuracy']:.1f}%; majority class "
         f"{100 * summaries[0]['majority-rate']:.1f}%. Extra settings: "
-        f"{' '.join(extra) or 'none'}.",
+        f"{' '.join(extra) or 'none'}"
+        + "".join(f"; {m}: {' '.join(v)}" for m, v in (per_method or {}).items())
+        + ".",
         "",
-        "| method | final acc | best acc | round / s to target | client peak MiB "
-        "| upload KiB/client/round | forward passes/round | wall s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"| method | rounds | acc @ round {rounds} | final acc | best acc "
+        "| round / s to target | client peak MiB | upload KiB/client/round "
+        "| forward passes/round | wall s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     initial, target = summaries[0]["initial-accuracy"], summaries[0]["target-accuracy"]
     if initial >= target:
@@ -139,7 +173,9 @@ def markdown(
         )
         upload = s["upload-bytes-per-client"]
         lines.append(
-            f"| {s['method']} | {100 * s['final-accuracy']:.1f}% "
+            f"| {s['method']} | {s['rounds']} "
+            f"| {100 * s['accuracy-at-common-round']:.1f}% "
+            f"| {100 * s['final-accuracy']:.1f}% "
             f"| {100 * s['best-accuracy']:.1f}% | {to_target} "
             f"| {_fmt(s['client-peak-mib'], '.0f', '-')} "
             f"| {_fmt(None if upload is None else upload / 1024, '.1f', '-')} "
@@ -150,33 +186,48 @@ def markdown(
         "",
         "Each method ran as its own `spry run --method <name>` process here; "
         "client peak is the largest resident set of a client worker process during "
-        "training (model, torch and Ray included); upload counts the tensors a client "
-        "returned; a forward pass is one model pass (a jvp pass counts once).",
+        "training (model, torch and Ray included); upload counts the tensors (or "
+        "scalars) a client returned; forward passes are summed over a round's "
+        "clients (a jvp pass counts once). FedSGD-style methods (fedsgd, spry-iter, "
+        "baffle, fwdllm) take one server step per round on one batch per client; "
+        f"`acc @ round {rounds}` compares every method after the same number of "
+        "rounds.",
     ]
     return "\n".join(lines) + "\n"
 
 
-def plot(curves: dict[str, list[dict[str, float]]], path: Path) -> None:
+def plot(
+    curves: dict[str, list[dict[str, float]]], path: Path, common_round: int = 0
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, (acc, loss) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (acc, clock, loss) = plt.subplots(1, 3, figsize=(16, 4.5))
     majority = None
     for method, rows in curves.items():
         rounds = [r["round"] for r in rows]
-        acc.plot(rounds, [100 * r["test-accuracy"] for r in rows], "o-", label=method)
-        loss.plot(rounds, [r["test-loss"] for r in rows], "o-", label=method)
+        accuracy = [100 * r["test-accuracy"] for r in rows]
+        acc.plot(rounds, accuracy, ".-", label=method)
+        clock.plot([r["elapsed-seconds"] for r in rows], accuracy, ".-", label=method)
+        loss.plot(rounds, [r["test-loss"] for r in rows], ".-", label=method)
         majority = rows[0]["majority-rate"]
     if majority is not None:
-        acc.axhline(100 * majority, color="grey", ls=":", label="majority class")
+        for axis in (acc, clock):
+            axis.axhline(100 * majority, color="grey", ls=":", label="majority class")
+    if any(rows[-1]["round"] > 4 * common_round for rows in curves.values()):
+        for axis in (acc, loss):
+            axis.set_xscale("symlog", linthresh=max(common_round, 1))
     acc.set(xlabel="round", ylabel="test accuracy (%)", title="Accuracy per round")
+    clock.set(
+        xlabel="wall seconds", ylabel="test accuracy (%)", title="Accuracy in time"
+    )
     loss.set(xlabel="round", ylabel="test cross-entropy", title="Loss per round")
-    for axis in (acc, loss):
-        axis.legend()
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for axis in (acc, clock, loss):
+        axis.legend(fontsize=7)
+    acc.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -188,8 +239,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--for",
+        dest="per_method",
+        action="append",
+        default=[],
+        metavar="METHOD:KEY=VALUE",
+        help="a setting for one method only (e.g. fwdllm:num-server-rounds=200)",
+    )
+    parser.add_argument(
+        "--reuse", action="store_true", help="reuse completed runs of the same command"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    per_method: dict[str, list[str]] = {}
+    for item in args.per_method:
+        method, sep, setting = item.partition(":")
+        if not sep or "=" not in setting:
+            print(
+                f"compare: --for wants METHOD:KEY=VALUE, got {item!r}", file=sys.stderr
+            )
+            return 2
+        per_method.setdefault(method.strip().lower(), []).append(setting)
     methods = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
@@ -200,11 +271,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     runs_dir = ROOT / "results" / "compare"  # raw runs stay out of git
-    curves = {
-        m: read_rows(run_method(m, args.rounds, args.seed, args.set, runs_dir))
-        for m in methods
-    }
-    print(write_report(curves, args.rounds, args.seed, args.set, args.out))
+    curves = {}
+    for m in methods:
+        extra = args.set + per_method.get(m, [])
+        run_dir = run_method(
+            m, args.rounds, args.seed, extra, runs_dir, reuse=args.reuse
+        )
+        curves[m] = read_rows(run_dir)
+    print(write_report(curves, args.rounds, args.seed, args.set, args.out, per_method))
     return 0
 
 
@@ -214,6 +288,7 @@ def write_report(
     seed: int,
     extra: list[str],
     out: Path,
+    per_method: dict[str, list[str]] | None = None,
 ) -> str:
     """Write compare.{json,md,png} under `out` from the per-method curves."""
     reference = (
@@ -222,18 +297,20 @@ def write_report(
         else max(curves, key=lambda m: curves[m][-1]["test-accuracy"])
     )
     target = TARGET_SHARE * curves[reference][-1]["test-accuracy"]
-    summaries = [summarize(m, rows, target) for m, rows in curves.items()]
+    per_method = per_method or {}
+    summaries = [summarize(m, rows, target, rounds) for m, rows in curves.items()]
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(
         json.dumps(
             {"rounds": rounds, "seed": seed, "extra": extra,
-             "reference": reference, "methods": summaries, "curves": curves},
+             "per-method": per_method, "reference": reference,
+             "methods": summaries, "curves": curves},
             indent=2,
         )
     )  # fmt: skip
-    report = markdown(summaries, rounds, reference, extra)
+    report = markdown(summaries, rounds, reference, extra, per_method)
     (out / "compare.md").write_text(report)
-    plot(curves, out / "compare.png")
+    plot(curves, out / "compare.png", rounds)
     return report
 
 

@@ -7,16 +7,19 @@ the only local facts are its partition id (node config) and its hardware.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.tasks import load_task
+from clients.tasks import ClassificationTask, load_task
 from spry import protocol
-from spry.config import RunConfig
-from spry.engines import make_engine
+from spry.config import RunConfig, StrategyConfig
+from spry.engines import FiniteDifference, GradientEngine, make_engine
+from spry.engines.selection import CosineRankedDirections
 from spry.memory import track_peak_memory
-from spry.training import train_slice
+from spry.models import TrainableModel
+from spry.training import TrainReport, estimate_one_batch, train_slice
 
 app = ClientApp()
 
@@ -27,8 +30,10 @@ def _partition(context: Context) -> tuple[int, int]:
 
 
 def _run_config(msg: Message) -> RunConfig:
-    values = dict(msg.content[protocol.CONFIG])
-    values.pop(protocol.TRAINABLE_NAMES, None)
+    # The message also carries per-message fields (round, slice, seeds): keep the
+    # run's own keys. The server built them from a valid RunConfig.
+    known = set(RunConfig.keys())
+    values = {k: v for k, v in msg.content[protocol.CONFIG].items() if k in known}
     cfg = RunConfig.from_run_config(values)
     torch.set_num_threads(cfg.runtime.client_num_cpus)
     return cfg
@@ -51,33 +56,36 @@ def describe(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train the received slice with the configured engine; return only the slice."""
+    """Train (or, one-step strategies, estimate on one batch) the received slice.
+
+    The reply carries only the slice: its trained weights, its gradient, or, with
+    `upload-scalars`, each step's K scalars, from which the server rebuilds either.
+    """
     cfg = _run_config(msg)
     partition_id, _ = _partition(context)
-    server_round = int(msg.content[protocol.CONFIG][protocol.SERVER_ROUND])
-    names = list(msg.content[protocol.CONFIG][protocol.TRAINABLE_NAMES])
+    fields = msg.content[protocol.CONFIG]
+    server_round = int(fields[protocol.SERVER_ROUND])
+    names = list(fields[protocol.TRAINABLE_NAMES])
     task = load_task(cfg, partition_id)
     trainable = task.model(
         {**_arrays(msg, protocol.CONTEXT), **_arrays(msg, protocol.ARRAYS)}
     )
     engine = make_engine(cfg.client.engine, **cfg.client.engine_options())
     _ = task.train_data  # build the partition outside the measured block
+    one_step = cfg.strategy.strategy in StrategyConfig.ONE_STEP
     with track_peak_memory(task.device) as memory:
-        report = train_slice(
-            trainable,
-            names,
-            lambda epoch: task.batches(trainable, server_round, epoch),
-            loss=task.loss,
-            engine=engine,
-            cfg=cfg.client,
-            seed=cfg.runtime.seed,
-            server_round=server_round,
-            partition_id=partition_id,
+        if one_step:
+            tensors, report = _estimate(msg, cfg, task, trainable, names, engine)
+        else:
+            tensors, report = _train(cfg, task, trainable, names, engine, server_round)
+    if cfg.strategy.upload_scalars:
+        upload = ArrayRecord(
+            {"scalars": Array(np.asarray(report.scalars, dtype=np.float64))}
         )
-    live = trainable.parameters()
-    arrays = ArrayRecord(
-        {n: Array(live[n].detach().to("cpu", torch.float32).numpy()) for n in names}
-    )
+        key = protocol.SCALARS
+    else:
+        upload = ArrayRecord({n: Array(t) for n, t in tensors.items()})
+        key = protocol.ARRAYS
     metrics = MetricRecord(
         {
             protocol.NUM_EXAMPLES: report.num_examples,
@@ -90,8 +98,70 @@ def train(msg: Message, context: Context) -> Message:
             protocol.PARTITION_ID: partition_id,
         }
     )
-    content = RecordDict({protocol.ARRAYS: arrays, protocol.METRICS: metrics})
-    return Message(content, reply_to=msg)
+    return Message(RecordDict({key: upload, protocol.METRICS: metrics}), reply_to=msg)
+
+
+def _train(
+    cfg: RunConfig,
+    task: ClassificationTask,
+    trainable: TrainableModel,
+    names: list[str],
+    engine: GradientEngine,
+    server_round: int,
+) -> tuple[dict[str, np.ndarray], TrainReport]:
+    """Local epochs on the slice; returns the trained slice."""
+    report = train_slice(
+        trainable,
+        names,
+        lambda epoch: task.batches(trainable, server_round, epoch),
+        loss=task.loss,
+        engine=engine,
+        cfg=cfg.client,
+        seed=cfg.runtime.seed,
+        server_round=server_round,
+        partition_id=task.partition_id,
+    )
+    live = trainable.parameters()
+    return {n: _numpy(live[n]) for n in names}, report
+
+
+def _estimate(
+    msg: Message,
+    cfg: RunConfig,
+    task: ClassificationTask,
+    trainable: TrainableModel,
+    names: list[str],
+    engine: GradientEngine,
+) -> tuple[dict[str, np.ndarray], TrainReport]:
+    """One estimate on one batch, along the directions the server's seed names."""
+    fields = msg.content[protocol.CONFIG]
+    batch = task.first_batch(trainable, int(fields[protocol.DATA_ROUND]))
+    if batch is None:  # an empty partition: the server drops a 0-example reply
+        return {}, TrainReport(num_examples=0, steps=0, mean_loss=0.0)
+    target = _arrays(msg, protocol.TARGET)
+    if target and isinstance(engine, FiniteDifference):
+        engine.directions = CosineRankedDirections(
+            {trainable.own_name(n): t for n, t in target.items()},
+            seed=int(fields[protocol.SELECT_SEED]),
+            index=int(fields[protocol.SELECT_INDEX]),
+            count=int(fields[protocol.SELECT_COUNT]),
+        )
+    generator = torch.Generator().manual_seed(int(fields[protocol.DIRECTION_SEED]))
+    grads, estimate = estimate_one_batch(
+        trainable, names, batch, loss=task.loss, engine=engine, generator=generator
+    )
+    report = TrainReport(
+        num_examples=len(next(iter(batch.values()))),
+        steps=1,
+        mean_loss=float(estimate.loss),
+        forward_passes=estimate.forward_passes,
+        scalars=(estimate.projected,),
+    )
+    return {n: _numpy(g) for n, g in grads.items()}, report
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().to("cpu", torch.float32).numpy()
 
 
 @app.evaluate()

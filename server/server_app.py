@@ -27,7 +27,6 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from spry import protocol
-from spry.aggregation import ServerOptimizer
 from spry.classification import evaluate
 from spry.config import ConfigError, ConfigValue, RunConfig
 from spry.data import load_for
@@ -115,26 +114,11 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
             f"available: {sorted(STRATEGIES)}"
         )
     head = [n for n in trainable.names if n.startswith(("classifier.", "score."))]
-    strategy = strategy_cls(
-        partitions=partitions,
-        clients_per_round=cfg.strategy.clients_per_round,
-        eval_clients_per_round=cfg.strategy.eval_clients_per_round,
-        split=cfg.strategy.split,
-        group_size=cfg.strategy.group_size,
-        shared_names=head if cfg.strategy.share_head else (),
-        send_context=cfg.strategy.send_context,
-        optimizer=ServerOptimizer(
-            kind=cfg.strategy.server_optimizer,
-            eta=cfg.strategy.eta,
-            beta_1=cfg.strategy.beta_1,
-            beta_2=cfg.strategy.beta_2,
-            tau=cfg.strategy.tau,
-        ),
-        seed=cfg.runtime.seed,
-        run_config=cfg.to_mapping(),
-    )
+    strategy = strategy_cls.from_run(cfg, partitions, head)
 
-    def evaluate_central(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+    def evaluate_central(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if not cfg.runtime.evaluates(server_round):
+            return None
         trainable.load({k: v.numpy() for k, v in arrays.items()})
         scores = evaluate(
             trainable.model,

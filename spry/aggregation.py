@@ -13,8 +13,10 @@ pseudo-gradient delta = aggregate - current,
     v <- b2 v + (1 - b2) delta^2                          (Adam)
     w <- w + eta m / (sqrt(v) + tau)
 
-and "avg" takes the aggregate as is. They are optax-style: a pure `init` and `update`
-over explicit state, so the state can be checkpointed and tested by hand.
+"avg" takes the aggregate as is, and "sgd" steps w <- w + eta delta (with uploaded
+gradients, delta = -G, so this is FedSGD's w <- w - eta G). They are optax-style: a
+pure `init` and `update` over explicit state, so the state can be checkpointed and
+tested by hand.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ class ServerOptimizer:
     Parameters
     ----------
     kind : str (default: "yogi")
-        "yogi", "adam" or "avg".
+        "yogi", "adam", "avg" or "sgd".
     eta : float (default: 1e-2)
         Server learning rate.
     beta_1 : float (default: 0.9)
@@ -92,7 +94,7 @@ class ServerOptimizer:
     beta_1: float = 0.9
     beta_2: float = 0.99
     tau: float = 1e-3
-    KINDS: ClassVar[tuple[str, ...]] = ("yogi", "adam", "avg")
+    KINDS: ClassVar[tuple[str, ...]] = ("yogi", "adam", "avg", "sgd")
 
     def __post_init__(self) -> None:
         if self.kind not in self.KINDS:
@@ -118,6 +120,11 @@ class ServerOptimizer:
             )
         if self.kind == "avg":
             return {k: np.asarray(aggregate[k]) for k in current}, state
+        if self.kind == "sgd":
+            return {
+                k: (w + self.eta * (np.asarray(aggregate[k]) - w)).astype(np.float32)
+                for k, w in current.items()
+            }, state
         m, v, new = {}, {}, {}
         for name, w in current.items():
             delta = np.asarray(aggregate[name]) - w

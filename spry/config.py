@@ -169,12 +169,19 @@ class ClientConfig(_Section):
         "mezo",
         "baffle",
         "fwdllm",
+        "baffle-plus",
+        "fwdllm-plus",
     )
+    # Estimates made of K scalars along seeded directions (rebuildable from them).
+    DIRECTIONAL: ClassVar[tuple[str, ...]] = ("forward", "mezo", "baffle", "fwdllm")
     ZO_FORMATS: ClassVar[tuple[str, ...]] = ("auto", "forward", "center")
 
     engine: str = field(
         default="forward",
-        metadata={"help": "forward|backprop|backprop-checkpoint|mezo|baffle|fwdllm"},
+        metadata={
+            "help": "forward|backprop|backprop-checkpoint|mezo|baffle|fwdllm"
+            "|baffle-plus|fwdllm-plus"
+        },
     )
     num_tangents: int = field(
         default=1, metadata={"help": "K tangents (directions) per batch"}
@@ -211,7 +218,7 @@ class ClientConfig(_Section):
             f"`zo-format` should be one of {self.ZO_FORMATS}, got {self.zo_format!r}",
         )
         _require(
-            self.zo_format != "forward" or self.engine not in ("mezo", "fwdllm"),
+            self.zo_format != "forward" or self.engine == "baffle",
             f"`zo-format` 'forward' applies to baffle; {self.engine} is central",
         )
         _require(
@@ -237,9 +244,18 @@ class ClientConfig(_Section):
 class StrategyConfig(_Section):
     """How the server samples, splits, aggregates and steps."""
 
-    SERVER_OPTIMIZERS: ClassVar[tuple[str, ...]] = ("yogi", "adam", "avg")
+    SERVER_OPTIMIZERS: ClassVar[tuple[str, ...]] = ("yogi", "adam", "avg", "sgd")
+    STRATEGIES: ClassVar[tuple[str, ...]] = ("spry", "fedsgd", "baffle", "fwdllm")
+    # Strategies whose clients make one estimate on one batch and upload it.
+    ONE_STEP: ClassVar[tuple[str, ...]] = ("fedsgd", "baffle", "fwdllm")
 
-    strategy: str = field(default="spry", metadata={"help": "server strategy"})
+    strategy: str = field(
+        default="spry",
+        metadata={
+            "help": "spry (local epochs, weights up) | fedsgd (one gradient per "
+            "round) | baffle | fwdllm"
+        },
+    )
     clients_per_round: int = field(default=10, metadata={"help": "M sampled clients"})
     split: bool = field(
         default=True,
@@ -253,7 +269,16 @@ class StrategyConfig(_Section):
         default=True,
         metadata={"help": "send the other trainable tensors read-only with a slice"},
     )
-    server_optimizer: str = field(default="yogi", metadata={"help": "yogi|adam|avg"})
+    upload_scalars: bool = field(
+        default=False,
+        metadata={
+            "help": "upload the K scalars of each step instead of tensors; the "
+            "server redraws the directions from the seeds"
+        },
+    )
+    server_optimizer: str = field(
+        default="yogi", metadata={"help": "yogi|adam|avg|sgd"}
+    )
     eta: float = field(default=1e-2, metadata={"help": "server learning rate"})
     beta_1: float = field(default=0.9, metadata={"help": "server first moment"})
     beta_2: float = field(default=0.99, metadata={"help": "server second moment"})
@@ -261,8 +286,38 @@ class StrategyConfig(_Section):
     eval_clients_per_round: int = field(
         default=10, metadata={"help": "clients in federated evaluation (0: off)"}
     )
+    baffle_clip: float = field(
+        default=0.3,
+        metadata={"help": "baffle: inf-norm clip of the rebuilt gradient (0: off)"},
+    )
+    fwdllm_var_threshold: float = field(
+        default=0.1,
+        metadata={
+            "help": "fwdllm: ask for more directions while the probe "
+            "variance is above this"
+        },
+    )
+    fwdllm_max_repeats: int = field(
+        default=4, metadata={"help": "fwdllm: most extra direction passes a step"}
+    )
+    fwdllm_candidates: int = field(
+        default=10,
+        metadata={"help": "fwdllm: candidates per selected direction (x clients)"},
+    )
 
     def __post_init__(self) -> None:
+        _require(
+            self.strategy in self.STRATEGIES,
+            f"`strategy` should be one of {self.STRATEGIES}, got {self.strategy!r}",
+        )
+        _require(
+            self.baffle_clip >= 0 and self.fwdllm_var_threshold >= 0,
+            "`baffle-clip` and `fwdllm-var-threshold` should be >= 0",
+        )
+        _require(
+            self.fwdllm_max_repeats >= 0 and self.fwdllm_candidates >= 1,
+            "`fwdllm-max-repeats` should be >= 0 and `fwdllm-candidates` >= 1",
+        )
         _require(
             self.clients_per_round >= 1,
             f"`clients-per-round` should be at least 1, got {self.clients_per_round}",
@@ -294,6 +349,9 @@ class RuntimeConfig(_Section):
     client_num_cpus: int = field(default=1, metadata={"help": "CPUs per client"})
     client_num_gpus: float = field(default=0.0, metadata={"help": "GPU per client"})
     round_timeout: float = field(default=3600.0, metadata={"help": "seconds"})
+    eval_every: int = field(
+        default=1, metadata={"help": "evaluate every this many rounds (and the last)"}
+    )
 
     def __post_init__(self) -> None:
         _require(
@@ -303,6 +361,17 @@ class RuntimeConfig(_Section):
         _require(
             self.client_num_cpus >= 1,
             f"`client-num-cpus` should be at least 1, got {self.client_num_cpus}",
+        )
+        _require(
+            self.eval_every >= 1,
+            f"`eval-every` should be at least 1, got {self.eval_every}",
+        )
+
+    def evaluates(self, server_round: int) -> bool:
+        """Whether round `server_round` is evaluated (round 0 and the last always)."""
+        return (
+            server_round % self.eval_every == 0
+            or server_round == self.num_server_rounds
         )
 
 
@@ -334,6 +403,38 @@ class RunConfig:
             self.strategy.eval_clients_per_round <= self.data.num_clients,
             f"`eval-clients-per-round` ({self.strategy.eval_clients_per_round}) "
             f"should not exceed `num-clients` ({self.data.num_clients})",
+        )
+        self._check_combination()
+
+    def _check_combination(self) -> None:
+        """Options that are each valid but do not go together, named before any work."""
+        engine, strategy = self.client.engine, self.strategy.strategy
+        directional = ClientConfig.DIRECTIONAL
+        _require(
+            not self.strategy.upload_scalars or engine in directional,
+            f"`upload-scalars` needs an engine whose estimate is K scalars along "
+            f"seeded directions ({', '.join(directional)}); {engine!r} returns a "
+            "gradient the server cannot rebuild from scalars",
+        )
+        _require(
+            strategy != "baffle" or engine in directional,
+            f"the baffle strategy uploads K scalars along shared directions; "
+            f"engine {engine!r} is not one of {directional}",
+        )
+        _require(
+            strategy != "fwdllm" or engine in ("fwdllm", "mezo", "baffle"),
+            f"the fwdllm strategy chooses the directions of a finite-difference "
+            f"engine (fwdllm, mezo, baffle); got {engine!r}",
+        )
+        _require(
+            strategy != "fwdllm" or not self.strategy.upload_scalars,
+            "the fwdllm strategy uploads dense gradients (its directions are "
+            "chosen, not redrawn from a seed); drop `upload-scalars`",
+        )
+        _require(
+            strategy not in StrategyConfig.ONE_STEP or self.client.local_epochs == 1,
+            f"the {strategy} strategy takes one batch per client per round; "
+            f"`local-epochs` ({self.client.local_epochs}) applies to spry only",
         )
 
     @classmethod

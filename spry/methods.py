@@ -1,35 +1,122 @@
 """Named methods: Spry, its ablations and its baselines as settings of one harness.
 
-Spry, FedFGD, FedAvg/FedYogi (backprop), FedAvgSplit and FedMeZO differ only in
-which engine a client runs, whether the server splits the trainable tensors, and the
-server step; the sampling, the messages, the aggregation and the evaluation are
-shared code. A method is therefore a small set of config overrides, applied under
+Spry, FedFGD, FedAvg/FedYogi/FedSGD (backprop), FedAvgSplit, FedMeZO, BAFFLE and
+FwdLLM differ only in the strategy (local epochs with weights up, or one estimate a
+round), the engine a client runs, whether the server splits the trainable tensors,
+and the server step; the sampling, the messages, the aggregation and the evaluation
+are shared code. A method is therefore a small set of config overrides, applied under
 the user's own (`spry run --method fedavg --set lr=1e-3`), and a run's method is
 read back from its config, so `flwr run .` runs are named the same way.
 """
 
 from __future__ import annotations
 
-from .config import ConfigError, ConfigValue, RunConfig
+from .config import ConfigError, ConfigValue, RunConfig, default_values
 
 METHODS: dict[str, dict[str, ConfigValue]] = {
     # Spry (Panchal et al., arXiv 2405.15551): forward-mode on a slice, FedYogi.
-    "spry": {"engine": "forward", "split": True, "server-optimizer": "yogi"},
+    "spry": {
+        "strategy": "spry",
+        "engine": "forward",
+        "split": True,
+        "server-optimizer": "yogi",
+    },
+    # Spry with per-iteration communication: each round a client uploads the jvp
+    # scalars of one batch; the server redraws the tangents and steps on the result.
+    "spry-iter": {
+        "strategy": "fedsgd",
+        "engine": "forward",
+        "split": True,
+        "upload-scalars": True,
+        "server-optimizer": "yogi",
+    },
     # FedFGD: forward gradients over every trainable tensor, no split.
-    "fedfgd": {"engine": "forward", "split": False, "server-optimizer": "yogi"},
+    "fedfgd": {
+        "strategy": "spry",
+        "engine": "forward",
+        "split": False,
+        "server-optimizer": "yogi",
+    },
     # Spry's split with a different server step (the paper's ablations).
-    "fedavgsplit": {"engine": "forward", "split": True, "server-optimizer": "avg"},
-    # Backprop baselines: FedAvg (McMahan et al.) and FedYogi (Reddi et al.).
-    "fedavg": {"engine": "backprop", "split": False, "server-optimizer": "avg"},
-    "fedyogi": {"engine": "backprop", "split": False, "server-optimizer": "yogi"},
+    "fedavgsplit": {
+        "strategy": "spry",
+        "engine": "forward",
+        "split": True,
+        "server-optimizer": "avg",
+    },
+    # Backprop baselines: FedAvg (McMahan et al.), FedYogi (Reddi et al.), FedSGD.
+    "fedavg": {
+        "strategy": "spry",
+        "engine": "backprop",
+        "split": False,
+        "server-optimizer": "avg",
+    },
+    "fedyogi": {
+        "strategy": "spry",
+        "engine": "backprop",
+        "split": False,
+        "server-optimizer": "yogi",
+    },
+    "fedsgd": {
+        "strategy": "fedsgd",
+        "engine": "backprop",
+        "split": False,
+        "server-optimizer": "sgd",
+        "eta": 1.0,
+    },
     # FedAvg with activation checkpointing: backprop's memory-frugal form.
     "fedavg-ckpt": {
+        "strategy": "spry",
         "engine": "backprop-checkpoint",
         "split": False,
         "server-optimizer": "avg",
     },
     # FedMeZO (Ling et al., arXiv 2402.05926): MeZO local steps, weights averaged.
-    "fedmezo": {"engine": "mezo", "split": False, "server-optimizer": "avg"},
+    "fedmezo": {
+        "strategy": "spry",
+        "engine": "mezo",
+        "split": False,
+        "server-optimizer": "avg",
+    },
+    # BAFFLE (Feng et al., arXiv 2301.12195), paper mode: shared directions, K loss
+    # differences up, the server rebuilds, clips and takes an Adam step (README:
+    # K 100 forward differences, lr 1e-2).
+    "baffle": {
+        "strategy": "baffle",
+        "engine": "baffle",
+        "upload-scalars": True,
+        "num-tangents": 100,
+        "split": False,
+        "server-optimizer": "adam",
+        "eta": 1e-2,
+    },
+    # FwdLLM (Xu et al., arXiv 2308.13894): FedSGD with central differences,
+    # directions chosen by cosine to the last step's gradient, variance pacing,
+    # server SGD lr 0.01 decaying linearly.
+    "fwdllm": {
+        "strategy": "fwdllm",
+        "engine": "fwdllm",
+        "num-tangents": 1,
+        "split": False,
+        "server-optimizer": "sgd",
+        "eta": 1e-2,
+    },
+    # As in Spry's comparison code (spry/engines/as_in_spry.py): local AdamW epochs,
+    # weights up, FedYogi, and each estimator's bug kept.
+    "baffle-plus": {
+        "strategy": "spry",
+        "engine": "baffle-plus",
+        "num-tangents": 10,
+        "split": False,
+        "server-optimizer": "yogi",
+    },
+    "fwdllm-plus": {
+        "strategy": "spry",
+        "engine": "fwdllm-plus",
+        "num-tangents": 20,
+        "split": False,
+        "server-optimizer": "yogi",
+    },
 }
 
 
@@ -43,10 +130,26 @@ def method_overrides(name: str) -> dict[str, ConfigValue]:
         ) from None
 
 
+# Settings a method's presets give as defaults a user may tune (Spry with K = 4 is
+# still Spry); every other key a preset sets defines the method.
+HYPERPARAMETERS = frozenset({"num-tangents", "eta"})
+
+
 def method_of(cfg: RunConfig) -> str:
-    """The name of the method `cfg` runs, or "custom" if it matches none."""
-    values = cfg.to_mapping()
+    """The name of the method `cfg` runs, or "custom" if it matches none.
+
+    A method is matched on every defining key any method sets (its own value, or the
+    default where it sets none), so Spry with `upload-scalars` on is not reported as
+    Spry, while Spry with K = 4 tangents is.
+    """
+    values, defaults = cfg.to_mapping(), default_values()
+    keys = {
+        key
+        for overrides in METHODS.values()
+        for key in overrides
+        if key not in HYPERPARAMETERS
+    }
     for name, overrides in METHODS.items():
-        if all(values[k] == v for k, v in overrides.items()):
+        if all(values[k] == overrides.get(k, defaults[k]) for k in keys):
             return name
     return "custom"

@@ -30,3 +30,12 @@ FORWARD_PASSES = "forward-passes"  # model passes the engine ran (a jvp pass cou
 
 # Actions: message types beyond Flower's defaults ("train", "evaluate")
 DESCRIBE = "describe"  # query: which partition a node holds
+
+# Fields of one-estimate-a-round strategies (fedsgd, baffle, fwdllm)
+SCALARS = "scalars"  # ArrayRecord {"scalars": (steps, K) float64}: instead of tensors
+DIRECTION_SEED = "direction-seed"  # int: seed of the directions' CPU generator
+DATA_ROUND = "data-round"  # int: the round whose batch order to use
+TARGET = "target"  # ArrayRecord: FwdLLM's previous gradient, to choose directions by
+SELECT_SEED = "select-seed"  # int: seed of FwdLLM's shared candidate directions
+SELECT_INDEX = "select-index"  # int: which of the ranked candidates this client takes
+SELECT_COUNT = "select-count"  # int: candidates drawn per tensor

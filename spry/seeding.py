@@ -17,6 +17,7 @@ STREAM_SAMPLING = 1
 STREAM_TANGENTS = 2
 STREAM_DATA = 3
 STREAM_INIT = 4
+STREAM_SELECTION = 5
 
 
 def derive_seed(root: int, stream: int, *path: int) -> int:

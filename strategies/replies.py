@@ -53,9 +53,7 @@ def checked_update(
         raise InvalidReply(
             f"wrong tensor names (unexpected {extra}, missing {missing})"
         )
-    weight = metrics.get(protocol.NUM_EXAMPLES)
-    if not isinstance(weight, int | float) or isinstance(weight, bool) or weight <= 0:
-        raise InvalidReply(f"`{protocol.NUM_EXAMPLES}` should be > 0, got {weight!r}")
+    weight = _positive_weight(metrics)
     tensors: dict[str, np.ndarray] = {}
     for name in expected_names:
         value = record[name].numpy()
@@ -68,7 +66,36 @@ def checked_update(
         if not np.all(np.isfinite(value)):
             raise InvalidReply(f"{name}: contains NaN or Inf")
         tensors[name] = value
-    return tensors, float(weight), metrics
+    return tensors, weight, metrics
+
+
+def checked_scalars(reply: Message) -> tuple[np.ndarray, float, MetricRecord]:
+    """(scalars of shape (steps, K), num-examples, metrics) of a scalar upload."""
+    if reply.has_error():
+        raise InvalidReply(f"client error: {reply.error.reason}")
+    content = reply.content
+    if protocol.METRICS not in content.metric_records:
+        raise InvalidReply("no metrics in reply")
+    metrics = content.metric_records[protocol.METRICS]
+    weight = _positive_weight(metrics)
+    record = content.array_records.get(protocol.SCALARS)
+    if record is None or set(record.keys()) != {"scalars"}:
+        raise InvalidReply("no `scalars` array in a scalar-upload reply")
+    scalars = record["scalars"].numpy()
+    if scalars.ndim != 2 or scalars.shape[1] == 0:
+        raise InvalidReply(f"scalars should be (steps, K), got shape {scalars.shape}")
+    if not np.issubdtype(scalars.dtype, np.floating):
+        raise InvalidReply(f"scalars: dtype {scalars.dtype} is not floating point")
+    if not np.all(np.isfinite(scalars)):
+        raise InvalidReply("scalars contain NaN or Inf")
+    return scalars.astype(np.float64), weight, metrics
+
+
+def _positive_weight(metrics: MetricRecord) -> float:
+    weight = metrics.get(protocol.NUM_EXAMPLES)
+    if not isinstance(weight, int | float) or isinstance(weight, bool) or weight <= 0:
+        raise InvalidReply(f"`{protocol.NUM_EXAMPLES}` should be > 0, got {weight!r}")
+    return float(weight)
 
 
 def log_dropped(node_id: int, partition: int | None, reason: str) -> None:

@@ -37,9 +37,17 @@ from spry.aggregation import (
     merge_into,
     weighted_mean_per_tensor,
 )
+from spry.config import ClientConfig, RunConfig
 from spry.splitting import assign_groups, coverage, make_groups, sample_clients
+from spry.training import replay_local_training, step_generator
 
-from .replies import InvalidReply, checked_update, log_dropped, slice_arrays
+from .replies import (
+    InvalidReply,
+    checked_scalars,
+    checked_update,
+    log_dropped,
+    slice_arrays,
+)
 
 _EVALUATE_STREAM_OFFSET = 1_000_000  # keeps evaluation sampling apart from training
 
@@ -75,9 +83,18 @@ class Spry(FedAvg):
     optimizer : ServerOptimizer (default: FedYogi, eta 1e-2, b1 0.9, b2 0.99, tau 1e-3)
         The server step on the pseudo-gradient.
     seed : int (default: 0)
-        Root seed for client sampling.
+        Root seed for client sampling (and the clients' direction seeds).
+    upload_scalars : bool (default: False)
+        Clients send each local step's K scalars instead of their slice; the server
+        rebuilds the slice by replaying `client_cfg`'s optimizer (exact to fp32).
+    client_cfg : ClientConfig (default: ClientConfig())
+        The clients' local optimizer settings, for that replay.
     run_config : Mapping[str, Any] (default: {})
         Sent to every client in each message's ConfigRecord.
+    eval_every : int (default: 1)
+        Federated evaluation every this many rounds, and in the last one.
+    num_rounds : int (default: 0)
+        Rounds in the run (0: unknown), for the last-round evaluation and schedules.
     """
 
     def __init__(
@@ -92,7 +109,11 @@ class Spry(FedAvg):
         send_context: bool = True,
         optimizer: ServerOptimizer | None = None,
         seed: int = 0,
+        upload_scalars: bool = False,
+        client_cfg: ClientConfig | None = None,
         run_config: Mapping[str, Any] | None = None,
+        eval_every: int = 1,
+        num_rounds: int = 0,
     ) -> None:
         super().__init__(
             fraction_train=1.0,
@@ -116,11 +137,50 @@ class Spry(FedAvg):
         self.send_context = send_context
         self.optimizer = optimizer or ServerOptimizer()
         self.seed = seed
+        self.upload_scalars = upload_scalars
+        self.client_cfg = client_cfg or ClientConfig()
+        self.eval_every = eval_every
+        self.num_rounds = num_rounds
         self.run_config = dict(run_config or {})
         self.optimizer_state: OptimizerState | None = None
         self.current: dict[str, np.ndarray] = {}
         self.assignment: dict[int, list[str]] = {}  # node id -> its slice this round
         self.round_log: dict[int, dict[str, Any]] = {}
+
+    @classmethod
+    def from_run(
+        cls, cfg: RunConfig, partitions: Mapping[int, int], head: Sequence[str]
+    ) -> Spry:
+        """The strategy `cfg` describes (`head`: the task head's tensor names)."""
+        return cls(**cls._options(cfg, partitions, head))
+
+    @classmethod
+    def _options(
+        cls, cfg: RunConfig, partitions: Mapping[int, int], head: Sequence[str]
+    ) -> dict[str, Any]:
+        s = cfg.strategy
+        return {
+            "partitions": partitions,
+            "clients_per_round": s.clients_per_round,
+            "eval_clients_per_round": s.eval_clients_per_round,
+            "split": s.split,
+            "group_size": s.group_size,
+            "shared_names": head if s.share_head else (),
+            "send_context": s.send_context,
+            "optimizer": ServerOptimizer(
+                kind=s.server_optimizer,
+                eta=s.eta,
+                beta_1=s.beta_1,
+                beta_2=s.beta_2,
+                tau=s.tau,
+            ),
+            "seed": cfg.runtime.seed,
+            "upload_scalars": s.upload_scalars,
+            "client_cfg": cfg.client,
+            "run_config": cfg.to_mapping(),
+            "eval_every": cfg.runtime.eval_every,
+            "num_rounds": cfg.runtime.num_server_rounds,
+        }
 
     # ------------------------------------------------------------------ helpers
     def _sample(self, server_round: int, count: int, stream: int) -> list[int]:
@@ -130,6 +190,10 @@ class Spry(FedAvg):
             self.seed, stream + server_round, count, len(by_partition)
         )
         return [by_partition[i][0] for i in picks]
+
+    def _training_nodes(self, server_round: int) -> list[int]:
+        """The nodes that train this round, in deal order."""
+        return self._sample(server_round, self.clients_per_round, stream=0)
 
     def _config(self, config: ConfigRecord, server_round: int) -> ConfigRecord:
         merged = ConfigRecord({**self.run_config, **dict(config)})
@@ -173,27 +237,17 @@ class Spry(FedAvg):
         dealt = [n for n in names if n not in self.shared_names]
         # Without splitting, all tensors form one group, so every client gets it.
         groups = make_groups(dealt, self.group_size if self.split else len(dealt) or 1)
-        nodes = self._sample(server_round, self.clients_per_round, stream=0)
+        nodes = self._training_nodes(server_round)
         self.assignment = assign_groups(groups, nodes, shared=self.shared_names)
         cfg = self._config(config, server_round)
-        messages = []
-        for node_id, owned in self.assignment.items():
-            content = RecordDict(
-                {
-                    protocol.ARRAYS: slice_arrays(self.current, owned),
-                    protocol.CONFIG: ConfigRecord(
-                        {**dict(cfg), protocol.TRAINABLE_NAMES: owned}
-                    ),
-                }
+        messages = [
+            Message(
+                content=self._train_content(server_round, node_id, owned, names, cfg),
+                message_type=MessageType.TRAIN,
+                dst_node_id=node_id,
             )
-            if self.send_context:
-                rest = [n for n in names if n not in set(owned)]
-                content[protocol.CONTEXT] = slice_arrays(self.current, rest)
-            messages.append(
-                Message(
-                    content=content, message_type=MessageType.TRAIN, dst_node_id=node_id
-                )
-            )
+            for node_id, owned in self.assignment.items()
+        ]
         self.round_log[server_round] = {
             "sampled-partitions": [self.partitions[n] for n in nodes],
             "coverage-assigned": coverage(self.assignment, names),
@@ -207,6 +261,64 @@ class Spry(FedAvg):
             len(groups),
         )
         return messages
+
+    def _train_content(
+        self,
+        server_round: int,
+        node_id: int,
+        owned: list[str],
+        names: list[str],
+        cfg: ConfigRecord,
+    ) -> RecordDict:
+        """What a node is sent to train: its slice, the config, the read-only rest."""
+        content = RecordDict(
+            {
+                protocol.ARRAYS: slice_arrays(self.current, owned),
+                protocol.CONFIG: ConfigRecord(
+                    {**dict(cfg), protocol.TRAINABLE_NAMES: owned}
+                ),
+            }
+        )
+        if self.send_context:
+            rest = [n for n in names if n not in set(owned)]
+            content[protocol.CONTEXT] = slice_arrays(self.current, rest)
+        return content
+
+    def _contribution(
+        self, server_round: int, node_id: int, reply: Message
+    ) -> tuple[dict[str, np.ndarray], float, MetricRecord, int]:
+        """(trained slice, weight, metrics, bytes uploaded) of a valid reply.
+
+        With scalar uploads the slice is rebuilt by replaying the client's local
+        optimizer on the gradients its seeds and scalars define.
+        """
+        owned = self.assignment[node_id]
+        if not self.upload_scalars:
+            tensors, weight, metrics = checked_update(
+                reply, expected_names=owned, current=self.current
+            )
+            return tensors, weight, metrics, sum(t.nbytes for t in tensors.values())
+        scalars, weight, metrics = checked_scalars(reply)
+        partition = self.partitions[node_id]
+        generators = (
+            step_generator(self.seed, server_round, partition, step)
+            for step in range(len(scalars))
+        )
+        tensors = replay_local_training(
+            {n: self.current[n] for n in owned}, scalars, generators, self.client_cfg
+        )
+        return tensors, weight, metrics, scalars.nbytes
+
+    def _step(
+        self, contributions: list[tuple[dict[str, np.ndarray], float]]
+    ) -> dict[str, np.ndarray]:
+        """Per-tensor weighted mean of the trained slices, then the server step."""
+        aggregate = weighted_mean_per_tensor(contributions)
+        assert self.optimizer_state is not None
+        new, self.optimizer_state = self.optimizer.update(
+            self.current, merge_into(self.current, aggregate), self.optimizer_state
+        )
+        return new
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -224,8 +336,8 @@ class Spry(FedAvg):
             try:
                 if node_id not in self.assignment:
                     raise InvalidReply("node was not sent a slice this round")
-                tensors, weight, metrics = checked_update(
-                    reply, expected_names=self.assignment[node_id], current=self.current
+                tensors, weight, metrics, nbytes = self._contribution(
+                    server_round, node_id, reply
                 )
             except InvalidReply as reason:
                 dropped += 1
@@ -233,7 +345,7 @@ class Spry(FedAvg):
                 continue
             contributions.append((tensors, weight))
             accepted.append(RecordDict({protocol.METRICS: metrics}))
-            uploaded.append(sum(t.nbytes for t in tensors.values()))
+            uploaded.append(nbytes)
         entry = self.round_log.setdefault(server_round, {})
         entry["dropped"] = dropped
         if errors and len(errors) == dropped == len(self.assignment):
@@ -247,12 +359,9 @@ class Spry(FedAvg):
             entry["coverage-trained"] = 0.0
             log(INFO, "aggregate_train: no valid replies; the model is unchanged")
             return None, None
-        aggregate = weighted_mean_per_tensor(contributions)
-        entry["coverage-trained"] = len(aggregate) / len(self.current)
-        assert self.optimizer_state is not None
-        new, self.optimizer_state = self.optimizer.update(
-            self.current, merge_into(self.current, aggregate), self.optimizer_state
-        )
+        trained = {name for tensors, _ in contributions for name in tensors}
+        entry["coverage-trained"] = len(trained) / len(self.current)
+        new = self._step(contributions)
         metrics = _train_metrics(accepted)
         metrics["upload-bytes-mean"] = sum(uploaded) / len(uploaded)
         entry["train"] = dict(metrics)
@@ -263,7 +372,10 @@ class Spry(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Send the full trainable state to a seeded sample of clients."""
-        if not self.eval_clients_per_round:
+        last = server_round == self.num_rounds
+        if not self.eval_clients_per_round or (
+            server_round % self.eval_every and not last
+        ):
             return []
         nodes = self._sample(
             server_round, self.eval_clients_per_round, stream=_EVALUATE_STREAM_OFFSET

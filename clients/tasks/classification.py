@@ -100,6 +100,13 @@ class ClassificationTask:
         ):
             yield move(batch, self.device)
 
+    def first_batch(self, trainable: TrainableModel, data_round: int) -> Batch | None:
+        """One batch for a one-step round: the first of round `data_round`'s order.
+
+        None when the partition has no training examples.
+        """
+        return next(iter(self.batches(trainable, data_round, epoch=0)), None)
+
     def evaluate(self, trainable: TrainableModel) -> dict[str, float]:
         return evaluate(
             trainable.model,

@@ -4,21 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .as_in_spry import BafflePlus, FwdLLMPlus
 from .backprop import Backprop
 from .base import Batch, GradientEngine, GradientEstimate, TaskLoss, functional_loss
+from .directions import direction_specs, rebuild_from_scalars, sample_direction
 from .forward import (
     ForwardADUnsupportedError,
     ForwardGradient,
     directional_derivative,
 )
-from .zeroth_order import (
-    FiniteDifference,
-    baffle,
-    fwdllm,
-    mezo,
-    rebuild_from_scalars,
-    sample_direction,
-)
+from .zeroth_order import FiniteDifference, baffle, fwdllm, mezo
 
 # Every factory takes (num_tangents, eps, fd_format) as keywords; each ignores or
 # rejects what does not apply to it (eps and fd_format are finite-difference only).
@@ -31,7 +26,17 @@ ENGINES: dict[str, Callable[..., GradientEngine]] = {
     "mezo": mezo,
     "baffle": baffle,
     "fwdllm": fwdllm,
+    # As in Spry's comparison code (spry/engines/as_in_spry.py): bugs kept.
+    "baffle-plus": lambda *, num_tangents=1, eps=None, fd_format=None: BafflePlus(
+        num_tangents=num_tangents, **({} if eps is None else {"eps": eps})
+    ),
+    "fwdllm-plus": lambda *, num_tangents=1, eps=None, fd_format=None: FwdLLMPlus(
+        num_tangents=num_tangents, **({} if eps is None else {"eps": eps})
+    ),
 }
+# Engines whose estimate is K scalars along seeded directions: a server holding
+# the seed can rebuild it from the scalars, so they can upload scalars only.
+DIRECTIONAL = ("forward", "mezo", "baffle", "fwdllm")
 
 
 def make_engine(
@@ -57,7 +62,10 @@ def make_engine(
 
 __all__ = [
     "ENGINES",
+    "DIRECTIONAL",
     "Backprop",
+    "BafflePlus",
+    "FwdLLMPlus",
     "Batch",
     "FiniteDifference",
     "ForwardADUnsupportedError",
@@ -66,6 +74,7 @@ __all__ = [
     "GradientEstimate",
     "TaskLoss",
     "baffle",
+    "direction_specs",
     "directional_derivative",
     "functional_loss",
     "fwdllm",

@@ -29,6 +29,7 @@ from .base import (
     TaskLoss,
     functional_loss,
 )
+from .directions import direction_specs, sample_direction
 
 
 class ForwardADUnsupportedError(RuntimeError):
@@ -90,22 +91,13 @@ class ForwardGradient(GradientEngine):
     def sample_tangents(
         self, params: Params, generator: torch.Generator
     ) -> dict[str, Tensor]:
-        """One tangent per tensor, N(0, I).
+        """One tangent per tensor, N(0, I), drawn in `params`' order.
 
-        Drawn in sorted-name order (so the draw does not depend on how the caller
-        ordered its dict) and returned in the caller's order (jvp matches primals
-        and tangents as pytrees, and a dict's pytree includes its key order).
+        Drawn on the generator's device and moved to the tensor's (see
+        `sample_direction`, whose stream this is): a server holding the seed and the
+        same names in the same order redraws them exactly.
         """
-        drawn = {
-            name: torch.randn(
-                params[name].shape,
-                generator=generator,
-                dtype=params[name].dtype,
-                device=params[name].device,
-            )
-            for name in sorted(params)
-        }
-        return {name: drawn[name] for name in params}
+        return sample_direction(direction_specs(params), generator)
 
     def estimate(
         self,

@@ -52,27 +52,28 @@ Choices, and why:
 - Probes run in the mode the caller set; callers use `model.eval()`, because dropout
   noise divided by eps swamps the signal (BAFFLE and Spry's baselines run in train
   mode; BASELINES.md section 2).
-- Directions come from `generator` only, drawn tensor by tensor in sorted-name
-  order, the stream `ForwardGradient.sample_tangents` uses: one seed gives the same
-  directions to every engine, and `rebuild_from_scalars` regenerates them from the
-  seed and the K scalars in `GradientEstimate.projected` (BAFFLE's paper mode and a
-  seed-upload MeZO send just those). The server must use the same generator device
-  and dtype; CPU and CUDA streams differ.
+- Directions come from `generator` only, drawn tensor by tensor in the order of
+  `params`, the stream `ForwardGradient.sample_tangents` uses: one seed gives the
+  same directions to every engine, and `rebuild_from_scalars` regenerates them from
+  the seed and the K scalars in `GradientEstimate.projected` (BAFFLE's paper mode
+  and the scalar uploads send just those). They are drawn on the generator's device
+  and moved: clients use CPU generators, so server and client agree whatever device
+  trains (CPU and CUDA streams differ).
 - Reported loss: the forward format has L(w) from its clean pass and reports it with
   that pass's aux. The center format makes no clean pass (it would cost a (2K+1)th
   pass for a number only logged) and reports the mean over k of
   (L(w + eps v_k) + L(w - eps v_k)) / 2, which is L(w) + O(eps^2), with the aux of
   the last w + eps v probe.
 
-Not here (strategy-level, later): FwdLLM's choice of directions by cosine to the
-previous gradient and its variance-paced extra directions, BAFFLE's inf-norm clip
-and EMA, and sharing one seed among all clients of a round (the caller picks the
-generator).
+Strategy-level parts live with the strategies: FwdLLM's choice of directions by
+cosine to the previous gradient (`spry.engines.selection`, set as `directions`) and
+its variance pacing (`strategies/fwdllm.py`); BAFFLE's shared seeds and inf-norm clip
+(`strategies/baffle.py`); BAFFLE's EMA of the global weights is not implemented.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, cast
 
 import torch
@@ -87,92 +88,23 @@ from .base import (
     check_params,
     functional_loss,
 )
+from .directions import (
+    DirectionSpec,
+    accumulate,
+    direction_specs,
+    sample_direction,
+)
 
 FDFormat = Literal["forward", "center"]
 LossOfParams = Callable[[Params], tuple[Tensor, Any]]
+DirectionSource = Callable[
+    [Mapping[str, DirectionSpec], torch.Generator], dict[str, Tensor]
+]
 FD_FORMATS: tuple[FDFormat, ...] = ("forward", "center")
 
 MEZO_EPS = 1e-3  # MeZO zo_eps default (RoBERTa-large full and LoRA)
 BAFFLE_EPS = 1e-4  # BAFFLE main.py sigma
 FWDLLM_EPS = 1e-2  # FwdLLM calculate_jvp, hard-coded
-
-# A tensor's shape, dtype and device: all a direction needs to be redrawn.
-DirectionSpec = tuple[torch.Size, torch.dtype, torch.device]
-
-
-def direction_specs(
-    like: Mapping[str, Tensor | Sequence[int]],
-    *,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
-) -> dict[str, DirectionSpec]:
-    """Shape, dtype and device per name; tensors give their own, shapes use the rest."""
-    specs: dict[str, DirectionSpec] = {}
-    for name, item in like.items():
-        if isinstance(item, Tensor):
-            specs[name] = (item.shape, item.dtype, item.device)
-        else:
-            specs[name] = (torch.Size(item), dtype, torch.device(device))
-    return specs
-
-
-def sample_direction(
-    specs: Mapping[str, DirectionSpec], generator: torch.Generator
-) -> dict[str, Tensor]:
-    """One direction v ~ N(0, I), drawn in sorted-name order, in `specs`' order.
-
-    The same stream as `ForwardGradient.sample_tangents`, so one seed gives the
-    finite-difference and the jvp engines the same directions.
-    """
-    drawn = {
-        name: torch.randn(
-            specs[name][0],
-            generator=generator,
-            dtype=specs[name][1],
-            device=specs[name][2],
-        )
-        for name in sorted(specs)
-    }
-    return {name: drawn[name] for name in specs}
-
-
-def _accumulate(
-    grads: dict[str, Tensor], direction: Mapping[str, Tensor], weight: float
-) -> None:
-    """`grads += weight * direction`, in place (one code path for client and server)."""
-    for name, v in direction.items():
-        grads[name].add_(v, alpha=weight)
-
-
-def rebuild_from_scalars(
-    like: Mapping[str, Tensor | Sequence[int]],
-    scalars: Sequence[float],
-    generator: torch.Generator,
-    *,
-    dtype: torch.dtype = torch.float32,
-) -> dict[str, Tensor]:
-    """The estimate (1/K) sum_k s_k v_k, redrawing the v_k from `generator`.
-
-    `generator` must be seeded as the client's was (same device type), and `like`
-    holds the client's `params` (their shapes, dtypes and devices are used) or just
-    their shapes (then `dtype` and the generator's device are used). The result
-    equals the client's `grads` when `scalars` is its `projected`.
-
-    >>> seeded = lambda: torch.Generator().manual_seed(0)
-    >>> g = rebuild_from_scalars({"w": (3,)}, [2.0], seeded())
-    >>> torch.equal(g["w"], 2.0 * torch.randn(3, generator=seeded()))
-    True
-    """
-    if not scalars:
-        raise ValueError("`scalars` is empty: nothing to rebuild")
-    specs = direction_specs(like, dtype=dtype, device=generator.device)
-    grads = {
-        name: torch.zeros(shape, dtype=kind, device=device)
-        for name, (shape, kind, device) in specs.items()
-    }
-    for scalar in scalars:
-        _accumulate(grads, sample_direction(specs, generator), scalar / len(scalars))
-    return grads
 
 
 def _require_full_precision(params: Params) -> None:
@@ -228,6 +160,9 @@ class FiniteDifference(GradientEngine):
         Central difference (2K passes; exact on quadratics) or forward difference
         (K + 1 passes: one probe per direction and one shared clean pass; each
         scalar is off by (eps/2) v^T H v).
+    directions : (specs, generator) -> direction (default: `sample_direction`)
+        Where each direction comes from. FwdLLM replaces N(0, I) by candidates
+        chosen by their cosine to the previous step's gradient.
     """
 
     name = "finite-difference"
@@ -238,6 +173,7 @@ class FiniteDifference(GradientEngine):
         num_tangents: int = 1,
         eps: float = MEZO_EPS,
         fd_format: FDFormat = "center",
+        directions: DirectionSource = sample_direction,
     ) -> None:
         if num_tangents < 1:
             raise ValueError(f"`num_tangents` should be >= 1, got {num_tangents}")
@@ -246,6 +182,7 @@ class FiniteDifference(GradientEngine):
         self.num_tangents = num_tangents
         self.eps = eps
         self.fd_format = _as_format(fd_format)
+        self.directions = directions
 
     def __repr__(self) -> str:
         return (
@@ -278,10 +215,10 @@ class FiniteDifference(GradientEngine):
         midpoints: list[Tensor] = []
         with torch.no_grad():
             clean, aux = f(theta) if self.fd_format == "forward" else (None, None)
-            for _ in range(self.num_tangents):
-                v = sample_direction(specs, generator)
+            for k in range(self.num_tangents):
+                v = self.directions(specs, generator)
                 scalar, midpoint, probe_aux = self._difference(f, theta, v, clean)
-                _accumulate(grads, v, scalar / self.num_tangents)
+                accumulate(grads, v, self._weight(k, scalar))
                 scalars.append(scalar)
                 midpoints.append(midpoint)
                 if clean is None:  # center: the aux of the latest + probe
@@ -293,6 +230,11 @@ class FiniteDifference(GradientEngine):
             forward_passes=self.forward_passes,
             projected=tuple(scalars),
         )
+
+    def _weight(self, k: int, scalar: float) -> float:
+        """The k-th direction's weight in the estimate: s_k / K."""
+        del k
+        return scalar / self.num_tangents
 
     def _difference(
         self, f: LossOfParams, theta: Params, v: Params, clean: Tensor | None

@@ -34,7 +34,10 @@ def test_a_method_that_never_reaches_the_target_says_so():
     summary = summarize("fedmezo", _rows([0.55, 0.56, 0.57]), target=0.65)
     assert summary["round-to-target"] is None
     table = markdown([summary], rounds=2, reference="fedavg", extra=[])
-    assert "| fedmezo | 57.0% | 57.0% | not reached | 802 | 4.0 | 100 | 20 |" in table
+    assert (
+        "| fedmezo | 2 | 57.0% | 57.0% | 57.0% | not reached | 802 | 4.0 | 100 | 20 |"
+        in table
+    )
     assert "majority class 57.8%" in table
 
 
@@ -48,3 +51,9 @@ def test_the_untrained_model_meeting_the_target_does_not_count():
     assert summary["round-to-target"] == 2
     table = markdown([summary], rounds=2, reference="fedavg", extra=[])
     assert "The untrained model already scores 60.0%, above the target" in table
+
+
+def test_methods_with_more_rounds_are_also_compared_at_the_common_round():
+    long = summarize("fwdllm", _rows([0.5, 0.52, 0.55, 0.6, 0.7]), 0.65, 2)
+    assert long["rounds"] == 4 and long["accuracy-at-common-round"] == 0.55
+    assert long["final-accuracy"] == 0.7

@@ -144,14 +144,44 @@ def test_ctrl_c_stops_the_run_and_every_worker(tmp_path):
     assert (run_dir / "metrics.csv").read_text().count("\n") >= 2
 
 
-@pytest.mark.parametrize("method", ["fedavg", "fedmezo"])
+# Every strategy and engine, 2 rounds each; K cut down where a preset's is costly.
+BASELINES = {
+    "fedavg": [],
+    "fedavg-ckpt": [],
+    "fedmezo": [],
+    "fedsgd": [],
+    "spry-iter": [],
+    "baffle": ["--set", "num-tangents=4"],
+    "fwdllm": [],
+    "baffle-plus": ["--set", "num-tangents=2"],
+    "fwdllm-plus": ["--set", "num-tangents=2"],
+}
+
+
+@pytest.mark.parametrize("method", list(BASELINES))
 def test_baseline_methods_run_two_rounds_in_the_same_harness(method, tmp_path):
-    run_dir = _run(tmp_path, "--method", method)
+    run_dir = _run(tmp_path, "--method", method, *BASELINES[method])
 
     rows = _metrics(run_dir)
     manifest = json.loads((run_dir / "config.json").read_text())
     assert manifest["method"] == method
-    assert run_dir.name.split("-")[2] == method
+    assert run_dir.name.split("-", 2)[2].startswith(method)
     assert [r["round"] for r in rows] == ["0", "1", "2"]
     assert all(r["dropped"] == "0" and r["clients"] == "3" for r in rows[1:])
+    assert all(int(r["forward-passes"]) > 0 for r in rows[1:])
     assert rows[2]["test-loss"] != rows[0]["test-loss"]
+    if manifest["config"]["upload-scalars"]:  # K float64 scalars, not tensors
+        k = manifest["config"]["num-tangents"]
+        assert float(rows[1]["upload-bytes-per-client"]) == 8 * k
+
+
+def test_spry_with_scalar_uploads_ends_where_spry_with_weights_does(tmp_path):
+    # The server replays each client's AdamW from its scalars: same model, ~300x
+    # less upload.
+    weights = _metrics(_run(tmp_path / "weights"))
+    scalars = _metrics(_run(tmp_path / "scalars", "--set", "upload-scalars=true"))
+    for a, b in zip(weights, scalars, strict=True):
+        assert float(b["test-loss"]) == pytest.approx(float(a["test-loss"]), rel=1e-5)
+        assert b["test-accuracy"] == a["test-accuracy"]
+    upload = [float(r["upload-bytes-per-client"]) for r in (weights[1], scalars[1])]
+    assert upload[1] < upload[0] / 100

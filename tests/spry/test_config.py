@@ -41,7 +41,7 @@ def test_round_trip_through_the_flat_mapping():
         ({"partitioner": "zipf"}, "`partitioner` should be one of"),
         ({"lr": "fast"}, "`lr` should be a float, got 'fast'"),
         ({"num-tangent": 2}, "unknown config key(s) ['num-tangent']"),
-        ({"server-optimizer": "sgd"}, "`server-optimizer` should be one of"),
+        ({"server-optimizer": "lamb"}, "`server-optimizer` should be one of"),
     ],
 )
 def test_bad_values_name_the_key_and_the_value(values, message):

@@ -26,5 +26,26 @@ def test_backprop_baselines_do_not_split_and_spry_does():
 
 
 def test_unknown_method_lists_the_known_ones():
-    with pytest.raises(ConfigError, match="known methods: spry, fedfgd"):
+    with pytest.raises(ConfigError, match="known methods: spry, spry-iter, fedfgd"):
         method_overrides("fedprox")
+
+
+def test_a_spry_run_with_scalar_uploads_is_not_reported_as_spry():
+    cfg = RunConfig.from_run_config({"upload-scalars": True})
+    assert method_of(cfg) == "custom"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"engine": "backprop", "upload-scalars": True}, "upload-scalars"),
+        ({"engine": "backprop-checkpoint", "strategy": "baffle"}, "baffle strategy"),
+        ({"engine": "forward", "strategy": "fwdllm"}, "fwdllm strategy"),
+        ({"engine": "baffle-plus", "upload-scalars": True}, "upload-scalars"),
+        ({"strategy": "fedsgd", "local-epochs": 2}, "one batch per client"),
+        ({"engine": "mezo", "zo-format": "forward"}, "applies to baffle"),
+    ],
+)
+def test_incompatible_options_fail_with_a_message_naming_them(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        RunConfig.from_run_config(overrides)

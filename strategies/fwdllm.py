@@ -1,0 +1,190 @@
+"""FwdLLM [Xu et al., 2023]: FedSGD on finite-difference gradients, paced by variance.
+
+Paper: arxiv.org/abs/2308.13894; code UbiquitousLearning/FwdLLM
+(`FedSgdAggregator`, `FedSgdClientManager`, `fwdgrad_utils.py`), read for
+shared/BASELINES.md.
+
+Per step: each sampled client perturbs along one direction (central difference,
+h = 0.01) and uploads its dense gradient estimate; on odd steps the directions are
+candidates ranked by cosine to the previous step's gradient (shared candidates,
+client i takes the i-th best; `spry.engines.selection`). The server pools the
+estimates and checks their variance on a probe tensor: while it is above the
+threshold it does not step but asks the same clients for fresh directions on the
+same batches; then it steps with plain SGD on the pool's unweighted mean, at a rate
+decaying linearly to 0 over the run.
+
+Differences from the original, on purpose: the probe is a trainable tensor (the
+first one; the original's fixed index can be frozen, which disables pacing); every
+candidate is ranked (the original's cosine helper drops all but its last chunk);
+extra passes are capped (`max_repeats`); clients are sampled afresh each step
+(FwdLLM keeps a round's clients for all its batch steps); the model call keeps the
+attention mask.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from logging import INFO
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, RecordDict
+from flwr.common.logger import log
+
+from spry import protocol
+from spry.aggregation import ServerOptimizer
+from spry.config import RunConfig
+from spry.seeding import STREAM_SELECTION, derive_seed
+
+from .fedsgd import FedSGD
+from .replies import slice_arrays
+
+
+def pool_variance(probes: Sequence[np.ndarray]) -> float:
+    """FwdLLM's pacing statistic over the pooled estimates of the probe tensor.
+
+    The element-mean of the unbiased variance between the means of the first and
+    the second half of the pool.
+    """
+    if len(probes) < 2:
+        return 0.0
+    half = len(probes) // 2
+    first = np.mean(probes[:half], axis=0)
+    second = np.mean(probes[half:], axis=0)
+    return float(np.mean(np.var(np.stack([first, second]), axis=0, ddof=1)))
+
+
+class FwdLLM(FedSGD):
+    """FedSGD with cosine-selected directions and variance-controlled pacing.
+
+    Parameters
+    ----------
+    var_threshold : float (default: 0.1)
+        Ask for another pass of directions while the pool's variance exceeds it.
+    max_repeats : int (default: 4)
+        Extra passes at most per step.
+    candidates : int (default: 10)
+        Candidate directions per selected one (FwdLLM: 10 x clients).
+    num_tangents : int (default: 1)
+        Directions per client per pass (to size the candidate pool).
+    **kwargs
+        Spry's parameters; `optimizer` should be SGD (FwdLLM's).
+    """
+
+    def __init__(
+        self,
+        *,
+        var_threshold: float = 0.1,
+        max_repeats: int = 4,
+        candidates: int = 10,
+        num_tangents: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.var_threshold = var_threshold
+        self.max_repeats = max_repeats
+        self.candidates = candidates
+        self.num_tangents = num_tangents
+        self.steps = 0  # server steps taken
+        self.previous: dict[str, np.ndarray] | None = None  # last step's gradient
+        self.pool: list[dict[str, np.ndarray]] = []
+        self.repeats = 0
+        self.repeat_nodes: list[int] | None = None
+        self.step_data_round = 1
+        self._round = 0  # the round being aggregated, for its log entry
+
+    @classmethod
+    def _options(
+        cls, cfg: RunConfig, partitions: Mapping[int, int], head: Sequence[str]
+    ) -> dict[str, Any]:
+        s = cfg.strategy
+        return {
+            **super()._options(cfg, partitions, head),
+            "var_threshold": s.fwdllm_var_threshold,
+            "max_repeats": s.fwdllm_max_repeats,
+            "candidates": s.fwdllm_candidates,
+            "num_tangents": cfg.client.num_tangents,
+        }
+
+    def _training_nodes(self, server_round: int) -> list[int]:
+        if self.repeat_nodes is not None:  # the same clients, the same batches
+            return list(self.repeat_nodes)
+        self.step_data_round = server_round
+        return super()._training_nodes(server_round)
+
+    def _data_round(self, server_round: int) -> int:
+        return self.step_data_round
+
+    def _selects(self) -> bool:
+        """Directions are chosen on odd steps, once there is a gradient to follow."""
+        return self.previous is not None and self.steps % 2 == 1
+
+    def _train_content(
+        self,
+        server_round: int,
+        node_id: int,
+        owned: list[str],
+        names: list[str],
+        cfg: ConfigRecord,
+    ) -> RecordDict:
+        content = super()._train_content(server_round, node_id, owned, names, cfg)
+        if self._selects():
+            assert self.previous is not None
+            position = list(self.assignment).index(node_id)
+            fields = content[protocol.CONFIG]
+            fields[protocol.SELECT_SEED] = derive_seed(
+                self.seed, STREAM_SELECTION, server_round
+            )
+            fields[protocol.SELECT_INDEX] = position * self.num_tangents
+            fields[protocol.SELECT_COUNT] = (
+                self.candidates * len(self.assignment) * self.num_tangents
+            )
+            content[protocol.TARGET] = slice_arrays(self.previous, owned)
+        return content
+
+    def _step(
+        self, contributions: list[tuple[dict[str, np.ndarray], float]]
+    ) -> dict[str, np.ndarray]:
+        self.pool.extend(grads for grads, _ in contributions)
+        probe = next(iter(self.current))
+        probes = [grads[probe] for grads in self.pool if probe in grads]
+        variance = pool_variance(probes)
+        entry = self.round_log.setdefault(self._round, {})
+        entry.update({"fwdllm-variance": variance, "fwdllm-pool": len(self.pool)})
+        if variance > self.var_threshold and self.repeats < self.max_repeats:
+            self.repeats += 1
+            self.repeat_nodes = list(self.assignment)
+            log(
+                INFO,
+                "fwdllm: probe variance %.4g > %.4g with %d estimates: "
+                "more directions (pass %d), no step",
+                variance,
+                self.var_threshold,
+                len(self.pool),
+                self.repeats + 1,
+            )
+            return dict(self.current)
+        # FwdLLM averages the pooled estimates without sample weights.
+        new = super()._step([(grads, 1.0) for grads in self.pool])
+        self.pool, self.repeats, self.repeat_nodes = [], 0, None
+        self.steps += 1
+        return new
+
+    def _gradient(
+        self, contributions: list[tuple[dict[str, np.ndarray], float]]
+    ) -> dict[str, np.ndarray]:
+        gradient = super()._gradient(contributions)
+        self.previous = gradient  # the next odd step's directions follow it
+        return gradient
+
+    def _optimizer_now(self) -> ServerOptimizer:
+        """SGD at eta (T - t) / T: FwdLLM's linear decay to 0 over the run."""
+        if not self.num_rounds:
+            return self.optimizer
+        share = max(self.num_rounds - self.steps, 1) / self.num_rounds
+        return dataclasses.replace(self.optimizer, eta=self.optimizer.eta * share)
+
+    def aggregate_train(self, server_round: int, replies: Any) -> Any:
+        self._round = server_round
+        return super().aggregate_train(server_round, replies)
