@@ -195,6 +195,12 @@ class Spry(FedAvg):
         """The nodes that train this round, in deal order."""
         return self._sample(server_round, self.clients_per_round, stream=0)
 
+    def _in_partition_order(self, replies: Iterable[Message]) -> list[Message]:
+        """Replies sorted by partition: float sums must not depend on arrival order."""
+        return sorted(
+            replies, key=lambda r: self.partitions.get(r.metadata.src_node_id, -1)
+        )
+
     def _config(self, config: ConfigRecord, server_round: int) -> ConfigRecord:
         merged = ConfigRecord({**self.run_config, **dict(config)})
         merged[protocol.SERVER_ROUND] = server_round
@@ -329,7 +335,7 @@ class Spry(FedAvg):
         errors: list[str] = []
         uploaded: list[int] = []  # bytes of tensors each accepted client sent
         dropped = 0
-        for reply in replies:
+        for reply in self._in_partition_order(replies):
             node_id = reply.metadata.src_node_id
             if reply.has_error():
                 errors.append(reply.error.reason)
@@ -396,7 +402,7 @@ class Spry(FedAvg):
     ) -> MetricRecord | None:
         """Example-weighted mean of client metrics (empty held-out sets skip)."""
         usable = []
-        for reply in replies:
+        for reply in self._in_partition_order(replies):
             if reply.has_error():
                 log_dropped(reply.metadata.src_node_id, None, reply.error.reason)
                 continue
