@@ -336,3 +336,40 @@ def test_config_passes_zo_options_to_the_engine():
         RunConfig.from_run_config({"engine": "mezo", "zo-format": "forward"})
     with pytest.raises(ConfigError, match="`zo-eps` should be >= 0"):
         RunConfig.from_run_config({"zo-eps": -1})
+
+
+def test_baffle_plus_is_one_direction_scaled_by_2_over_k_as_in_spry():
+    # Spry's BAFFLE+ precedence bug: weights 2/K for the first direction, then
+    # sigma^2/K (negligible), so 2K passes buy one direction.
+    model, batch, params = _mlp_setup()
+    plus = make_engine("baffle-plus", num_tangents=10).estimate(
+        model, mlp_loss, batch, params, generator=_seeded(4)
+    )
+    single = baffle(num_tangents=1, fd_format="center").estimate(
+        model, mlp_loss, batch, params, generator=_seeded(4)
+    )
+    assert plus.forward_passes == 20
+    assert plus.projected[0] == pytest.approx(single.projected[0])
+    for k in params:
+        torch.testing.assert_close(
+            plus.grads[k], 0.2 * single.grads[k], rtol=1e-4, atol=1e-6
+        )
+
+
+def test_fwdllm_plus_reuses_one_direction_so_k_probes_give_a_k1_estimate():
+    model, batch, params = _mlp_setup()
+    engine = make_engine("fwdllm-plus", num_tangents=20)
+    first = engine.estimate(model, mlp_loss, batch, params, generator=_seeded(5))
+    single = fwdllm().estimate(model, mlp_loss, batch, params, generator=_seeded(5))
+    assert first.forward_passes == 40
+    assert len(set(first.projected)) == 1  # twenty identical scalars
+    for k in params:
+        torch.testing.assert_close(first.grads[k], single.grads[k])
+    # A second estimate starts with a fresh direction
+    second = engine.estimate(model, mlp_loss, batch, params, generator=_seeded(6))
+    assert second.projected[0] != first.projected[0]
+
+
+def test_plus_engines_cannot_upload_scalars():
+    with pytest.raises(ConfigError, match="upload-scalars"):
+        RunConfig.from_run_config({"engine": "fwdllm-plus", "upload-scalars": True})
