@@ -208,7 +208,7 @@ class Spry(FedAvg):
 
     def summary(self) -> None:
         """Log the strategy's settings."""
-        log(INFO, "\t├──> Spry settings:")
+        log(INFO, "\t├──> %s settings:", type(self).__name__)
         log(
             INFO,
             "\t│\t├── clients per round %d of %d | split %s (groups of %d) | shared %s",
