@@ -104,6 +104,9 @@ def summarize(
     # Round 0 is the untrained model: meeting the target there is not training.
     reached = next((r for r in trained if r["test-accuracy"] >= target), None)
     peaks = [r["client-peak-mib"] for r in trained if "client-peak-mib" in r]
+    extra = [
+        r["client-peak-extra-mib"] for r in trained if "client-peak-extra-mib" in r
+    ]
     return {
         "method": method,
         "settings": METHODS[method],
@@ -118,6 +121,7 @@ def summarize(
         "round-to-target": None if reached is None else int(reached["round"]),
         "seconds-to-target": None if reached is None else reached["elapsed-seconds"],
         "client-peak-mib": max(peaks) if peaks else None,
+        "client-peak-extra-mib": max(extra) if extra else None,
         "upload-bytes-per-client": _mean(
             [
                 r["upload-bytes-per-client"]
@@ -154,7 +158,7 @@ def markdown(
         + ".",
         "",
         f"| method | rounds | acc @ round {rounds} | final acc | best acc "
-        "| round / s to target | client peak MiB | upload KiB/client/round "
+        "| round / s to target | client peak MiB (extra) | upload KiB/client/round "
         "| forward passes/round | wall s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -178,6 +182,7 @@ def markdown(
             f"| {100 * s['final-accuracy']:.1f}% "
             f"| {100 * s['best-accuracy']:.1f}% | {to_target} "
             f"| {_fmt(s['client-peak-mib'], '.0f', '-')} "
+            f"({_fmt(s.get('client-peak-extra-mib'), '.0f', '-')}) "
             f"| {_fmt(None if upload is None else upload / 1024, '.1f', '-')} "
             f"| {_fmt(s['forward-passes-per-round'], '.0f', '-')} "
             f"| {s['wall-seconds']:.0f} |"
@@ -186,10 +191,12 @@ def markdown(
         "",
         "Each method ran as its own `spry run --method <name>` process here; "
         "client peak is the largest resident set of a client worker process during "
-        "training (model, torch and Ray included); upload counts the tensors (or "
-        "scalars) a client returned; forward passes are summed over a round's "
-        "clients (a jvp pass counts once). FedSGD-style methods (fedsgd, spry-iter, "
-        "baffle, fwdllm) take one server step per round on one batch per client; "
+        "training (model, torch and Ray included), and in brackets its largest rise "
+        "above the level before training (the training step's own memory); upload "
+        "counts the tensors (or scalars) a client returned; forward passes are "
+        "summed over a round's clients (a jvp pass counts once). FedSGD-style "
+        "methods (fedsgd, spry-iter, baffle, fwdllm) take one server step per "
+        "round on one batch per client; "
         f"`acc @ round {rounds}` compares every method after the same number of "
         "rounds.",
     ]
