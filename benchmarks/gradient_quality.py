@@ -214,8 +214,10 @@ def flat(grads: Grads, names: Sequence[str]) -> Tensor:
 
 
 def cosine(a: Grads, b: Grads, names: Sequence[str]) -> float:
+    """Cosine of the two vectors; 0 when either is all zeros (no direction)."""
     x, y = flat(a, names), flat(b, names)
-    return float(x @ y / (x.norm() * y.norm()))
+    norms = x.norm() * y.norm()
+    return float(x @ y / norms) if norms > 0 else 0.0
 
 
 def rel_error(a: Grads, b: Grads, names: Sequence[str]) -> float:
@@ -265,6 +267,7 @@ def run_method(
     names = list(trainable.names)
     estimates: list[Grads] = []
     own: list[float] = []  # each client's estimate vs its own exact slice gradient
+    zero_pieces = 0  # estimates that came out exactly zero (fp32 cancellation)
     start = time.perf_counter()
     for r in range(method.repeats):
         pieces = []
@@ -277,6 +280,7 @@ def run_method(
             pieces.append((c.weight, piece))
             assert c.exact is not None
             own.append(cosine(piece, c.exact, slice_))
+            zero_pieces += not any(bool(t.any()) for t in piece.values())
         estimates.append(assemble(pieces, names, targets["G"]))
     seconds = time.perf_counter() - start
     rec = summarize(method, estimates, targets, names)
@@ -287,6 +291,7 @@ def run_method(
         "cosine_client_own_mean": statistics.mean(own),
         "cosine_client_own_std": stdev(own),
         "cosine_client_own_count": len(own),
+        "zero_estimates": zero_pieces,
     }, estimates
 
 
@@ -452,6 +457,8 @@ def markdown(res: Record) -> str:
             if r.get("cosine_client_own_mean") is not None
             else "-"
         )
+        if r.get("zero_estimates"):
+            client += f" ({r['zero_estimates']} of {r['cosine_client_own_count']} zero)"
         out.append(
             f"| {style} | {r['engine']} | {r['num_tangents']} | {r['repeats']} "
             f"| {client} "
@@ -506,7 +513,8 @@ def how_measured(res: Record) -> str:
         f"own exact gradient over the same tensors and batch (mean ± std over clients "
         f"and repeats): the dimension effect alone, without the round's "
         f"heterogeneity; for a K = 1 Gaussian tangent over d dimensions it is about "
-        f"sqrt(2 / (pi d)) on average. "
+        f"sqrt(2 / (pi d)) on average. An estimate that came out exactly zero (the "
+        f"fp32 loss difference rounded to 0) counts as cosine 0 and is counted. "
         f"Clients with an empty partition have weight 0; a tensor none of its "
         f"owners could train is 0 in E[Spry]. Wall time {res['wall_seconds']:.0f} s; "
         f"torch {s['torch']}, {s['threads']} threads, {s['machine']}."
