@@ -224,9 +224,15 @@ def plot(
     if majority is not None:
         for axis in (acc, clock):
             axis.axhline(100 * majority, color="grey", ls=":", label="majority class")
-    if any(rows[-1]["round"] > 4 * common_round for rows in curves.values()):
+    last = max(rows[-1]["round"] for rows in curves.values())
+    if common_round and last > 4 * common_round:
+        # Long one-batch runs beside short ones: linear up to the common round,
+        # logarithmic beyond, with plain round numbers as ticks.
+        ticks = [t for t in (0, 5, 10, 20, 50, 100, 200, 500, 1000) if t <= last]
         for axis in (acc, loss):
-            axis.set_xscale("symlog", linthresh=max(common_round, 1))
+            axis.set_xscale("symlog", linthresh=common_round)
+            axis.set_xticks(ticks, [str(t) for t in ticks])
+            axis.axvline(common_round, color="grey", lw=0.5)
     acc.set(xlabel="round", ylabel="test accuracy (%)", title="Accuracy per round")
     clock.set(
         xlabel="wall seconds", ylabel="test accuracy (%)", title="Accuracy in time"
@@ -234,7 +240,8 @@ def plot(
     loss.set(xlabel="round", ylabel="test cross-entropy", title="Loss per round")
     for axis in (acc, clock, loss):
         axis.legend(fontsize=7)
-    acc.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if not (common_round and last > 4 * common_round):
+        acc.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
