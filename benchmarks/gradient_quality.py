@@ -247,7 +247,9 @@ def expected_spry(
         for c in clients
         if c.exact is not None
     ]
-    return assemble(pieces, names, clients[0].exact or pieces[0][1])
+    # `like` must hold every tensor: the exact gradient of a client that has one.
+    like = next(c.exact for c in clients if c.exact is not None)
+    return assemble(pieces, names, like)
 
 
 # ------------------------------------------------------------------------ probing
