@@ -15,14 +15,12 @@ local-epoch ones, and each round costs a client one batch.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from spry import protocol
-from spry.aggregation import merge_into, weighted_mean_per_tensor
+from spry.aggregation import ServerOptimizer, merge_into, weighted_mean_per_tensor
 from spry.engines import rebuild_from_scalars
 from spry.seeding import STREAM_TANGENTS, derive_seed
 
@@ -92,7 +90,9 @@ class FedSGD(Spry):
         }
 
     def _step(
-        self, contributions: list[tuple[dict[str, np.ndarray], float]]
+        self,
+        server_round: int,
+        contributions: list[tuple[dict[str, np.ndarray], float]],
     ) -> dict[str, np.ndarray]:
         gradient = self._gradient(contributions)
         proposal = {name: self.current[name] - g for name, g in gradient.items()}
@@ -102,6 +102,6 @@ class FedSGD(Spry):
         )
         return new
 
-    def _optimizer_now(self) -> Any:
+    def _optimizer_now(self) -> ServerOptimizer:
         """The server optimizer for this step (FwdLLM decays its rate)."""
         return self.optimizer

@@ -92,7 +92,6 @@ class FwdLLM(FedSGD):
         self.repeats = 0
         self.repeat_nodes: list[int] | None = None
         self.step_data_round = 1
-        self._round = 0  # the round being aggregated, for its log entry
 
     @classmethod
     def _options(
@@ -144,13 +143,15 @@ class FwdLLM(FedSGD):
         return content
 
     def _step(
-        self, contributions: list[tuple[dict[str, np.ndarray], float]]
+        self,
+        server_round: int,
+        contributions: list[tuple[dict[str, np.ndarray], float]],
     ) -> dict[str, np.ndarray]:
         self.pool.extend(grads for grads, _ in contributions)
         probe = next(iter(self.current))
         probes = [grads[probe] for grads in self.pool if probe in grads]
         variance = pool_variance(probes)
-        entry = self.round_log.setdefault(self._round, {})
+        entry = self.round_log.setdefault(server_round, {})
         entry.update({"fwdllm-variance": variance, "fwdllm-pool": len(self.pool)})
         if variance > self.var_threshold and self.repeats < self.max_repeats:
             self.repeats += 1
@@ -166,7 +167,7 @@ class FwdLLM(FedSGD):
             )
             return dict(self.current)
         # FwdLLM averages the pooled estimates without sample weights.
-        new = super()._step([(grads, 1.0) for grads in self.pool])
+        new = super()._step(server_round, [(grads, 1.0) for grads in self.pool])
         self.pool, self.repeats, self.repeat_nodes = [], 0, None
         self.steps += 1
         return new
@@ -184,7 +185,3 @@ class FwdLLM(FedSGD):
             return self.optimizer
         share = max(self.num_rounds - self.steps, 1) / self.num_rounds
         return dataclasses.replace(self.optimizer, eta=self.optimizer.eta * share)
-
-    def aggregate_train(self, server_round: int, replies: Any) -> Any:
-        self._round = server_round
-        return super().aggregate_train(server_round, replies)

@@ -316,7 +316,9 @@ class Spry(FedAvg):
         return tensors, weight, metrics, scalars.nbytes
 
     def _step(
-        self, contributions: list[tuple[dict[str, np.ndarray], float]]
+        self,
+        server_round: int,
+        contributions: list[tuple[dict[str, np.ndarray], float]],
     ) -> dict[str, np.ndarray]:
         """Per-tensor weighted mean of the trained slices, then the server step."""
         aggregate = weighted_mean_per_tensor(contributions)
@@ -367,7 +369,7 @@ class Spry(FedAvg):
             return None, None
         trained = {name for tensors, _ in contributions for name in tensors}
         entry["coverage-trained"] = len(trained) / len(self.current)
-        new = self._step(contributions)
+        new = self._step(server_round, contributions)
         metrics = _train_metrics(accepted)
         metrics["upload-bytes-mean"] = sum(uploaded) / len(uploaded)
         entry["train"] = dict(metrics)
