@@ -33,6 +33,20 @@ class TrainReport:
     scalars: tuple[tuple[float, ...], ...] = ()  # each step's K projected scalars
 
 
+def slice_params(
+    trainable: TrainableModel, slice_names: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """The live tensors of a slice, keyed by the model's own names, in slice order.
+
+    The order is the directions' draw order, which a server replays.
+    """
+    live = trainable.parameters()
+    unknown = sorted(set(slice_names) - set(live))
+    if unknown:
+        raise KeyError(f"slice names not in the model: {unknown}")
+    return {trainable.own_name(n): live[n] for n in slice_names}
+
+
 def train_slice(
     trainable: TrainableModel,
     slice_names: Sequence[str],
@@ -51,11 +65,7 @@ def train_slice(
     Tensors outside the slice keep their values: they are not in the optimizer and
     the engine does not differentiate them.
     """
-    live = trainable.parameters()
-    unknown = sorted(set(slice_names) - set(live))
-    if unknown:
-        raise KeyError(f"slice names not in the model: {unknown}")
-    params = {trainable.own_name(n): live[n] for n in slice_names}
+    params = slice_params(trainable, slice_names)
     optimizer = make_optimizer(params.values(), cfg)
     trainable.model.eval()  # dropout off for every engine: one loss, one function
     steps, examples, loss_sum, passes = 0, 0, 0.0, 0
@@ -144,11 +154,7 @@ def estimate_one_batch(
 
     Returns the estimate's gradients keyed by stable name, and the estimate.
     """
-    live = trainable.parameters()
-    unknown = sorted(set(slice_names) - set(live))
-    if unknown:
-        raise KeyError(f"slice names not in the model: {unknown}")
-    params = {trainable.own_name(n): live[n] for n in slice_names}
+    params = slice_params(trainable, slice_names)
     trainable.model.eval()
     estimate = engine.estimate(
         trainable.model, loss, batch, params, generator=generator
