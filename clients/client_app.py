@@ -18,7 +18,7 @@ from spry.config import RunConfig, StrategyConfig
 from spry.engines import FiniteDifference, GradientEngine, make_engine
 from spry.engines.selection import CosineRankedDirections
 from spry.memory import track_peak_memory
-from spry.models import TrainableModel
+from spry.models import TrainableModel, is_head
 from spry.training import TrainReport, estimate_one_batch, train_slice
 
 app = ClientApp()
@@ -70,7 +70,10 @@ def train(msg: Message, context: Context) -> Message:
     trainable = task.model(
         {**_arrays(msg, protocol.CONTEXT), **_arrays(msg, protocol.ARRAYS)}
     )
-    engine = make_engine(cfg.client.engine, **cfg.client.engine_options())
+    options = cfg.client.engine_options()
+    if cfg.client.engine == "forward":
+        options["is_head"] = is_head
+    engine = make_engine(cfg.client.engine, **options)
     _ = task.train_data  # build the partition outside the measured block
     one_step = cfg.strategy.strategy in StrategyConfig.ONE_STEP
     with track_peak_memory(task.device) as memory:

@@ -30,7 +30,7 @@ from spry import protocol
 from spry.classification import evaluate
 from spry.config import ConfigError, ConfigValue, RunConfig
 from spry.data import load_for
-from spry.models import build_classifier
+from spry.models import build_classifier, is_head
 from strategies import STRATEGIES
 
 from .results import RunRecorder
@@ -113,7 +113,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
             f"unknown strategy {cfg.strategy.strategy!r}; "
             f"available: {sorted(STRATEGIES)}"
         )
-    head = [n for n in trainable.names if n.startswith(("classifier.", "score."))]
+    head = [n for n in trainable.names if is_head(n)]
     strategy = strategy_cls.from_run(cfg, partitions, head)
 
     def evaluate_central(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
+from .engines.directions import DISTRIBUTIONS
+
 ConfigValue = bool | int | float | str
 
 T = TypeVar("T", bound="_Section")
@@ -94,8 +96,21 @@ class ModelConfig(_Section):
         default="query,value", metadata={"help": "comma-separated module names"}
     )
     max_length: int = field(default=64, metadata={"help": "tokens per example"})
+    pooling: str = field(
+        default="mean",
+        metadata={
+            "help": "what the head sees: mean|cls (a linear head on the mean or "
+            "first hidden state) | model (the model's own head; paper)"
+        },
+    )
+
+    POOLINGS: ClassVar[tuple[str, ...]] = ("mean", "cls", "model")
 
     def __post_init__(self) -> None:
+        _require(
+            self.pooling in self.POOLINGS,
+            f"`pooling` should be one of {self.POOLINGS}, got {self.pooling!r}",
+        )
         _require(self.lora_r > 0, f"`lora-r` should be positive, got {self.lora_r}")
         _require(bool(self.target_modules), "`lora-targets` should name a module")
         _require(
@@ -197,6 +212,24 @@ class ClientConfig(_Section):
         default="auto",
         metadata={"help": "baffle's difference: auto|forward|center (auto: forward)"},
     )
+    tangent_distribution: str = field(
+        default="gaussian",
+        metadata={"help": "forward tangents: gaussian|rademacher|orthogonal"},
+    )
+    tangent_batch: int = field(
+        default=0,
+        metadata={
+            "help": "forward: tangents carried by one vmapped pass (1: one jvp "
+            "each; 0: all K at once)"
+        },
+    )
+    head_tangents: int = field(
+        default=0,
+        metadata={
+            "help": "forward: tangents of the task head, drawn apart from the "
+            "slice's (0: shares the K); cheap, as the head is on top"
+        },
+    )
     local_epochs: int = field(default=1, metadata={"help": "local epochs per round"})
     lr: float = field(default=1e-4, metadata={"help": "client AdamW learning rate"})
     weight_decay: float = field(default=0.0, metadata={"help": "client AdamW decay"})
@@ -222,6 +255,21 @@ class ClientConfig(_Section):
             f"`zo-format` 'forward' applies to baffle; {self.engine} is central",
         )
         _require(
+            self.tangent_distribution in DISTRIBUTIONS,
+            f"`tangent-distribution` should be one of {DISTRIBUTIONS}, "
+            f"got {self.tangent_distribution!r}",
+        )
+        _require(
+            self.tangent_batch >= 0 and self.head_tangents >= 0,
+            "`tangent-batch` and `head-tangents` should be >= 0",
+        )
+        _require(
+            self.engine == "forward"
+            or (self.tangent_distribution == "gaussian" and not self.head_tangents),
+            f"`tangent-distribution` and `head-tangents` apply to the forward "
+            f"engine, not {self.engine!r}",
+        )
+        _require(
             self.local_epochs >= 1,
             f"`local-epochs` should be at least 1, got {self.local_epochs}",
         )
@@ -233,11 +281,18 @@ class ClientConfig(_Section):
 
     def engine_options(self) -> dict[str, Any]:
         """Keyword options for `spry.engines.make_engine` (None: method default)."""
-        return {
+        options: dict[str, Any] = {
             "num_tangents": self.num_tangents,
             "eps": self.zo_eps or None,
             "fd_format": None if self.zo_format == "auto" else self.zo_format,
         }
+        if self.engine == "forward":
+            options.update(
+                distribution=self.tangent_distribution,
+                tangent_batch=self.tangent_batch,
+                head_tangents=self.head_tangents,
+            )
+        return options
 
 
 @dataclass(frozen=True)
@@ -415,6 +470,11 @@ class RunConfig:
             f"`upload-scalars` needs an engine whose estimate is K scalars along "
             f"seeded directions ({', '.join(directional)}); {engine!r} returns a "
             "gradient the server cannot rebuild from scalars",
+        )
+        _require(
+            not self.strategy.upload_scalars or not self.client.head_tangents,
+            "`upload-scalars` with `head-tangents`: the server rebuilds one block "
+            "of directions per step; set `head-tangents` to 0",
         )
         _require(
             strategy != "baffle" or engine in directional,

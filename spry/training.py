@@ -133,7 +133,9 @@ def replay_local_training(
     optimizer = make_optimizer(params.values(), cfg)
     shapes = {name: tuple(p.shape) for name, p in params.items()}
     for scalars, generator in zip(step_scalars, generators, strict=False):
-        grads = rebuild_from_scalars(shapes, list(scalars), generator)
+        grads = rebuild_from_scalars(
+            shapes, list(scalars), generator, distribution=cfg.tangent_distribution
+        )
         for name, param in params.items():
             param.grad = grads[name]
         optimizer.step()

@@ -75,7 +75,12 @@ class FedSGD(Spry):
             self._direction_seed(server_round, node_id)
         )
         shapes = {name: self.current[name].shape for name in owned}
-        rebuilt = rebuild_from_scalars(shapes, scalars[0].tolist(), generator)
+        rebuilt = rebuild_from_scalars(
+            shapes,
+            scalars[0].tolist(),
+            generator,
+            distribution=self.client_cfg.tangent_distribution,
+        )
         grads = {name: g.numpy() for name, g in rebuilt.items()}
         return grads, weight, metrics, scalars.nbytes
 

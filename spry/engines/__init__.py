@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from .as_in_spry import BafflePlus, FwdLLMPlus
 from .backprop import Backprop
@@ -18,8 +19,8 @@ from .zeroth_order import FiniteDifference, baffle, fwdllm, mezo
 # Every factory takes (num_tangents, eps, fd_format) as keywords; each ignores or
 # rejects what does not apply to it (eps and fd_format are finite-difference only).
 ENGINES: dict[str, Callable[..., GradientEngine]] = {
-    "forward": lambda *, num_tangents=1, **_: ForwardGradient(
-        num_tangents=num_tangents
+    "forward": lambda *, num_tangents=1, eps=None, fd_format=None, **options: (
+        ForwardGradient(num_tangents=num_tangents, **options)
     ),
     "backprop": lambda **_: Backprop(),
     "backprop-checkpoint": lambda **_: Backprop(checkpointing=True),
@@ -45,11 +46,14 @@ def make_engine(
     num_tangents: int = 1,
     eps: float | None = None,
     fd_format: str | None = None,
+    **forward_options: Any,
 ) -> GradientEngine:
     """The engine called `name` (one of `ENGINES`).
 
     `eps` and `fd_format` set the finite-difference step and format of the
     zero-order engines (None: the method's published value); others ignore them.
+    `forward_options` (distribution, tangent_batch, head_tangents, is_head) are
+    `ForwardGradient`'s own and an error for any other engine.
     """
     try:
         factory = ENGINES[name]
@@ -57,7 +61,11 @@ def make_engine(
         raise ValueError(
             f"unknown engine {name!r}; available: {sorted(ENGINES)}"
         ) from None
-    return factory(num_tangents=num_tangents, eps=eps, fd_format=fd_format)
+    if forward_options and name != "forward":
+        raise ValueError(f"{sorted(forward_options)} apply to the forward engine only")
+    return factory(
+        num_tangents=num_tangents, eps=eps, fd_format=fd_format, **forward_options
+    )
 
 
 __all__ = [

@@ -17,6 +17,15 @@ from torch import Tensor
 # A tensor's shape, dtype and device: all a direction needs to be redrawn.
 DirectionSpec = tuple[torch.Size, torch.dtype, torch.device]
 
+# How directions are distributed; each has E[v v^T] = I, so every estimate that
+# averages s_k v_k with s_k = <grad, v_k> stays unbiased.
+#   gaussian    v ~ N(0, I) (the paper's)
+#   rademacher  v with independent +-1 entries (the sign of the Gaussian draw)
+#   orthogonal  the K Gaussian draws orthonormalised jointly over the slice, in
+#               blocks of at most d, and scaled to norm sqrt(d): K = d gives the
+#               exact gradient, and no two directions of a block repeat work.
+DISTRIBUTIONS = ("gaussian", "rademacher", "orthogonal")
+
 
 def direction_specs(
     like: Mapping[str, Tensor | Sequence[int]],
@@ -42,7 +51,7 @@ def sample_direction(
     Drawn on the generator's device, then moved to each tensor's: with a CPU
     generator a seed names the same directions on every device, so a server can
     rebuild what a CUDA client drew. The same stream as
-    `ForwardGradient.sample_tangents`, so one seed gives the finite-difference and
+    `ForwardGradient`'s tangents, so one seed gives the finite-difference and
     the jvp engines the same directions.
     """
     return {
@@ -51,6 +60,61 @@ def sample_direction(
         ).to(device)
         for name, (shape, dtype, device) in specs.items()
     }
+
+
+def sample_directions(
+    specs: Mapping[str, DirectionSpec],
+    generator: torch.Generator,
+    count: int,
+    distribution: str = "gaussian",
+) -> list[dict[str, Tensor]]:
+    """`count` directions from one stream (`sample_direction` drawn `count` times).
+
+    Every distribution is a function of the same Gaussian draws, so a seed names
+    the same raw stream whatever the distribution, and the server redraws it.
+    """
+    if distribution not in DISTRIBUTIONS:
+        raise ValueError(
+            f"unknown direction distribution {distribution!r}; "
+            f"available: {DISTRIBUTIONS}"
+        )
+    draws = [sample_direction(specs, generator) for _ in range(count)]
+    if distribution == "rademacher":
+        return [
+            {n: torch.where(v >= 0, 1.0, -1.0).to(v.dtype) for n, v in d.items()}
+            for d in draws
+        ]
+    if distribution == "orthogonal":
+        return _orthogonalised(draws)
+    return draws
+
+
+def _orthogonalised(draws: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
+    """Orthonormalise blocks of at most d flattened draws, scaled to norm sqrt(d)."""
+    names = list(draws[0])
+    flat = torch.stack(
+        [torch.cat([d[n].reshape(-1).double().cpu() for n in names]) for d in draws]
+    )  # (K, d), float64 so the QR is the same on every machine's BLAS to 1e-12
+    dim = flat.shape[1]
+    rows = []
+    for start in range(0, len(draws), dim):
+        q, r = torch.linalg.qr(flat[start : start + dim].T)  # (d, k)
+        q = q * torch.sign(torch.diagonal(r)).where(torch.diagonal(r) != 0, 1.0)
+        rows.append(q.T * dim**0.5)
+    orthogonal = torch.cat(rows)
+    result = []
+    for k, draw in enumerate(draws):
+        out, offset = {}, 0
+        for n in names:
+            v = draw[n]
+            out[n] = (
+                orthogonal[k, offset : offset + v.numel()]
+                .reshape(v.shape)
+                .to(v.device, v.dtype)
+            )
+            offset += v.numel()
+        result.append(out)
+    return result
 
 
 def accumulate(
@@ -67,6 +131,7 @@ def rebuild_from_scalars(
     generator: torch.Generator,
     *,
     dtype: torch.dtype = torch.float32,
+    distribution: str = "gaussian",
 ) -> dict[str, Tensor]:
     """The estimate (1/K) sum_k s_k v_k, redrawing the v_k from `generator`.
 
@@ -87,6 +152,7 @@ def rebuild_from_scalars(
         name: torch.zeros(shape, dtype=kind, device=device)
         for name, (shape, kind, device) in specs.items()
     }
-    for scalar in scalars:
-        accumulate(grads, sample_direction(specs, generator), scalar / len(scalars))
+    directions = sample_directions(specs, generator, len(scalars), distribution)
+    for scalar, direction in zip(scalars, directions, strict=True):
+        accumulate(grads, direction, scalar / len(scalars))
     return grads

@@ -9,11 +9,17 @@ forward gradient g = <grad f(w), v> v is an unbiased estimate of grad f(w) becau
 E[v v^T] = I. With K tangents, g = (1/K) sum_k <grad f, v_k> v_k. No activation is
 stored for a backward pass, which is where the memory saving comes from: the pass
 runs under `torch.no_grad()`, and only tensors in the slice carry tangents.
+
+K tangents need not cost K passes: `torch.func.vmap` over the jvp carries a batch of
+tangents through one pass, in which the primal computation runs once and only the
+tangent computation is batched, and only from the first perturbed layer upwards
+(below it nothing carries a tangent). A slice near the output, such as the task
+head, gets many tangents for little more than the price of one forward pass.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -29,7 +35,12 @@ from .base import (
     TaskLoss,
     functional_loss,
 )
-from .directions import direction_specs, sample_direction
+from .directions import (
+    DISTRIBUTIONS,
+    accumulate,
+    direction_specs,
+    sample_directions,
+)
 
 
 class ForwardADUnsupportedError(RuntimeError):
@@ -72,32 +83,97 @@ def directional_derivative(
     return value.detach(), derivative.detach(), aux
 
 
+def directional_derivatives(
+    model: nn.Module,
+    loss: TaskLoss,
+    batch: Batch,
+    params: Params,
+    tangents: Sequence[Params],
+    *,
+    chunk: int = 0,
+) -> tuple[Tensor, Tensor, Any]:
+    """`(loss, [<grad loss, v_k>]_k, aux)` for K tangents, batched by `torch.func.vmap`.
+
+    `chunk` tangents go through one pass (0: all K at once); memory above the
+    primal pass grows with it, time per tangent falls.
+    """
+    f = functional_loss(model, loss, batch)
+    primals = {name: value.detach() for name, value in params.items()}
+    stacked = {name: torch.stack([t[name] for t in tangents]) for name in primals}
+
+    def one(tangent: Params) -> tuple[Tensor, Tensor, Any]:
+        return torch.func.jvp(f, (primals,), (dict(tangent),), has_aux=True)
+
+    with torch.no_grad(), forward_ad_kernels():
+        try:
+            values, derivatives, aux = torch.func.vmap(one, chunk_size=chunk or None)(
+                stacked
+            )
+        except NotImplementedError as error:
+            raise ForwardADUnsupportedError(
+                f"batched forward-mode AD failed inside {type(model).__name__}: "
+                f"{error}. Set `tangent-batch` to 1 to run one tangent per pass."
+            ) from error
+    # The loss and the side output do not depend on the tangent: vmap broadcast them.
+    aux = torch.utils._pytree.tree_map(lambda x: x[0].detach(), aux)
+    return values[0].detach(), derivatives.detach(), aux
+
+
 class ForwardGradient(GradientEngine):
-    """Forward gradient over the given tensors with K seeded Gaussian tangents.
+    """Forward gradient over the given tensors with K seeded tangents.
 
     Parameters
     ----------
     num_tangents : int (default: 1)
         K, the number of tangents averaged per batch (the paper's default is 1).
+    distribution : str (default: "gaussian")
+        How tangents are drawn (`directions.DISTRIBUTIONS`).
+    tangent_batch : int (default: 1)
+        Tangents carried by one vmapped pass (1: one jvp per tangent, as in the
+        paper; 0: all of a block's tangents in one pass).
+    head_tangents : int (default: 0)
+        With `is_head`, the task head's tensors get their own tangents, this many,
+        drawn after the rest's (0: the head shares the slice's K tangents). The
+        head sits on top of the network, so its tangents cost one batched pass
+        through the head alone: with orthogonal tangents and at least as many as
+        the head has weights, its gradient is exact at the price of a forward pass.
+    is_head : (parameter name) -> bool, optional
+        Which tensors form the head block.
     """
 
     name = "forward"
 
-    def __init__(self, *, num_tangents: int = 1) -> None:
+    def __init__(
+        self,
+        *,
+        num_tangents: int = 1,
+        distribution: str = "gaussian",
+        tangent_batch: int = 1,
+        head_tangents: int = 0,
+        is_head: Callable[[str], bool] | None = None,
+    ) -> None:
         if num_tangents < 1:
             raise ValueError(f"`num_tangents` should be >= 1, got {num_tangents}")
+        if distribution not in DISTRIBUTIONS:
+            raise ValueError(
+                f"`distribution` should be one of {DISTRIBUTIONS}, got {distribution!r}"
+            )
+        if tangent_batch < 0 or head_tangents < 0:
+            raise ValueError("`tangent_batch` and `head_tangents` should be >= 0")
         self.num_tangents = num_tangents
+        self.distribution = distribution
+        self.tangent_batch = tangent_batch
+        self.head_tangents = head_tangents
+        self.is_head = is_head
 
-    def sample_tangents(
-        self, params: Params, generator: torch.Generator
-    ) -> dict[str, Tensor]:
-        """One tangent per tensor, N(0, I), drawn in `params`' order.
-
-        Drawn on the generator's device and moved to the tensor's (see
-        `sample_direction`, whose stream this is): a server holding the seed and the
-        same names in the same order redraws them exactly.
-        """
-        return sample_direction(direction_specs(params), generator)
+    def blocks(self, params: Params) -> list[tuple[dict[str, Tensor], int]]:
+        """The slice's blocks with their tangent counts, in draw order (body, head)."""
+        if not self.head_tangents or self.is_head is None:
+            return [(dict(params), self.num_tangents)]
+        head = {n: v for n, v in params.items() if self.is_head(n)}
+        body = {n: v for n, v in params.items() if not self.is_head(n)}
+        blocks = [(body, self.num_tangents), (head, self.head_tangents)]
+        return [(block, count) for block, count in blocks if block]
 
     def estimate(
         self,
@@ -109,22 +185,37 @@ class ForwardGradient(GradientEngine):
         generator: torch.Generator,
     ) -> GradientEstimate:
         grads = {name: torch.zeros_like(value) for name, value in params.items()}
-        value, aux = None, None
         projected: list[float] = []
-        for _ in range(self.num_tangents):
-            tangents = self.sample_tangents(params, generator)
-            value, derivative, aux = directional_derivative(
-                model, loss, batch, params, tangents
+        forward_passes = 0
+        value, aux = None, None
+        for block, count in self.blocks(params):
+            tangents = sample_directions(
+                direction_specs(block), generator, count, self.distribution
             )
-            projected.append(derivative.item())
-            scale = projected[-1] / self.num_tangents
-            for name, tangent in tangents.items():
-                grads[name].add_(tangent, alpha=scale)
+            if self.tangent_batch == 1:
+                passes = [
+                    directional_derivative(model, loss, batch, block, t)
+                    for t in tangents
+                ]
+                scalars = [float(p[1]) for p in passes]
+                block_value, block_aux = passes[-1][0], passes[-1][2]
+                forward_passes += len(tangents)
+            else:
+                block_value, derivatives, block_aux = directional_derivatives(
+                    model, loss, batch, block, tangents, chunk=self.tangent_batch
+                )
+                scalars = derivatives.tolist()
+                forward_passes += -(-count // (self.tangent_batch or count))
+            if value is None:
+                value, aux = block_value, block_aux
+            for scalar, tangent in zip(scalars, tangents, strict=True):
+                accumulate(grads, tangent, scalar / count)
+            projected.extend(scalars)
         assert value is not None
         return GradientEstimate(
             loss=value,
             grads=grads,
             aux=aux,
-            forward_passes=self.num_tangents,
+            forward_passes=forward_passes,
             projected=tuple(projected),
         )

@@ -53,7 +53,7 @@ Choices, and why:
   noise divided by eps swamps the signal (BAFFLE and Spry's baselines run in train
   mode; BASELINES.md section 2).
 - Directions come from `generator` only, drawn tensor by tensor in the order of
-  `params`, the stream `ForwardGradient.sample_tangents` uses: one seed gives the
+  `params`, the stream `ForwardGradient`'s tangents uses: one seed gives the
   same directions to every engine, and `rebuild_from_scalars` regenerates them from
   the seed and the K scalars in `GradientEstimate.projected` (BAFFLE's paper mode
   and the scalar uploads send just those). They are drawn on the generator's device

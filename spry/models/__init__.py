@@ -5,6 +5,7 @@ from .classifier import (
     ModelError,
     TrainableModel,
     build_classifier,
+    is_head,
     resolve_model_path,
     stable_name,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "ModelError",
     "TrainableModel",
     "build_classifier",
+    "is_head",
     "resolve_model_path",
     "stable_name",
 ]

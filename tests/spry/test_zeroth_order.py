@@ -319,7 +319,7 @@ def test_unknown_engine_lists_every_engine():
 
 def test_config_passes_zo_options_to_the_engine():
     # Prepare
-    defaults = RunConfig().client
+    defaults = RunConfig.from_run_config({"engine": "baffle"}).client
     tuned = RunConfig.from_run_config(
         {"engine": "baffle", "zo-eps": "0.01", "zo-format": "center"}
     ).client
