@@ -71,8 +71,8 @@ def train(msg: Message, context: Context) -> Message:
         {**_arrays(msg, protocol.CONTEXT), **_arrays(msg, protocol.ARRAYS)}
     )
     options = cfg.client.engine_options()
-    if cfg.client.engine == "forward":
-        options["is_head"] = is_head
+    if cfg.client.engine == "forward" and cfg.client.head_gradient == "exact":
+        options["exact"] = is_head
     engine = make_engine(cfg.client.engine, **options)
     _ = task.train_data  # build the partition outside the measured block
     one_step = cfg.strategy.strategy in StrategyConfig.ONE_STEP

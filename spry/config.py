@@ -190,6 +190,7 @@ class ClientConfig(_Section):
     # Estimates made of K scalars along seeded directions (rebuildable from them).
     DIRECTIONAL: ClassVar[tuple[str, ...]] = ("forward", "mezo", "baffle", "fwdllm")
     ZO_FORMATS: ClassVar[tuple[str, ...]] = ("auto", "forward", "center")
+    HEAD_GRADIENTS: ClassVar[tuple[str, ...]] = ("shared", "exact")
 
     engine: str = field(
         default="forward",
@@ -223,11 +224,11 @@ class ClientConfig(_Section):
             "each; 0: all K at once)"
         },
     )
-    head_tangents: int = field(
-        default=0,
+    head_gradient: str = field(
+        default="shared",
         metadata={
-            "help": "forward: tangents of the task head, drawn apart from the "
-            "slice's (0: shares the K); cheap, as the head is on top"
+            "help": "forward: shared (the head shares the slice's K tangents) | "
+            "exact (forward mode over the head's basis: one pass through the head)"
         },
     )
     local_epochs: int = field(default=1, metadata={"help": "local epochs per round"})
@@ -260,13 +261,21 @@ class ClientConfig(_Section):
             f"got {self.tangent_distribution!r}",
         )
         _require(
-            self.tangent_batch >= 0 and self.head_tangents >= 0,
-            "`tangent-batch` and `head-tangents` should be >= 0",
+            self.tangent_batch >= 0,
+            f"`tangent-batch` should be >= 0, got {self.tangent_batch}",
+        )
+        _require(
+            self.head_gradient in self.HEAD_GRADIENTS,
+            f"`head-gradient` should be one of {self.HEAD_GRADIENTS}, "
+            f"got {self.head_gradient!r}",
         )
         _require(
             self.engine == "forward"
-            or (self.tangent_distribution == "gaussian" and not self.head_tangents),
-            f"`tangent-distribution` and `head-tangents` apply to the forward "
+            or (
+                self.tangent_distribution == "gaussian"
+                and self.head_gradient == "shared"
+            ),
+            f"`tangent-distribution` and `head-gradient` apply to the forward "
             f"engine, not {self.engine!r}",
         )
         _require(
@@ -290,7 +299,6 @@ class ClientConfig(_Section):
             options.update(
                 distribution=self.tangent_distribution,
                 tangent_batch=self.tangent_batch,
-                head_tangents=self.head_tangents,
             )
         return options
 
@@ -472,9 +480,9 @@ class RunConfig:
             "gradient the server cannot rebuild from scalars",
         )
         _require(
-            not self.strategy.upload_scalars or not self.client.head_tangents,
-            "`upload-scalars` with `head-tangents`: the server rebuilds one block "
-            "of directions per step; set `head-tangents` to 0",
+            not self.strategy.upload_scalars or self.client.head_gradient == "shared",
+            "`upload-scalars` with `head-gradient` 'exact': the server rebuilds "
+            "random directions only; use `head-gradient` 'shared'",
         )
         _require(
             strategy != "baffle" or engine in directional,

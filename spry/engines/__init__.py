@@ -52,7 +52,7 @@ def make_engine(
 
     `eps` and `fd_format` set the finite-difference step and format of the
     zero-order engines (None: the method's published value); others ignore them.
-    `forward_options` (distribution, tangent_batch, head_tangents, is_head) are
+    `forward_options` (distribution, tangent_batch, exact) are
     `ForwardGradient`'s own and an error for any other engine.
     """
     try:

@@ -119,6 +119,30 @@ def directional_derivatives(
     return values[0].detach(), derivatives.detach(), aux
 
 
+def basis_tangents(params: Params) -> list[dict[str, Tensor]]:
+    """One tangent per weight: the standard basis of `params`, in their order.
+
+    Forward mode over the whole basis is the exact gradient (what `jacfwd` does);
+    worth it for a small block near the output, whose tangents stop at the loss.
+    """
+    flat = torch.eye(sum(v.numel() for v in params.values()))
+    tangents, offset = [], 0
+    pieces = {}
+    for name, value in params.items():
+        pieces[name] = flat[:, offset : offset + value.numel()]
+        offset += value.numel()
+    for row in range(flat.shape[0]):
+        tangents.append(
+            {
+                name: piece[row].reshape(value.shape).to(value.device, value.dtype)
+                for (name, piece), value in zip(
+                    pieces.items(), params.values(), strict=True
+                )
+            }
+        )
+    return tangents
+
+
 class ForwardGradient(GradientEngine):
     """Forward gradient over the given tensors with K seeded tangents.
 
@@ -131,14 +155,12 @@ class ForwardGradient(GradientEngine):
     tangent_batch : int (default: 1)
         Tangents carried by one vmapped pass (1: one jvp per tangent, as in the
         paper; 0: all of a block's tangents in one pass).
-    head_tangents : int (default: 0)
-        With `is_head`, the task head's tensors get their own tangents, this many,
-        drawn after the rest's (0: the head shares the slice's K tangents). The
-        head sits on top of the network, so its tangents cost one batched pass
-        through the head alone: with orthogonal tangents and at least as many as
-        the head has weights, its gradient is exact at the price of a forward pass.
-    is_head : (parameter name) -> bool, optional
-        Which tensors form the head block.
+    exact : (parameter name) -> bool, optional
+        Tensors whose gradient is computed exactly, by forward mode over their
+        standard basis, in a pass of their own after the others' (meant for the
+        task head: it sits on top, so its tangents run through the head alone and
+        its exact gradient costs about one forward pass). Their scalars, the
+        gradient's entries, follow the K scalars in `projected`.
     """
 
     name = "forward"
@@ -149,8 +171,7 @@ class ForwardGradient(GradientEngine):
         num_tangents: int = 1,
         distribution: str = "gaussian",
         tangent_batch: int = 1,
-        head_tangents: int = 0,
-        is_head: Callable[[str], bool] | None = None,
+        exact: Callable[[str], bool] | None = None,
     ) -> None:
         if num_tangents < 1:
             raise ValueError(f"`num_tangents` should be >= 1, got {num_tangents}")
@@ -158,22 +179,12 @@ class ForwardGradient(GradientEngine):
             raise ValueError(
                 f"`distribution` should be one of {DISTRIBUTIONS}, got {distribution!r}"
             )
-        if tangent_batch < 0 or head_tangents < 0:
-            raise ValueError("`tangent_batch` and `head_tangents` should be >= 0")
+        if tangent_batch < 0:
+            raise ValueError(f"`tangent_batch` should be >= 0, got {tangent_batch}")
         self.num_tangents = num_tangents
         self.distribution = distribution
         self.tangent_batch = tangent_batch
-        self.head_tangents = head_tangents
-        self.is_head = is_head
-
-    def blocks(self, params: Params) -> list[tuple[dict[str, Tensor], int]]:
-        """The slice's blocks with their tangent counts, in draw order (body, head)."""
-        if not self.head_tangents or self.is_head is None:
-            return [(dict(params), self.num_tangents)]
-        head = {n: v for n, v in params.items() if self.is_head(n)}
-        body = {n: v for n, v in params.items() if not self.is_head(n)}
-        blocks = [(body, self.num_tangents), (head, self.head_tangents)]
-        return [(block, count) for block, count in blocks if block]
+        self.exact = exact
 
     def estimate(
         self,
@@ -184,38 +195,59 @@ class ForwardGradient(GradientEngine):
         *,
         generator: torch.Generator,
     ) -> GradientEstimate:
+        is_exact = self.exact or (lambda _: False)
+        sampled = {n: v for n, v in params.items() if not is_exact(n)}
+        exact = {n: v for n, v in params.items() if is_exact(n)}
         grads = {name: torch.zeros_like(value) for name, value in params.items()}
         projected: list[float] = []
-        forward_passes = 0
-        value, aux = None, None
-        for block, count in self.blocks(params):
-            tangents = sample_directions(
-                direction_specs(block), generator, count, self.distribution
+        passes, value, aux = 0, None, None
+        blocks = [
+            (sampled, lambda: sample_directions(
+                direction_specs(sampled), generator, self.num_tangents,
+                self.distribution,
+            ), True),
+            (exact, lambda: basis_tangents(exact), False),
+        ]  # fmt: skip
+        for block, draw, average in blocks:
+            if not block:
+                continue
+            tangents = draw()
+            block_value, scalars, block_aux, block_passes = self._derivatives(
+                model, loss, batch, block, tangents
             )
-            if self.tangent_batch == 1:
-                passes = [
-                    directional_derivative(model, loss, batch, block, t)
-                    for t in tangents
-                ]
-                scalars = [float(p[1]) for p in passes]
-                block_value, block_aux = passes[-1][0], passes[-1][2]
-                forward_passes += len(tangents)
-            else:
-                block_value, derivatives, block_aux = directional_derivatives(
-                    model, loss, batch, block, tangents, chunk=self.tangent_batch
-                )
-                scalars = derivatives.tolist()
-                forward_passes += -(-count // (self.tangent_batch or count))
             if value is None:
                 value, aux = block_value, block_aux
+            weight = 1 / len(tangents) if average else 1.0
             for scalar, tangent in zip(scalars, tangents, strict=True):
-                accumulate(grads, tangent, scalar / count)
+                accumulate(grads, tangent, scalar * weight)
             projected.extend(scalars)
-        assert value is not None
+            passes += block_passes
+        assert value is not None, "no tensors to differentiate"
         return GradientEstimate(
             loss=value,
             grads=grads,
             aux=aux,
-            forward_passes=forward_passes,
+            forward_passes=passes,
             projected=tuple(projected),
         )
+
+    def _derivatives(
+        self,
+        model: nn.Module,
+        loss: TaskLoss,
+        batch: Batch,
+        block: Params,
+        tangents: list[dict[str, Tensor]],
+    ) -> tuple[Tensor, list[float], Any, int]:
+        """(loss, one scalar per tangent, aux, passes), one jvp each or vmapped."""
+        if self.tangent_batch == 1 or len(tangents) == 1:
+            results = [
+                directional_derivative(model, loss, batch, block, t) for t in tangents
+            ]
+            value, _, aux = results[-1]
+            return value, [float(d) for _, d, _ in results], aux, len(results)
+        value, derivatives, aux = directional_derivatives(
+            model, loss, batch, block, tangents, chunk=self.tangent_batch
+        )
+        per_pass = self.tangent_batch or len(tangents)
+        return value, derivatives.tolist(), aux, -(-len(tangents) // per_pass)

@@ -1,0 +1,50 @@
+"""The head's view of the sequence: mean pooling, the first token, the model's own."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spry.config import ConfigError, ModelConfig, RunConfig
+from spry.models import build_classifier, is_head
+
+
+def _logits(trainable, texts):
+    batch = trainable.tokenizer(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        return trainable.model(**batch).logits
+
+
+def test_mean_pooling_ignores_padding(default_model):
+    # The default model pools by mean; padding a sentence must not change it.
+    alone = _logits(default_model, ["a quiet, moving film"])
+    padded = _logits(
+        default_model,
+        ["a quiet, moving film", "a much longer sentence that forces padding on the "
+         "first one, many tokens more than it has"],
+    )  # fmt: skip
+    torch.testing.assert_close(padded[0], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_every_pooling_trains_the_same_named_tensors(default_model):
+    own_head = build_classifier(ModelConfig(pooling="model"), num_labels=2, seed=0)
+    first = build_classifier(ModelConfig(pooling="cls"), num_labels=2, seed=0)
+    assert list(own_head.names) == list(default_model.names) == list(first.names)
+    assert [n for n in default_model.names if is_head(n)] == [
+        "classifier.weight",
+        "classifier.bias",
+    ]
+    # The encoder's pooler is not used by a pooled head, so it is not computed.
+    assert default_model.model.base_model.model.bert.pooler is None
+
+
+def test_pooled_heads_see_different_features(default_model):
+    # Same seed, same LoRA init: only the pooling differs, so the logits do.
+    first = build_classifier(ModelConfig(pooling="cls"), num_labels=2, seed=0)
+    texts = ["a quiet, moving film", "dull and far too long"]
+    assert not torch.allclose(_logits(first, texts), _logits(default_model, texts))
+
+
+def test_unknown_pooling_is_a_config_error():
+    with pytest.raises(ConfigError, match="`pooling` should be one of"):
+        RunConfig.from_run_config({"pooling": "max"})
