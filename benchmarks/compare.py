@@ -45,12 +45,15 @@ def run_method(
     runs_dir: Path,
     *,
     reuse: bool = False,
+    label: str = "",
 ) -> Path:
     """Run one method with `spry run` in a fresh process; return its results folder.
 
-    With `reuse`, a completed earlier run of the same command is used instead.
+    The run goes under `runs_dir / (label or method)`. With `reuse`, a completed
+    earlier run of the same command there is used instead.
     """
-    out = runs_dir / method
+    label = label or method
+    out = runs_dir / label
     out.mkdir(parents=True, exist_ok=True)
     log = out / "run.log"
     command = [
@@ -69,17 +72,17 @@ def run_method(
             == "completed"
         ]
         if done:
-            print(f"[compare] {method}: reusing {done[-1]}")
+            print(f"[compare] {label}: reusing {done[-1]}")
             return done[-1]
     stamp.write_text(json.dumps(command[3:]))
     started = time.monotonic()
-    print(f"[compare] {method}: running ({' '.join(command[3:])}); log: {log}")
+    print(f"[compare] {label}: running ({' '.join(command[3:])}); log: {log}")
     with open(log, "w") as fh:
         status = subprocess.run(command, stdout=fh, stderr=subprocess.STDOUT).returncode
     runs = sorted(p for p in out.iterdir() if p.is_dir())
     if status != 0 or not runs:
-        raise RuntimeError(f"{method} failed (exit {status}); see {log}")
-    print(f"[compare] {method}: done in {time.monotonic() - started:.0f} s")
+        raise RuntimeError(f"{label} failed (exit {status}); see {log}")
+    print(f"[compare] {label}: done in {time.monotonic() - started:.0f} s")
     return runs[-1]
 
 

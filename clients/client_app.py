@@ -54,6 +54,32 @@ def describe(msg: Message, context: Context) -> Message:
     return Message(RecordDict({protocol.METRICS: metrics}), reply_to=msg)
 
 
+def _feature_center(msg: Message) -> list[float] | None:
+    center = msg.content[protocol.CONFIG].get(protocol.FEATURE_CENTER)
+    return None if center is None else list(center)
+
+
+@app.query(protocol.FEATURE_STATS)
+def feature_stats(msg: Message, context: Context) -> Message:
+    """Sum and count of this client's pooled features, under the initial model.
+
+    The server averages them into the feature center a pooled head subtracts.
+    """
+    cfg = _run_config(msg)
+    partition_id, _ = _partition(context)
+    task = load_task(cfg, partition_id)
+    total, count = task.feature_sum(task.model({}))
+    return Message(
+        RecordDict(
+            {
+                protocol.FEATURE_SUM: ArrayRecord({protocol.FEATURE_SUM: Array(total)}),
+                protocol.METRICS: MetricRecord({protocol.NUM_EXAMPLES: count}),
+            }
+        ),
+        reply_to=msg,
+    )
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train (or, one-step strategies, estimate on one batch) the received slice.
@@ -68,7 +94,8 @@ def train(msg: Message, context: Context) -> Message:
     names = list(fields[protocol.TRAINABLE_NAMES])
     task = load_task(cfg, partition_id)
     trainable = task.model(
-        {**_arrays(msg, protocol.CONTEXT), **_arrays(msg, protocol.ARRAYS)}
+        {**_arrays(msg, protocol.CONTEXT), **_arrays(msg, protocol.ARRAYS)},
+        _feature_center(msg),
     )
     options = cfg.client.engine_options()
     if cfg.client.engine == "forward" and cfg.client.head_gradient == "exact":
@@ -173,7 +200,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     cfg = _run_config(msg)
     partition_id, _ = _partition(context)
     task = load_task(cfg, partition_id)
-    trainable = task.model(_arrays(msg, protocol.ARRAYS))
+    trainable = task.model(_arrays(msg, protocol.ARRAYS), _feature_center(msg))
     scores = task.evaluate(trainable)
     metrics = MetricRecord(
         {

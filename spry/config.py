@@ -104,12 +104,25 @@ class ModelConfig(_Section):
         },
     )
 
+    center_features: bool = field(
+        default=True,
+        metadata={
+            "help": "a pooled head subtracts the federation's mean feature, "
+            "estimated before round 1 from a sample of clients"
+        },
+    )
+
     POOLINGS: ClassVar[tuple[str, ...]] = ("mean", "cls", "model")
 
     def __post_init__(self) -> None:
         _require(
             self.pooling in self.POOLINGS,
             f"`pooling` should be one of {self.POOLINGS}, got {self.pooling!r}",
+        )
+        _require(
+            not self.center_features or self.pooling != "model",
+            "`center-features` needs a pooled head (`pooling` mean or cls); "
+            "the model's own head has no feature center",
         )
         _require(self.lora_r > 0, f"`lora-r` should be positive, got {self.lora_r}")
         _require(bool(self.target_modules), "`lora-targets` should name a module")

@@ -30,6 +30,11 @@ FORWARD_PASSES = "forward-passes"  # model passes the engine ran (a jvp pass cou
 
 # Actions: message types beyond Flower's defaults ("train", "evaluate")
 DESCRIBE = "describe"  # query: which partition a node holds
+FEATURE_STATS = "feature_stats"  # query: sum and count of the pooled features
+
+# Model statistics the server sets and every train/evaluate message carries
+FEATURE_CENTER = "feature-center"  # list[float]: the mean pooled feature
+FEATURE_SUM = "feature-sum"  # ArrayRecord key in a FEATURE_STATS reply
 
 # Fields of one-estimate-a-round strategies (fedsgd, baffle, fwdllm)
 SCALARS = "scalars"  # ArrayRecord {"scalars": (steps, K) float64}: instead of tensors

@@ -18,6 +18,7 @@ STREAM_TANGENTS = 2
 STREAM_DATA = 3
 STREAM_INIT = 4
 STREAM_SELECTION = 5
+STREAM_STATISTICS = 6
 
 
 def derive_seed(root: int, stream: int, *path: int) -> int:

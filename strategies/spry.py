@@ -50,6 +50,7 @@ from .replies import (
 )
 
 _EVALUATE_STREAM_OFFSET = 1_000_000  # keeps evaluation sampling apart from training
+_STATISTICS_STREAM_OFFSET = 2_000_000  # the clients asked for feature statistics
 
 
 class RoundFailedError(RuntimeError):
@@ -146,6 +147,9 @@ class Spry(FedAvg):
         self.current: dict[str, np.ndarray] = {}
         self.assignment: dict[int, list[str]] = {}  # node id -> its slice this round
         self.round_log: dict[int, dict[str, Any]] = {}
+        # The mean pooled feature every client's head subtracts (set before round
+        # 1 by the server app when the run centres features).
+        self.feature_center: list[float] | None = None
 
     @classmethod
     def from_run(
@@ -204,6 +208,8 @@ class Spry(FedAvg):
     def _config(self, config: ConfigRecord, server_round: int) -> ConfigRecord:
         merged = ConfigRecord({**self.run_config, **dict(config)})
         merged[protocol.SERVER_ROUND] = server_round
+        if self.feature_center is not None:
+            merged[protocol.FEATURE_CENTER] = self.feature_center
         return merged
 
     def summary(self) -> None:
@@ -374,6 +380,43 @@ class Spry(FedAvg):
         metrics["upload-bytes-mean"] = sum(uploaded) / len(uploaded)
         entry["train"] = dict(metrics)
         return ArrayRecord({k: Array(v) for k, v in new.items()}), metrics
+
+    # ---------------------------------------------------------------- statistics
+    def estimate_feature_center(
+        self, grid: Grid, config: ConfigRecord, timeout: float | None = None
+    ) -> int:
+        """Set `feature_center` to the mean pooled feature of a seeded client sample.
+
+        Each sampled client returns the sum and count of its training examples'
+        pooled features under the initial model; the center is the pooled mean,
+        sent with every later message. Returns the number of examples it used.
+        """
+        nodes = self._sample(
+            0, self.clients_per_round, stream=_STATISTICS_STREAM_OFFSET
+        )
+        content = RecordDict({protocol.CONFIG: self._config(config, 0)})
+        kind = f"{MessageType.QUERY}.{protocol.FEATURE_STATS}"
+        messages = [
+            Message(content=content, message_type=kind, dst_node_id=n) for n in nodes
+        ]
+        total, count = None, 0
+        for reply in self._in_partition_order(
+            grid.send_and_receive(messages, timeout=timeout)
+        ):
+            if reply.has_error():
+                log_dropped(reply.metadata.src_node_id, None, reply.error.reason)
+                continue
+            record = reply.content.array_records[protocol.FEATURE_SUM]
+            part = record[protocol.FEATURE_SUM].numpy().astype(np.float64)
+            total = part if total is None else total + part
+            count += int(reply.content[protocol.METRICS][protocol.NUM_EXAMPLES])
+        if total is None or count == 0:
+            raise RuntimeError(
+                "no client returned feature statistics; cannot centre the features"
+            )
+        self.feature_center = (total / count).astype(np.float32).tolist()
+        log(INFO, "feature center: mean pooled feature of %d examples", count)
+        return count
 
     # ---------------------------------------------------------------- evaluation
     def configure_evaluate(

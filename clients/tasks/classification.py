@@ -8,7 +8,7 @@ values, so a client's result never depends on which client ran before it there.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -67,13 +67,36 @@ class ClassificationTask:
     def num_labels(self) -> int:
         return load_for(self.cfg.data).num_labels
 
-    def model(self, arrays: Mapping[str, np.ndarray]) -> TrainableModel:
-        """The process's model, reset to the initial state, then `arrays` loaded."""
+    def model(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        feature_center: Sequence[float] | None = None,
+    ) -> TrainableModel:
+        """The process's model, reset to the initial state, then `arrays` loaded.
+
+        A pooled head also gets the run's `feature_center` (zero when not yet set).
+        """
         key = (self.cfg.model, self.num_labels, self.cfg.runtime.seed, self.device)
         trainable = _model(*key)
         trainable.load(_initial_state(*key))
         trainable.load(arrays)
+        head = trainable.pooled_head
+        if head is not None:
+            zero = np.zeros(head.center.shape)
+            trainable.set_feature_center(
+                zero if feature_center is None else feature_center
+            )
         return trainable
+
+    def feature_sum(self, trainable: TrainableModel) -> tuple[np.ndarray, int]:
+        """Sum and count of the pooled features of this client's training examples."""
+        batches = iterate_batches(
+            self.train_data,
+            trainable.tokenizer,
+            batch_size=self.cfg.client.eval_batch_size,
+            max_length=self.cfg.model.max_length,
+        )
+        return trainable.feature_sum(move(b, self.device) for b in batches)
 
     @property
     def train_data(self) -> datasets.Dataset:

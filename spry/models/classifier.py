@@ -24,7 +24,7 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig
+from ..engines.base import Batch
 from ..seeding import STREAM_INIT, derive_seed
 
 # Offline model name (lower case) -> (package, function returning the weights folder).
@@ -81,10 +82,17 @@ class ClassifierOutput(NamedTuple):
 
 
 class PooledClassifier(nn.Module):
-    """An encoder with a linear head on its pooled last hidden states.
+    """An encoder with a linear head on its pooled, centred last hidden states.
 
     The encoder is stored under the model's own prefix (`bert`) and the head as
     `classifier`, so stable names are the same as those of the model's own head.
+
+    The head sees `pooled - center`. Pooled sentence embeddings share a large common
+    component (here the mean's norm is half the typical spread around it); on raw
+    features a head's gradient is dominated by it, and on label-skewed clients it
+    swings the head toward each client's majority class round after round. The
+    `center` buffer (zero until set) is the federation's mean pooled feature,
+    estimated once before training from a sample of clients (`feature_sum`).
     """
 
     def __init__(self, encoder: nn.Module, num_labels: int, pooling: str) -> None:
@@ -99,10 +107,18 @@ class PooledClassifier(nn.Module):
         std = getattr(encoder.config, "initializer_range", 0.02)
         nn.init.normal_(self.classifier.weight, std=std)
         nn.init.zeros_(self.classifier.bias)
+        self.register_buffer("center", torch.zeros(encoder.config.hidden_size))
 
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs: Any
     ) -> ClassifierOutput:
+        pooled = self.pool(input_ids, attention_mask, **kwargs)
+        return ClassifierOutput(logits=self.classifier(pooled - self.center))
+
+    def pool(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs: Any
+    ) -> Tensor:
+        """The pooled last hidden states, (batch, hidden), before centring."""
         encoder = getattr(self, self.prefix)
         hidden = encoder(
             input_ids=input_ids, attention_mask=attention_mask, **kwargs
@@ -120,7 +136,7 @@ class PooledClassifier(nn.Module):
                 .to(hidden.dtype)
             )
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-        return ClassifierOutput(logits=self.classifier(pooled))
+        return pooled
 
 
 def stable_name(peft_name: str) -> str:
@@ -187,6 +203,40 @@ class TrainableModel:
 
     def own_name(self, stable: str) -> str:
         return self.names[stable]
+
+    @property
+    def pooled_head(self) -> PooledClassifier | None:
+        """The pooled-head module, or None for a model's own head."""
+        return next(
+            (m for m in self.model.modules() if isinstance(m, PooledClassifier)), None
+        )
+
+    def set_feature_center(self, center: np.ndarray | Sequence[float]) -> None:
+        """Set the mean feature the pooled head subtracts (see `PooledClassifier`)."""
+        head = self.pooled_head
+        if head is None:
+            raise ModelError("feature centring needs a pooled head (pooling mean|cls)")
+        values = torch.as_tensor(np.asarray(center, dtype=np.float32))
+        if values.shape != head.center.shape:
+            raise ValueError(
+                f"feature center has shape {tuple(values.shape)}, the head expects "
+                f"{tuple(head.center.shape)}"
+            )
+        head.center.copy_(values.to(head.center.device))
+
+    @torch.no_grad()
+    def feature_sum(self, batches: Iterable[Batch]) -> tuple[np.ndarray, int]:
+        """Sum of the pooled features over `batches`, and how many examples."""
+        head = self.pooled_head
+        if head is None:
+            raise ModelError("feature centring needs a pooled head (pooling mean|cls)")
+        total, count = torch.zeros_like(head.center), 0
+        for batch in batches:
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            pooled = head.pool(**inputs)
+            total += pooled.sum(0)
+            count += pooled.shape[0]
+        return total.cpu().numpy(), count
 
 
 def build_classifier(
