@@ -13,7 +13,7 @@ method can run twice with different settings:
 
     python -m benchmarks.convergence                      # the default line-up
     python -m benchmarks.convergence --run spry --run fedavg --rounds 10
-    python -m benchmarks.convergence --run "fedavg-pooler=fedavg:pooling=model"
+    python -m benchmarks.convergence --run "fedavg-cls=fedavg:pooling=cls"
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ DEFAULT_RUNS = (
     "spry-paper",
     "spry",
     "fedavg",
-    "fedavg-pooler=fedavg:pooling=model",
+    "fedavg-pooler=fedavg:pooling=model,center-features=false",
     "fedmezo",
 )
 
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--run", action="append", default=[], metavar="[LABEL=]METHOD[:K=V,...]"
     )
-    parser.add_argument("--rounds", type=int, default=25)
+    parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--targets", default="0.65,0.70")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

@@ -64,6 +64,7 @@ class RunRecorder:
     num_rounds: int
     majority_rate: float
     rows: list[dict[str, Any]] = field(default_factory=list)
+    notes: dict[str, Any] = field(default_factory=dict)  # extra summary fields
     started: float = field(default_factory=time.time)
     last: float = field(default_factory=time.time)
 
@@ -207,7 +208,11 @@ class RunRecorder:
 
     def finish(self, status: str = "completed") -> Path:
         """Write summary.json (final and best accuracy, time) and return its path."""
-        summary: dict[str, Any] = {"status": status, "rounds-recorded": len(self.rows)}
+        summary: dict[str, Any] = {
+            "status": status,
+            "rounds-recorded": len(self.rows),
+            **self.notes,
+        }
         if self.rows:
             final = self.rows[-1]
             summary.update(

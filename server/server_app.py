@@ -133,8 +133,10 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     status = "failed"
     try:
         if cfg.model.center_features:
-            strategy.estimate_feature_center(
-                grid, ConfigRecord(), timeout=cfg.runtime.round_timeout
+            recorder.notes["feature-center-examples"] = (
+                strategy.estimate_feature_center(
+                    grid, ConfigRecord(), timeout=cfg.runtime.round_timeout
+                )
             )
             assert strategy.feature_center is not None
             trainable.set_feature_center(strategy.feature_center)

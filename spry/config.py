@@ -238,14 +238,16 @@ class ClientConfig(_Section):
         },
     )
     head_gradient: str = field(
-        default="shared",
+        default="exact",
         metadata={
             "help": "forward: shared (the head shares the slice's K tangents) | "
             "exact (forward mode over the head's basis: one pass through the head)"
         },
     )
     local_epochs: int = field(default=1, metadata={"help": "local epochs per round"})
-    lr: float = field(default=1e-4, metadata={"help": "client AdamW learning rate"})
+    lr: float = field(
+        default=1e-3, metadata={"help": "client AdamW learning rate (paper: 1e-4)"}
+    )
     weight_decay: float = field(default=0.0, metadata={"help": "client AdamW decay"})
     batch_size: int = field(default=8, metadata={"help": "client batch size"})
     eval_batch_size: int = field(default=64, metadata={"help": "evaluation batch"})
@@ -283,13 +285,9 @@ class ClientConfig(_Section):
             f"got {self.head_gradient!r}",
         )
         _require(
-            self.engine == "forward"
-            or (
-                self.tangent_distribution == "gaussian"
-                and self.head_gradient == "shared"
-            ),
-            f"`tangent-distribution` and `head-gradient` apply to the forward "
-            f"engine, not {self.engine!r}",
+            self.engine == "forward" or self.tangent_distribution == "gaussian",
+            f"`tangent-distribution` applies to the forward engine, "
+            f"not {self.engine!r}",
         )
         _require(
             self.local_epochs >= 1,
@@ -339,7 +337,8 @@ class StrategyConfig(_Section):
     )
     group_size: int = field(default=2, metadata={"help": "tensors per split group"})
     share_head: bool = field(
-        default=False, metadata={"help": "every client also trains the task head"}
+        default=True,
+        metadata={"help": "every client also trains the task head (paper: false)"},
     )
     send_context: bool = field(
         default=True,
@@ -355,7 +354,9 @@ class StrategyConfig(_Section):
     server_optimizer: str = field(
         default="yogi", metadata={"help": "yogi|adam|avg|sgd"}
     )
-    eta: float = field(default=1e-2, metadata={"help": "server learning rate"})
+    eta: float = field(
+        default=3e-2, metadata={"help": "server learning rate (paper: 1e-2)"}
+    )
     beta_1: float = field(default=0.9, metadata={"help": "server first moment"})
     beta_2: float = field(default=0.99, metadata={"help": "server second moment"})
     tau: float = field(default=1e-3, metadata={"help": "server adaptivity"})
@@ -493,7 +494,9 @@ class RunConfig:
             "gradient the server cannot rebuild from scalars",
         )
         _require(
-            not self.strategy.upload_scalars or self.client.head_gradient == "shared",
+            not self.strategy.upload_scalars
+            or engine != "forward"
+            or self.client.head_gradient == "shared",
             "`upload-scalars` with `head-gradient` 'exact': the server rebuilds "
             "random directions only; use `head-gradient` 'shared'",
         )

@@ -102,6 +102,8 @@ def test_two_round_spry_run_is_complete_reproducible_and_leaves_nothing(tmp_path
     assert float(rows[1]["coverage-trained"]) == 1.0
     summary = json.loads((first / "summary.json").read_text())
     assert summary["status"] == "completed"
+    # The pooled head's feature center came from the clients' training examples
+    assert 0 < summary["feature-center-examples"] <= 96
     assert (first / "plot.png").stat().st_size > 10_000
     manifest = json.loads((first / "config.json").read_text())
     assert manifest["config"]["num-server-rounds"] == 2
@@ -177,9 +179,12 @@ def test_baseline_methods_run_two_rounds_in_the_same_harness(method, tmp_path):
 
 def test_spry_with_scalar_uploads_ends_where_spry_with_weights_does(tmp_path):
     # The server replays each client's AdamW from its scalars: same model, ~300x
-    # less upload.
-    weights = _metrics(_run(tmp_path / "weights"))
-    scalars = _metrics(_run(tmp_path / "scalars", "--set", "upload-scalars=true"))
+    # less upload. (Scalars name random tangents: the head shares them.)
+    shared = ("--set", "head-gradient=shared")
+    weights = _metrics(_run(tmp_path / "weights", *shared))
+    scalars = _metrics(
+        _run(tmp_path / "scalars", *shared, "--set", "upload-scalars=true")
+    )
     for a, b in zip(weights, scalars, strict=True):
         assert float(b["test-loss"]) == pytest.approx(float(a["test-loss"]), rel=1e-5)
         assert b["test-accuracy"] == a["test-accuracy"]

@@ -14,6 +14,10 @@ def test_every_method_is_a_valid_config_that_is_recognised(name):
 
 def test_defaults_are_spry_and_a_changed_setting_is_custom():
     assert method_of(RunConfig()) == "spry"
+    # A tuned hyperparameter is still the method; the paper's settings are named
+    assert method_of(RunConfig.from_run_config({"num-tangents": 4})) == "spry"
+    paper = RunConfig.from_run_config(method_overrides("spry-paper"))
+    assert method_of(paper) == "spry-paper"
     assert method_of(RunConfig.from_run_config({"engine": "baffle"})) == "custom"
 
 
@@ -26,12 +30,13 @@ def test_backprop_baselines_do_not_split_and_spry_does():
 
 
 def test_unknown_method_lists_the_known_ones():
-    with pytest.raises(ConfigError, match="known methods: spry, spry-iter, fedfgd"):
+    known = "known methods: spry, spry-paper, spry-iter, fedfgd"
+    with pytest.raises(ConfigError, match=known):
         method_overrides("fedprox")
 
 
 def test_a_spry_run_with_scalar_uploads_is_not_reported_as_spry():
-    cfg = RunConfig.from_run_config({"upload-scalars": True})
+    cfg = RunConfig.from_run_config({"upload-scalars": True, "head-gradient": "shared"})
     assert method_of(cfg) == "custom"
 
 
@@ -49,3 +54,8 @@ def test_a_spry_run_with_scalar_uploads_is_not_reported_as_spry():
 def test_incompatible_options_fail_with_a_message_naming_them(overrides, message):
     with pytest.raises(ConfigError, match=message):
         RunConfig.from_run_config(overrides)
+
+
+def test_scalar_uploads_with_the_exact_head_fail_naming_the_fix():
+    with pytest.raises(ConfigError, match="use `head-gradient` 'shared'"):
+        RunConfig.from_run_config({"upload-scalars": True})
