@@ -81,11 +81,13 @@ class Method:
     num_tangents: int
     split: bool  # True: Spry's slices; False: FedFGD (all tensors)
     repeats: int
+    exact_head: bool = False  # tuned Spry: every client, the head's exact gradient
 
     @property
     def label(self) -> str:
         style = "Spry" if self.split else "FedFGD"
-        return f"{style} {self.engine} K={self.num_tangents}"
+        head = " + exact shared head" if self.exact_head else ""
+        return f"{style} {self.engine} K={self.num_tangents}{head}"
 
 
 @dataclass
@@ -225,11 +227,21 @@ def rel_error(a: Grads, b: Grads, names: Sequence[str]) -> float:
     return float((x - y).norm() / y.norm())
 
 
-def assignment(names: Sequence[str], clients: Sequence[Client]) -> dict[int, list[str]]:
-    """Spry's split: groups of 2 consecutive tensors dealt round-robin."""
+def assignment(
+    names: Sequence[str], clients: Sequence[Client], *, shared_head: bool = False
+) -> dict[int, list[str]]:
+    """Spry's split: groups of 2 consecutive tensors dealt round-robin.
+
+    With `shared_head` the head is not dealt but given to every client (the tuned
+    default, `share-head=true`).
+    """
+    from spry.models import is_head
     from spry.splitting import assign_groups, make_groups
 
-    return assign_groups(make_groups(list(names), 2), [c.cid for c in clients])
+    head = [n for n in names if is_head(n)] if shared_head else []
+    body = [n for n in names if n not in head]
+    cids = [c.cid for c in clients]
+    return assign_groups(make_groups(body, 2), cids, shared=head)
 
 
 def global_exact(clients: Sequence[Client], names: Sequence[str]) -> Grads:
@@ -263,10 +275,14 @@ def run_method(
 ) -> tuple[Record, list[Grads]]:
     """Cosines of `method`'s assembled estimate to each target, and the estimates."""
     from spry.engines import make_engine
+    from spry.models import is_head
     from spry.seeding import STREAM_TANGENTS, derive_seed
 
-    engine = make_engine(method.engine, num_tangents=method.num_tangents)
+    options = {"exact": is_head, "tangent_batch": 0} if method.exact_head else {}
+    engine = make_engine(method.engine, num_tangents=method.num_tangents, **options)
     names = list(trainable.names)
+    if method.exact_head:  # the body's pairs dealt, the head shared by everyone
+        owned = assignment(names, clients, shared_head=True)
     estimates: list[Grads] = []
     own: list[float] = []  # each client's estimate vs its own exact slice gradient
     zero_pieces = 0  # estimates that came out exactly zero (fp32 cancellation)
@@ -316,6 +332,7 @@ def summarize(
         "engine": method.engine,
         "num_tangents": method.num_tangents,
         "style": "spry" if method.split else "fedfgd",
+        "exact_head": method.exact_head,
         "repeats": len(g),
         "cosine_to_G": g,
         "cosine_to_G_mean": statistics.mean(g),
@@ -351,6 +368,7 @@ def methods(args: argparse.Namespace) -> list[Method]:
     """Forward K = 1 (R repeats) and zero-order K = 1 (R_other repeats)."""
     styles = (True, False)
     out = [Method("forward", 1, split, args.repeats) for split in styles]
+    out.append(Method("forward", 1, True, args.repeats, exact_head=True))
     for name in args.zero_order:
         out += [Method(name, 1, split, args.repeats_other) for split in styles]
     return out
@@ -454,6 +472,8 @@ def markdown(res: Record) -> str:
     ]
     for r in res["methods"]:
         style = "Spry (slices)" if r["style"] == "spry" else "FedFGD (all)"
+        if r.get("exact_head"):
+            style = "Spry (slices) + every client's exact head"
         client = (
             f"{r['cosine_client_own_mean']:.4f} ± {r['cosine_client_own_std']:.4f}"
             if r.get("cosine_client_own_mean") is not None
@@ -589,7 +609,7 @@ def run(args: argparse.Namespace) -> Record:
     for m in methods(args):
         rec, estimates = run_method(trainable, m, clients, owned, targets, args)
         probes.append(rec)
-        if m.engine == "forward" and m.num_tangents == 1:
+        if m.engine == "forward" and m.num_tangents == 1 and not m.exact_head:
             probes += [
                 derived_k(m, estimates, k, targets, names)
                 for k in args.extra_k
