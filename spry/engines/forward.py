@@ -143,6 +143,73 @@ def basis_tangents(params: Params) -> list[dict[str, Tensor]]:
     return tangents
 
 
+def derivatives_with_exact(
+    model: nn.Module,
+    loss: TaskLoss,
+    batch: Batch,
+    params: Params,
+    tangents: Sequence[Params],
+    exact: Params,
+    *,
+    chunk: int = 0,
+) -> tuple[Tensor, Tensor, Tensor, Any]:
+    """`(loss, [<grad, v_k>]_k, the exact gradient of `exact`, aux)` in one pass.
+
+    Nested transforms: an outer jvp carries each tangent v_k of `params`, and
+    inside it a vmapped jvp carries the standard basis of `exact`. The basis is
+    batched only where it reaches (for the head: the head and the loss), so the
+    exact block costs no second forward pass of the network. `chunk` is as in
+    `directional_derivatives` (1: one outer pass per tangent).
+    """
+    f = functional_loss(model, loss, batch)
+    primals = {name: value.detach() for name, value in params.items()}
+    fixed = {name: value.detach() for name, value in exact.items()}
+    basis = basis_tangents(fixed)
+    stacked_basis = {n: torch.stack([t[n] for t in basis]) for n in fixed}
+
+    def with_exact(current: Params) -> tuple[tuple[Tensor, Tensor], Any]:
+        def along(direction: Params) -> tuple[Tensor, Tensor, Any]:
+            return torch.func.jvp(
+                lambda e: f({**current, **e}), (fixed,), (dict(direction),),
+                has_aux=True,
+            )  # fmt: skip
+
+        values, exact_grad, aux = torch.func.vmap(along)(stacked_basis)
+        aux = torch.utils._pytree.tree_map(lambda x: x[0], aux)
+        return (values[0], exact_grad), aux
+
+    def per_tangent(tangent: Params) -> tuple[Tensor, Tensor, Tensor, Any]:
+        (value, exact_grad), (derivative, _), aux = torch.func.jvp(
+            with_exact, (primals,), (dict(tangent),), has_aux=True
+        )
+        return value, derivative, exact_grad, aux
+
+    with torch.no_grad(), forward_ad_kernels():
+        try:
+            if chunk == 1 or len(tangents) == 1:
+                results = [per_tangent(t) for t in tangents]
+                value, _, exact_grad, aux = results[-1]
+                derivatives = torch.stack([r[1] for r in results])
+            else:
+                stacked = {n: torch.stack([t[n] for t in tangents]) for n in primals}
+                values, derivatives, grads, aux = torch.func.vmap(
+                    per_tangent, chunk_size=chunk or None
+                )(stacked)
+                value, exact_grad = values[0], grads[0]
+                aux = torch.utils._pytree.tree_map(lambda x: x[0], aux)
+        except NotImplementedError as error:
+            raise ForwardADUnsupportedError(
+                f"forward-mode AD failed inside {type(model).__name__}: {error}"
+            ) from error
+    detach = torch.utils._pytree.tree_map
+    return (
+        value.detach(),
+        derivatives.detach(),
+        exact_grad.detach(),
+        detach(lambda x: x.detach(), aux),
+    )
+
+
 class ForwardGradient(GradientEngine):
     """Forward gradient over the given tensors with K seeded tangents.
 
@@ -157,10 +224,11 @@ class ForwardGradient(GradientEngine):
         paper; 0: all of a block's tangents in one pass).
     exact : (parameter name) -> bool, optional
         Tensors whose gradient is computed exactly, by forward mode over their
-        standard basis, in a pass of their own after the others' (meant for the
-        task head: it sits on top, so its tangents run through the head alone and
-        its exact gradient costs about one forward pass). Their scalars, the
-        gradient's entries, follow the K scalars in `projected`.
+        standard basis (meant for the task head: it sits on top, so its tangents
+        run through the head alone). With other tensors in the slice this rides
+        in the same pass (`derivatives_with_exact`), so the exact head costs no
+        extra forward pass. The gradient's entries follow the K scalars in
+        `projected`.
     """
 
     name = "forward"
@@ -198,36 +266,48 @@ class ForwardGradient(GradientEngine):
         is_exact = self.exact or (lambda _: False)
         sampled = {n: v for n, v in params.items() if not is_exact(n)}
         exact = {n: v for n, v in params.items() if is_exact(n)}
-        grads = {name: torch.zeros_like(value) for name, value in params.items()}
-        projected: list[float] = []
-        passes, value, aux = 0, None, None
-        blocks = [
-            (sampled, lambda: sample_directions(
+        if not params:
+            raise ValueError("no tensors to differentiate")
+        tangents = (
+            sample_directions(
                 direction_specs(sampled), generator, self.num_tangents,
                 self.distribution,
-            ), True),
-            (exact, lambda: basis_tangents(exact), False),
-        ]  # fmt: skip
-        for block, draw, average in blocks:
-            if not block:
-                continue
-            tangents = draw()
-            block_value, scalars, block_aux, block_passes = self._derivatives(
-                model, loss, batch, block, tangents
             )
-            if value is None:
-                value, aux = block_value, block_aux
-            weight = 1 / len(tangents) if average else 1.0
-            for scalar, tangent in zip(scalars, tangents, strict=True):
-                accumulate(grads, tangent, scalar * weight)
-            projected.extend(scalars)
-            passes += block_passes
-        assert value is not None, "no tensors to differentiate"
+            if sampled
+            else []
+        )  # fmt: skip
+        chunk = self.tangent_batch
+        if sampled and exact:
+            value, scalars, exact_grad, aux = derivatives_with_exact(
+                model, loss, batch, sampled, tangents, exact, chunk=chunk
+            )
+        elif sampled:
+            value, scalars, aux = self._derivatives(
+                model, loss, batch, sampled, tangents
+            )
+            exact_grad = None
+        else:
+            value, exact_grad, aux = self._derivatives(
+                model, loss, batch, exact, basis_tangents(exact)
+            )
+            scalars = torch.empty(0)
+        grads = {name: torch.zeros_like(value) for name, value in params.items()}
+        projected = scalars.tolist()
+        for scalar, tangent in zip(projected, tangents, strict=True):
+            accumulate(grads, tangent, scalar / len(tangents))
+        if exact_grad is not None:
+            offset = 0
+            for name, tensor in exact.items():
+                size = tensor.numel()
+                grads[name] = exact_grad[offset : offset + size].reshape(tensor.shape)
+                offset += size
+            projected += exact_grad.tolist()
+        per_pass = 1 if chunk == 1 else (chunk or len(tangents) or 1)
         return GradientEstimate(
             loss=value,
             grads=grads,
             aux=aux,
-            forward_passes=passes,
+            forward_passes=-(-max(len(tangents), 1) // per_pass),
             projected=tuple(projected),
         )
 
@@ -238,16 +318,14 @@ class ForwardGradient(GradientEngine):
         batch: Batch,
         block: Params,
         tangents: list[dict[str, Tensor]],
-    ) -> tuple[Tensor, list[float], Any, int]:
-        """(loss, one scalar per tangent, aux, passes), one jvp each or vmapped."""
+    ) -> tuple[Tensor, Tensor, Any]:
+        """(loss, one scalar per tangent, aux), one jvp each or vmapped."""
         if self.tangent_batch == 1 or len(tangents) == 1:
             results = [
                 directional_derivative(model, loss, batch, block, t) for t in tangents
             ]
             value, _, aux = results[-1]
-            return value, [float(d) for _, d, _ in results], aux, len(results)
-        value, derivatives, aux = directional_derivatives(
+            return value, torch.stack([d for _, d, _ in results]), aux
+        return directional_derivatives(
             model, loss, batch, block, tangents, chunk=self.tangent_batch
         )
-        per_pass = self.tangent_batch or len(tangents)
-        return value, derivatives.tolist(), aux, -(-len(tangents) // per_pass)

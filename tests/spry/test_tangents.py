@@ -174,7 +174,7 @@ def test_exact_block_is_the_head_gradient_and_the_body_keeps_its_own_estimate():
     for name in body:
         torch.testing.assert_close(estimate.grads[name], body_only.grads[name])
     assert d_head == 8 and len(estimate.projected) == 3 + d_head
-    assert estimate.forward_passes == 2  # body's 3 tangents in one pass, then head
+    assert estimate.forward_passes == 1  # 3 body tangents and the head, one pass
 
 
 def test_exact_head_on_the_default_model_equals_backprop(default_model, default_data):
@@ -203,3 +203,50 @@ def test_forward_options_are_refused_by_other_engines():
         make_engine("mezo", distribution="orthogonal")
     with pytest.raises(ValueError, match="distribution"):
         ForwardGradient(distribution="uniform")
+
+
+@pytest.mark.parametrize("tangent_batch", [1, 0])
+def test_body_tangents_and_exact_head_in_one_pass_match_backprop(
+    default_model, default_data, tangent_batch
+):
+    # Prepare: layer 3's LoRA pair (moved off B = 0) and the head
+    names = [n for n in default_model.names if ".layer.3." in n or is_head(n)]
+    live = default_model.parameters()
+    gen = torch.Generator().manual_seed(3)
+    params = {
+        default_model.own_name(n): live[n].detach()
+        + (0.05 * torch.randn(live[n].shape, generator=gen) if "lora" in n else 0)
+        for n in names
+    }
+    body = {n: v for n, v in params.items() if not is_head(n)}
+    rows = default_data.train.select(range(8, 16))
+    batch = next(
+        iterate_batches(rows, default_model.tokenizer, batch_size=8, max_length=64)
+    )
+    exact = Backprop().estimate(
+        default_model.model, classification_loss, batch, params, generator=None
+    )
+
+    # Execute
+    engine = ForwardGradient(num_tangents=2, tangent_batch=tangent_batch, exact=is_head)
+    estimate = engine.estimate(
+        default_model.model, classification_loss, batch, params,
+        generator=torch.Generator().manual_seed(4),
+    )  # fmt: skip
+
+    # Assert: the body's scalars are <grad, v_k> for the tangents the seed names,
+    # the head's gradient is backprop's, and it all took one pass per tangent batch
+    tangents = sample_directions(
+        direction_specs(body), torch.Generator().manual_seed(4), 2
+    )
+    expected = [
+        float(sum((exact.grads[n] * t[n]).sum() for n in body)) for t in tangents
+    ]
+    assert estimate.projected[:2] == pytest.approx(expected, rel=1e-3, abs=1e-7)
+    for name in params:
+        if is_head(name):
+            torch.testing.assert_close(
+                estimate.grads[name], exact.grads[name], atol=1e-6, rtol=1e-4
+            )
+    torch.testing.assert_close(estimate.loss, exact.loss)
+    assert estimate.forward_passes == (2 if tangent_batch == 1 else 1)
