@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", default="0.65,0.70")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--reuse", action="store_true", help="reuse completed runs")
+    parser.add_argument("--reference", default=REFERENCE, help="label for ratios")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     try:
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             runs_dir, reuse=args.reuse, label=spec.label,
         )  # fmt: skip
         curves[spec.label] = read_rows(run_dir)
-    print(write_report(specs, curves, targets, args.out, args.set))
+    print(write_report(specs, curves, targets, args.out, args.set, args.reference))
     return 0
 
 
@@ -196,18 +197,19 @@ def write_report(
     targets: list[float],
     out: Path,
     common: list[str],
+    reference: str = REFERENCE,
 ) -> str:
     """Write convergence.{json,md,png} under `out`."""
     summaries = [summarize(s, curves[s.label], targets) for s in specs]
     out.mkdir(parents=True, exist_ok=True)
     (out / "convergence.json").write_text(
         json.dumps(
-            {"targets": targets, "common-settings": common, "runs": summaries,
-             "curves": curves},
+            {"targets": targets, "common-settings": common, "reference": reference,
+             "runs": summaries, "curves": curves},
             indent=2,
         )
     )  # fmt: skip
-    report = markdown(summaries, targets, REFERENCE)
+    report = markdown(summaries, targets, reference)
     (out / "convergence.md").write_text(report)
     plot(curves, out / "convergence.png")
     return report

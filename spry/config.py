@@ -241,7 +241,7 @@ class ClientConfig(_Section):
         default="exact",
         metadata={
             "help": "forward: shared (the head shares the slice's K tangents) | "
-            "exact (forward mode over the head's basis: one pass through the head)"
+            "exact (forward mode over the head's basis, inside the slice's pass)"
         },
     )
     local_epochs: int = field(default=1, metadata={"help": "local epochs per round"})

@@ -17,7 +17,8 @@ def test_the_plan_skips_long_loops_and_adds_the_exact_head():
     assert modes[:2] == [("inference", "all", 0), ("backprop", "all", 0)]
     assert ("loop", "layer-5", 64) not in modes  # above --max-loop 16
     assert ("vmap", "layer-5", 64) in modes and ("loop", "layer-5", 1) in modes
-    assert modes[-1] == ("vmap", "head", 0)  # the exact head, one basis tangent each
+    assert ("vmap", "head", 0) in modes  # the exact head, one basis tangent each
+    assert modes[-1] == ("vmap", "tuned", 1)  # the default client's estimate
 
 
 def test_the_table_gives_time_per_tangent_and_the_ratio_to_backprop():
