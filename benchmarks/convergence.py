@@ -37,6 +37,7 @@ DEFAULT_RUNS = (
     "fedavg",
     "fedavg-pooler=fedavg:pooling=model,center-features=false",
     "fedmezo",
+    "fedyogi",
 )
 
 
