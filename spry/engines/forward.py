@@ -88,18 +88,18 @@ def directional_derivatives(
     loss: TaskLoss,
     batch: Batch,
     params: Params,
-    tangents: Sequence[Params],
+    stacked: Params,
     *,
     chunk: int = 0,
 ) -> tuple[Tensor, Tensor, Any]:
     """`(loss, [<grad loss, v_k>]_k, aux)` for K tangents, batched by `torch.func.vmap`.
 
-    `chunk` tangents go through one pass (0: all K at once); memory above the
-    primal pass grows with it, time per tangent falls.
+    `stacked` holds the K tangents as name -> (K, *shape) (`stack`). `chunk`
+    tangents go through one pass (0: all K at once); memory above the primal pass
+    grows with it, time per tangent falls.
     """
     f = functional_loss(model, loss, batch)
     primals = {name: value.detach() for name, value in params.items()}
-    stacked = {name: torch.stack([t[name] for t in tangents]) for name in primals}
 
     def one(tangent: Params) -> tuple[Tensor, Tensor, Any]:
         return torch.func.jvp(f, (primals,), (dict(tangent),), has_aux=True)
@@ -119,28 +119,24 @@ def directional_derivatives(
     return values[0].detach(), derivatives.detach(), aux
 
 
-def basis_tangents(params: Params) -> list[dict[str, Tensor]]:
-    """One tangent per weight: the standard basis of `params`, in their order.
+def basis_tangents(params: Params) -> dict[str, Tensor]:
+    """The standard basis of `params`, stacked: name -> (d, *shape), d weights in all.
 
     Forward mode over the whole basis is the exact gradient (what `jacfwd` does);
     worth it for a small block near the output, whose tangents stop at the loss.
     """
-    flat = torch.eye(sum(v.numel() for v in params.values()))
-    tangents, offset = [], 0
-    pieces = {}
+    eye = torch.eye(sum(v.numel() for v in params.values()))
+    stacked, offset = {}, 0
     for name, value in params.items():
-        pieces[name] = flat[:, offset : offset + value.numel()]
+        columns = eye[:, offset : offset + value.numel()]
+        stacked[name] = columns.reshape(-1, *value.shape).to(value.device, value.dtype)
         offset += value.numel()
-    for row in range(flat.shape[0]):
-        tangents.append(
-            {
-                name: piece[row].reshape(value.shape).to(value.device, value.dtype)
-                for (name, piece), value in zip(
-                    pieces.items(), params.values(), strict=True
-                )
-            }
-        )
-    return tangents
+    return stacked
+
+
+def stack(tangents: Sequence[Params]) -> dict[str, Tensor]:
+    """K tangents as one batch: name -> (K, *shape)."""
+    return {name: torch.stack([t[name] for t in tangents]) for name in tangents[0]}
 
 
 def derivatives_with_exact(
@@ -164,8 +160,7 @@ def derivatives_with_exact(
     f = functional_loss(model, loss, batch)
     primals = {name: value.detach() for name, value in params.items()}
     fixed = {name: value.detach() for name, value in exact.items()}
-    basis = basis_tangents(fixed)
-    stacked_basis = {n: torch.stack([t[n] for t in basis]) for n in fixed}
+    stacked_basis = basis_tangents(fixed)
 
     def with_exact(current: Params) -> tuple[tuple[Tensor, Tensor], Any]:
         def along(direction: Params) -> tuple[Tensor, Tensor, Any]:
@@ -191,10 +186,9 @@ def derivatives_with_exact(
                 value, _, exact_grad, aux = results[-1]
                 derivatives = torch.stack([r[1] for r in results])
             else:
-                stacked = {n: torch.stack([t[n] for t in tangents]) for n in primals}
                 values, derivatives, grads, aux = torch.func.vmap(
                     per_tangent, chunk_size=chunk or None
-                )(stacked)
+                )(stack(tangents))
                 value, exact_grad = values[0], grads[0]
                 aux = torch.utils._pytree.tree_map(lambda x: x[0], aux)
         except NotImplementedError as error:
@@ -287,7 +281,7 @@ class ForwardGradient(GradientEngine):
             )
             exact_grad = None
         else:
-            value, exact_grad, aux = self._derivatives(
+            value, exact_grad, aux = directional_derivatives(  # basis: one batch
                 model, loss, batch, exact, basis_tangents(exact)
             )
             scalars = torch.empty(0)
@@ -327,5 +321,5 @@ class ForwardGradient(GradientEngine):
             value, _, aux = results[-1]
             return value, torch.stack([d for _, d, _ in results]), aux
         return directional_derivatives(
-            model, loss, batch, block, tangents, chunk=self.tangent_batch
+            model, loss, batch, block, stack(tangents), chunk=self.tangent_batch
         )

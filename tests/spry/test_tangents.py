@@ -20,7 +20,7 @@ from spry.engines import (
     rebuild_from_scalars,
 )
 from spry.engines.directions import direction_specs, sample_directions
-from spry.engines.forward import directional_derivatives
+from spry.engines.forward import directional_derivatives, stack
 from spry.models import is_head
 from tests.helpers import TinyMLP, mlp_loss
 
@@ -59,10 +59,10 @@ def test_vmapped_tangents_equal_k_separate_jvps_on_the_default_model(
         for t in tangents
     ]
     loss, batched, logits = directional_derivatives(
-        default_model.model, classification_loss, batch, moved, tangents
+        default_model.model, classification_loss, batch, moved, stack(tangents)
     )
     _, chunked, _ = directional_derivatives(
-        default_model.model, classification_loss, batch, moved, tangents, chunk=2
+        default_model.model, classification_loss, batch, moved, stack(tangents), chunk=2
     )
 
     # Assert
