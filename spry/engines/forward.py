@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils._pytree import tree_map  # torch.func's own pytree helpers
 
 from .base import (
     Batch,
@@ -115,7 +116,7 @@ def directional_derivatives(
                 f"{error}. Set `tangent-batch` to 1 to run one tangent per pass."
             ) from error
     # The loss and the side output do not depend on the tangent: vmap broadcast them.
-    aux = torch.utils._pytree.tree_map(lambda x: x[0].detach(), aux)
+    aux = tree_map(lambda x: x[0].detach(), aux)
     return values[0].detach(), derivatives.detach(), aux
 
 
@@ -170,7 +171,7 @@ def derivatives_with_exact(
             )  # fmt: skip
 
         values, exact_grad, aux = torch.func.vmap(along)(stacked_basis)
-        aux = torch.utils._pytree.tree_map(lambda x: x[0], aux)
+        aux = tree_map(lambda x: x[0], aux)
         return (values[0], exact_grad), aux
 
     def per_tangent(tangent: Params) -> tuple[Tensor, Tensor, Tensor, Any]:
@@ -190,17 +191,16 @@ def derivatives_with_exact(
                     per_tangent, chunk_size=chunk or None
                 )(stack(tangents))
                 value, exact_grad = values[0], grads[0]
-                aux = torch.utils._pytree.tree_map(lambda x: x[0], aux)
+                aux = tree_map(lambda x: x[0], aux)
         except NotImplementedError as error:
             raise ForwardADUnsupportedError(
                 f"forward-mode AD failed inside {type(model).__name__}: {error}"
             ) from error
-    detach = torch.utils._pytree.tree_map
     return (
         value.detach(),
         derivatives.detach(),
         exact_grad.detach(),
-        detach(lambda x: x.detach(), aux),
+        tree_map(lambda x: x.detach(), aux),
     )
 
 
