@@ -33,14 +33,18 @@ def activation_checkpointing(model: nn.Module) -> Iterator[None]:
     set; we set the flag on those layer modules alone (not their children), so
     dropout stays off and the loss is the one every other engine differentiates.
     """
+    from transformers import PreTrainedModel
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
-    if not layers:
+    pretrained = [m for m in model.modules() if isinstance(m, PreTrainedModel)]
+    if not layers or not pretrained:
         raise ValueError(
             f"{type(model).__name__} has no transformers layers to checkpoint"
         )
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    # The outermost transformers model: the classifier itself, or the encoder
+    # inside a pooled head (`PooledClassifier` is a plain nn.Module).
+    base = pretrained[0]
     # Non-reentrant: with LoRA the layer inputs do not require grad themselves.
     base.activation_checkpointing_enable(
         activation_checkpointing_kwargs={"use_reentrant": False}

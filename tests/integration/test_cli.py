@@ -33,7 +33,7 @@ def _spry(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         (["--dataset", "no-such/dataset-xyz"], "unknown dataset 'no-such/dataset-xyz'"),
         (["--set", "lr=fast"], "`lr` should be a float, got 'fast'"),
         (["--set", "no-such-key=1"], "unknown config key(s) ['no-such-key']"),
-        (["--method", "fedprox"], "known methods: spry, spry-iter, fedfgd"),
+        (["--method", "fedprox"], "known methods: spry, spry-paper, spry-iter"),
         (
             ["--method", "spry-iter", "--set", "engine=backprop"],
             "`upload-scalars` needs an engine whose estimate is K scalars",
