@@ -101,20 +101,27 @@ def _orthogonalised(draws: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
         q, r = torch.linalg.qr(flat[start : start + dim].T)  # (d, k)
         q = q * torch.sign(torch.diagonal(r)).where(torch.diagonal(r) != 0, 1.0)
         rows.append(q.T * dim**0.5)
-    orthogonal = torch.cat(rows)
-    result = []
-    for k, draw in enumerate(draws):
-        out, offset = {}, 0
-        for n in names:
-            v = draw[n]
-            out[n] = (
-                orthogonal[k, offset : offset + v.numel()]
-                .reshape(v.shape)
-                .to(v.device, v.dtype)
-            )
-            offset += v.numel()
-        result.append(out)
-    return result
+    batched = unflatten(torch.cat(rows), draws[0])
+    return [{n: batched[n][k] for n in names} for k in range(len(draws))]
+
+
+def unflatten(flat: Tensor, like: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Cut the last axis of `flat` into `like`'s tensors, in `like`'s order.
+
+    `flat` is (..., d) with d the total size of `like`; each piece is reshaped to
+    (..., *shape) and given its tensor's device and dtype.
+    """
+    pieces, offset = {}, 0
+    lead = flat.shape[:-1]
+    for name, tensor in like.items():
+        piece = flat[..., offset : offset + tensor.numel()]
+        pieces[name] = piece.reshape(*lead, *tensor.shape).to(
+            tensor.device, tensor.dtype
+        )
+        offset += tensor.numel()
+    if offset != flat.shape[-1]:
+        raise ValueError(f"{flat.shape[-1]} values for tensors of {offset} in all")
+    return pieces
 
 
 def accumulate(

@@ -41,6 +41,7 @@ from .directions import (
     accumulate,
     direction_specs,
     sample_directions,
+    unflatten,
 )
 
 
@@ -126,13 +127,7 @@ def basis_tangents(params: Params) -> dict[str, Tensor]:
     Forward mode over the whole basis is the exact gradient (what `jacfwd` does);
     worth it for a small block near the output, whose tangents stop at the loss.
     """
-    eye = torch.eye(sum(v.numel() for v in params.values()))
-    stacked, offset = {}, 0
-    for name, value in params.items():
-        columns = eye[:, offset : offset + value.numel()]
-        stacked[name] = columns.reshape(-1, *value.shape).to(value.device, value.dtype)
-        offset += value.numel()
-    return stacked
+    return unflatten(torch.eye(sum(v.numel() for v in params.values())), params)
 
 
 def stack(tangents: Sequence[Params]) -> dict[str, Tensor]:
@@ -290,11 +285,7 @@ class ForwardGradient(GradientEngine):
         for scalar, tangent in zip(projected, tangents, strict=True):
             accumulate(grads, tangent, scalar / len(tangents))
         if exact_grad is not None:
-            offset = 0
-            for name, tensor in exact.items():
-                size = tensor.numel()
-                grads[name] = exact_grad[offset : offset + size].reshape(tensor.shape)
-                offset += size
+            grads.update(unflatten(exact_grad, exact))
             projected += exact_grad.tolist()
         per_pass = 1 if chunk == 1 else (chunk or len(tangents) or 1)
         return GradientEstimate(
