@@ -211,11 +211,15 @@ class TrainableModel:
             (m for m in self.model.modules() if isinstance(m, PooledClassifier)), None
         )
 
-    def set_feature_center(self, center: np.ndarray | Sequence[float]) -> None:
-        """Set the mean feature the pooled head subtracts (see `PooledClassifier`)."""
+    def _centred_head(self) -> PooledClassifier:
         head = self.pooled_head
         if head is None:
             raise ModelError("feature centring needs a pooled head (pooling mean|cls)")
+        return head
+
+    def set_feature_center(self, center: np.ndarray | Sequence[float]) -> None:
+        """Set the mean feature the pooled head subtracts (see `PooledClassifier`)."""
+        head = self._centred_head()
         values = torch.as_tensor(np.asarray(center, dtype=np.float32))
         if values.shape != head.center.shape:
             raise ValueError(
@@ -227,9 +231,7 @@ class TrainableModel:
     @torch.no_grad()
     def feature_sum(self, batches: Iterable[Batch]) -> tuple[np.ndarray, int]:
         """Sum of the pooled features over `batches`, and how many examples."""
-        head = self.pooled_head
-        if head is None:
-            raise ModelError("feature centring needs a pooled head (pooling mean|cls)")
+        head = self._centred_head()
         total, count = torch.zeros_like(head.center), 0
         for batch in batches:
             inputs = {k: v for k, v in batch.items() if k != "labels"}
