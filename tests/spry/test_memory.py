@@ -3,7 +3,10 @@
 Every memory figure in this project (client peaks, benchmarks) comes from
 `spry.memory.track_peak_memory`, so it is checked against allocations of known size,
 each in a fresh process (a high-water mark is per process) with glibc told to mmap
-every tensor, so freed memory leaves the resident set at once.
+every tensor, so freed memory leaves the resident set at once. Each program first
+runs the same kind of op once at small size, as every benchmark warms up before it
+measures: torch's first op pages in kernel code and starts its thread pool (1 MiB on
+one machine, 7 MiB on another), which is start-up cost, not the block's.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from spry.memory import track_peak_memory
 pattern = sys.argv[1]
 def block(mib):
     return torch.ones(mib * 2**20 // 4)  # float32, written, so resident
+block(1).sum()  # warm-up: code pages and the thread pool
 with track_peak_memory("cpu") as report:
     if pattern == "one-64":
         x = block(64); del x
