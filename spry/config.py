@@ -112,7 +112,16 @@ class ModelConfig(_Section):
         },
     )
 
+    frozen_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "dtype of the frozen base weights: float32|bfloat16|float16 "
+            "(trainable tensors stay float32)"
+        },
+    )
+
     POOLINGS: ClassVar[tuple[str, ...]] = ("mean", "cls", "model")
+    FROZEN_DTYPES: ClassVar[tuple[str, ...]] = ("float32", "bfloat16", "float16")
 
     def __post_init__(self) -> None:
         _require(
@@ -123,6 +132,11 @@ class ModelConfig(_Section):
             not self.center_features or self.pooling != "model",
             "`center-features` needs a pooled head (`pooling` mean or cls); "
             "the model's own head has no feature center",
+        )
+        _require(
+            self.frozen_dtype in self.FROZEN_DTYPES,
+            f"`frozen-dtype` should be one of {self.FROZEN_DTYPES}, "
+            f"got {self.frozen_dtype!r}",
         )
         _require(self.lora_r > 0, f"`lora-r` should be positive, got {self.lora_r}")
         _require(bool(self.target_modules), "`lora-targets` should name a module")

