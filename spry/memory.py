@@ -10,13 +10,20 @@ plus the absolute peak. CUDA: `torch.cuda.max_memory_allocated` after a reset.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
 _STATUS = "/proc/self/status"
+
+# glibc setting that makes the CPU resident set track live tensors: every allocation
+# of 64 KiB or more is its own mmap, returned to the OS when freed. As glibc comes, it
+# raises its mmap threshold as a process runs, after which freed heap holes stay
+# resident and a peak reflects allocator history as much as the work. Set it in the
+# environment of a process before it starts.
+LIVE_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
 @dataclass
@@ -98,3 +105,12 @@ def track_peak_memory(device: str | torch.device = "cpu") -> Iterator[MemoryRepo
         else:
             report.peak_bytes = cpu_peak_bytes()
         report.seconds = time.perf_counter() - start
+
+
+def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes held by `tensors`, each storage counted once (tied weights share one)."""
+    seen: dict[int, int] = {}
+    for tensor in tensors:
+        storage = tensor.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())

@@ -43,6 +43,7 @@ from .directions import (
     sample_directions,
     unflatten,
 )
+from .frozen import frozen_linears
 
 
 class ForwardADUnsupportedError(RuntimeError):
@@ -61,6 +62,17 @@ def forward_ad_kernels() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def forward_mode(model: nn.Module) -> Iterator[None]:
+    """Run a forward-mode pass: no graph, math SDPA, lean frozen linears.
+
+    No autograd graph is recorded, attention takes the math SDPA kernel, and frozen
+    linear layers skip their materialized zero tangents (`frozen.py`).
+    """
+    with torch.no_grad(), forward_ad_kernels(), frozen_linears(model):
+        yield
+
+
 def directional_derivative(
     model: nn.Module,
     loss: TaskLoss,
@@ -71,7 +83,7 @@ def directional_derivative(
     """`(loss, <grad loss, tangents>, aux)` in one forward pass with dual numbers."""
     f = functional_loss(model, loss, batch)
     primals = {name: value.detach() for name, value in params.items()}
-    with torch.no_grad(), forward_ad_kernels():
+    with forward_mode(model):
         try:
             value, derivative, aux = torch.func.jvp(
                 f, (primals,), (dict(tangents),), has_aux=True
@@ -106,7 +118,7 @@ def directional_derivatives(
     def one(tangent: Params) -> tuple[Tensor, Tensor, Any]:
         return torch.func.jvp(f, (primals,), (dict(tangent),), has_aux=True)
 
-    with torch.no_grad(), forward_ad_kernels():
+    with forward_mode(model):
         try:
             values, derivatives, aux = torch.func.vmap(one, chunk_size=chunk or None)(
                 stacked
@@ -175,7 +187,7 @@ def derivatives_with_exact(
         )
         return value, derivative, exact_grad, aux
 
-    with torch.no_grad(), forward_ad_kernels():
+    with forward_mode(model):
         try:
             if chunk == 1 or len(tangents) == 1:
                 results = [per_tangent(t) for t in tangents]

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import tempfile
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -52,6 +54,48 @@ def offline_gguf(name: str) -> tuple[str, str] | None:
     return folder, filename
 
 
+def _cache_root() -> Path:
+    return Path(os.environ.get("SPRY_CACHE", Path.home() / ".cache" / "spry"))
+
+
+def _weights_source(name: str) -> tuple[str, dict[str, str]]:
+    """Where to load `name` from: (path, extra from_pretrained arguments).
+
+    An offline GGUF is dequantized once (about 15 s for SmolLM2-135M) and kept as
+    float32 safetensors under $SPRY_CACHE (default ~/.cache/spry), which load in
+    about a second; without a writable cache it is read from the GGUF every time.
+    """
+    gguf = offline_gguf(name)
+    if gguf is None:
+        return name, {}
+    folder, filename = gguf
+    cached = _cache_root() / Path(filename).stem
+    if (cached / "config.json").exists():
+        return str(cached), {}
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cached.parent) as tmp:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = AutoModelForCausalLM.from_pretrained(
+                    folder, gguf_file=filename, dtype=torch.float32
+                )
+                # Dequantized already: save it as the plain float32 model it is.
+                model.hf_quantizer = None
+                if hasattr(model.config, "quantization_config"):
+                    del model.config.quantization_config
+                model.save_pretrained(tmp)
+                AutoTokenizer.from_pretrained(
+                    folder, gguf_file=filename
+                ).save_pretrained(tmp)
+            os.replace(tmp, cached)  # atomic: a concurrent builder loses nothing
+    except (OSError, ValueError):
+        return folder, {"gguf_file": filename}
+    return str(cached), {}
+
+
 def build_causal_lm(
     name: str = DEFAULT_CAUSAL_LM,
     *,
@@ -62,6 +106,7 @@ def build_causal_lm(
     device: str = "cpu",
     dtype: str = "float32",
     random_weights: Any = None,
+    with_tokenizer: bool = True,
 ) -> TrainableModel:
     """A causal LM with LoRA on `targets`; frozen weights stored in `dtype`.
 
@@ -80,11 +125,11 @@ def build_causal_lm(
             if random_weights is not None:
                 base = AutoModelForCausalLM.from_config(random_weights, **options)
             else:
-                gguf = offline_gguf(name)
-                path, extra = (gguf[0], {"gguf_file": gguf[1]}) if gguf else (name, {})
+                path, extra = _weights_source(name)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    tokenizer = AutoTokenizer.from_pretrained(path, **extra)
+                    if with_tokenizer:
+                        tokenizer = AutoTokenizer.from_pretrained(path, **extra)
                     base = AutoModelForCausalLM.from_pretrained(
                         path, **extra, **options
                     )

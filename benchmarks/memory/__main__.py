@@ -1,0 +1,122 @@
+"""Command line of the memory suite (see the package docstring)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __doc__ as DOC
+from .models import CAUSAL_LM, MODELS, bench_model
+from .report import write_all
+from .suite import ROOT, SUITES, custom_suite, plan, run_points
+from .worker import ENGINES
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(t) for t in _list(text)]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.memory", description=DOC,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    add = p.add_argument
+    add("--suite", choices=sorted(SUITES), help="a prepared suite (default: cpu)")
+    add("--models", type=_list, help=f"instead of a suite: {', '.join(MODELS)}, "
+        "hf:NAME_OR_PATH, random:NAME_OR_PATH")  # fmt: skip
+    add("--engines", type=_list, default=list(ENGINES), help=", ".join(ENGINES))
+    add("--seqs", type=_ints, default=[64, 128, 256, 512], help="with --models")
+    add("--batches", type=_ints, default=[1, 4, 8, 16, 32], help="with --models")
+    add("--dtypes", type=_list, default=[], help="extra frozen dtypes, e.g. bfloat16")
+    add("--device", default="cpu", help="cpu or cuda[:N]")
+    add("--threads", type=int, default=2, help="torch threads per worker")
+    add("--timed-steps", type=int, default=3, help="steps timed per timed point")
+    add("--timeout", type=float, default=1800, help="seconds per point")
+    add("--out", type=Path, default=RESULTS, help="results folder")
+    add("--stem", default="memory", help="file names: STEM.json, STEM.md, ...")
+    add("--resume", action="store_true", help="keep points already in STEM.json")
+    add("--report-only", action="store_true", help="rewrite the report from STEM.json")
+    add("--no-agreement", action="store_true", help="skip the low-precision check")
+    add("--list", action="store_true", help="print the points and stop")
+    add("--worker", metavar="POINT_JSON", help="internal: measure one point")
+    args = p.parse_args(argv)
+    if args.suite and args.models:
+        p.error("give --suite or --models, not both")
+    if unknown := sorted(set(args.engines) - set(ENGINES)):
+        p.error(f"unknown engine(s) {unknown}; available: {', '.join(ENGINES)}")
+    for name in args.models or []:
+        try:
+            bench_model(name)
+        except (ValueError, OSError) as error:
+            p.error(str(error))
+    if args.device.startswith("cuda") and not args.worker:
+        import torch
+
+        if not torch.cuda.is_available():
+            p.error("--device cuda asked for, but CUDA is not available here")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        from .worker import main as worker_main
+
+        worker_main(args.worker)
+        return
+    suite = (
+        custom_suite(args.models, seqs=args.seqs, batches=args.batches,
+                     dtypes=args.dtypes, engines=args.engines,
+                     timed_steps=args.timed_steps)
+        if args.models else SUITES[args.suite or "cpu"]
+    )  # fmt: skip
+    points = plan(suite, device=args.device, threads=args.threads)
+    if args.list:
+        for point in points:
+            print(json.dumps(point.__dict__))
+        return
+    path = args.out / f"{args.stem}.json"
+    saved = json.loads(path.read_text()) if path.exists() and (
+        args.resume or args.report_only) else {}  # fmt: skip
+    previous = saved.get("records", saved) if isinstance(saved, dict) else saved
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        records, agreement = previous, saved.get("agreement", [])
+    else:
+        print(f"{len(points)} points, each in a fresh process", file=sys.stderr)
+        partial = args.out / f"{args.stem}.partial.json"
+        records = run_points(points, results=partial, reuse=previous or [],
+                             timeout=args.timeout)  # fmt: skip
+        agreement = [] if args.no_agreement else low_precision_agreement(suite)
+        partial.unlink(missing_ok=True)
+    print(write_all(records, args.out, args.stem, agreement))
+
+
+def low_precision_agreement(suite) -> list[dict]:
+    """jvp-vs-backprop agreement for each (model, dtype) the suite measures.
+
+    Only on models small enough to build twice here (MiniLM, causal LMs).
+    """
+    from .worker import agreement
+
+    out = []
+    for sweep in suite.sweeps:
+        for dtype in sweep.dtypes:
+            if bench_model(sweep.model).kind == CAUSAL_LM or sweep.model == "minilm":
+                print(f"agreement: {sweep.model} {dtype}", file=sys.stderr)
+                out.append(agreement(sweep.model, dtype))
+    return out
+
+
+if __name__ == "__main__":
+    main()

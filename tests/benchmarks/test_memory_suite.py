@@ -1,0 +1,66 @@
+"""The memory suite: its plan, fresh processes per point, and the files it writes."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from benchmarks.memory.__main__ import main
+from benchmarks.memory.suite import SUITES, measure, plan
+from benchmarks.memory.worker import ENGINES, Point
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("name", sorted(SUITES))
+def test_every_suite_measures_every_engine_at_each_models_main_point(name, device):
+    points = plan(SUITES[name], device=device)
+    assert len({p.key() for p in points}) == len(points)  # no point twice
+    for sweep in SUITES[name].sweeps:
+        main = {
+            p.engine
+            for p in points
+            if p.model == sweep.model and (p.batch, p.seq) == (8, sweep.main_seq)
+            and p.dtype == "float32" and p.allocator in ("live", "cuda")
+        }  # fmt: skip
+        assert main == set(ENGINES), sweep.model
+    if device == "cpu":  # memory from the live allocator, time with glibc's
+        assert all(p.timed == 0 for p in points if p.allocator == "live")
+        assert all(p.timed > 0 for p in points if p.allocator == "glibc")
+    else:
+        assert {p.allocator for p in points} == {"cuda"}
+
+
+def test_a_failing_point_is_recorded_not_raised():
+    record = measure(Point("no-such-model", "spry", 1, 8))
+    assert "unknown model 'no-such-model'" in record["error"]
+
+
+def test_minilm_points_each_in_a_fresh_process_with_report_files(tmp_path):
+    """Real MiniLM, batch 8, 128 tokens: backprop needs far more than forward mode,
+    which needs more than inference alone."""
+    main([
+        "--models", "minilm", "--engines", "inference,backprop,spry",
+        "--seqs", "128", "--batches", "", "--timed-steps", "1",
+        "--out", str(tmp_path), "--stem", "m",
+    ])  # fmt: skip
+    saved = json.loads((tmp_path / "m.json").read_text())
+    records = saved["records"]
+    assert len(records) == 6  # 3 engines x (live memory, timed glibc)
+    assert len({r["pid"] for r in records}) == 6  # a fresh process each
+    assert not [r for r in records if "error" in r]
+    live = {r["engine"]: r for r in records if r["allocator"] == "live"}
+    assert live["backprop"]["extra_mib"] > 2 * live["spry"]["extra_mib"]
+    assert live["spry"]["extra_mib"] > live["inference"]["extra_mib"] > 0
+    for r in records:  # the split adds up: weights + optimizer + extra = total
+        parts = r["weights_mib"] + r["optimizer_mib"] + r["extra_mib"]
+        assert abs(parts - r["total_mib"]) < 1e-6
+        assert 80 < r["weights_mib"] < 95  # MiniLM's 22.7M float32 parameters
+    timed = [r for r in records if r["allocator"] == "glibc"]
+    assert all(r["step_seconds"] > 0 for r in timed)
+    with (tmp_path / "m.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) == 6
+    text = (tmp_path / "m.md").read_text()
+    assert "## Targets" in text and "| spry |" in text and "How measured" in text
+    assert (tmp_path / "m_seq.png").exists() is False  # one seq: nothing to sweep
