@@ -86,20 +86,27 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(json.dumps(point.__dict__))
         return
     path = args.out / f"{args.stem}.json"
-    saved = json.loads(path.read_text()) if path.exists() and (
-        args.resume or args.report_only) else {}  # fmt: skip
-    previous = saved.get("records", saved) if isinstance(saved, dict) else saved
+    partial = args.out / f"{args.stem}.partial.json"  # written after every point
+    previous, agreement = [], []
+    if args.resume or args.report_only:
+        for saved_file in (path, partial):
+            if saved_file.exists():
+                saved = json.loads(saved_file.read_text())
+                if isinstance(saved, dict):
+                    agreement = saved.get("agreement", agreement)
+                    saved = saved["records"]
+                previous += saved
     args.out.mkdir(parents=True, exist_ok=True)
     if args.report_only:
-        records, agreement = previous, saved.get("agreement", [])
+        records = previous
     else:
         print(f"{len(points)} points, each in a fresh process", file=sys.stderr)
-        partial = args.out / f"{args.stem}.partial.json"
-        records = run_points(points, results=partial, reuse=previous or [],
-                             timeout=args.timeout)  # fmt: skip
+        records = run_points(
+            points, results=partial, reuse=previous, timeout=args.timeout
+        )
         agreement = [] if args.no_agreement else low_precision_agreement(suite)
-        partial.unlink(missing_ok=True)
     print(write_all(records, args.out, args.stem, agreement))
+    partial.unlink(missing_ok=True)  # everything is in STEM.json now
 
 
 def low_precision_agreement(suite) -> list[dict]:

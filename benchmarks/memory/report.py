@@ -357,6 +357,8 @@ def plot_sweeps(view: View, path: Path, sweep: str,
         ax.set_xticks(view.values(sweep, model), view.values(sweep, model))
         if log:
             ax.set_yscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(view.values(sweep, model), view.values(sweep, model))
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
