@@ -34,14 +34,16 @@ from typing import Any
 
 import torch
 
-from benchmarks.memory import (
-    LIVE_ENV,
-    build_model,
-    make_resident,
-    random_batch,
-    release_free_memory,
-    timed,
-)
+from benchmarks.memory.models import CLASSIFIER, bench_model
+from benchmarks.memory.worker import make_resident, release_free_memory, timed
+from benchmarks.memory.worker import random_batch as _random_batch
+from spry.memory import LIVE_ENV
+
+
+def random_batch(vocab: int, batch: int, seq: int, *, device: str, seed: int):
+    """Random ids and binary labels, as the memory suite makes them."""
+    return _random_batch(CLASSIFIER, vocab, batch, seq, device=device, seed=seed)
+
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -70,7 +72,7 @@ def run_worker(args: argparse.Namespace) -> Record:
     from spry.models import is_head
 
     torch.set_num_threads(args.threads)
-    trainable = build_model("minilm", 6, "cpu")
+    trainable = bench_model("minilm").build("float32", "cpu")
     model = trainable.model
     make_resident(model)
     live = trainable.parameters()
