@@ -20,7 +20,13 @@ from typing import Any
 import torch
 
 from ..seeding import STREAM_INIT, derive_seed
-from .classifier import ModelError, TrainableModel, _quiet_transformers, stable_name
+from .classifier import (
+    ModelError,
+    TrainableModel,
+    _quiet_transformers,
+    load_error,
+    stable_name,
+)
 from .precision import cast_frozen, frozen_dtype
 
 # Offline causal LM name (lower case) -> (package holding the file, GGUF file name).
@@ -144,14 +150,7 @@ def build_causal_lm(
                 warnings.simplefilter("ignore", FutureWarning)
                 model = get_peft_model(base, lora)
     except (OSError, ValueError) as error:
-        if isinstance(error, ModelError):
-            raise
-        raise ModelError(
-            f"cannot load causal LM {name!r}: not a local folder, not an offline "
-            f"model ({', '.join(sorted(OFFLINE_GGUF))}), and loading it as a "
-            f"Hugging Face id failed ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''})"
-        ) from error
+        raise load_error("causal LM", name, OFFLINE_GGUF, error) from error
     cast_frozen(model, frozen_dtype(dtype))
     model.to(device).eval()
     names = {stable_name(n): n for n, p in model.named_parameters() if p.requires_grad}

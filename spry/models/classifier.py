@@ -141,6 +141,20 @@ class PooledClassifier(nn.Module):
         return pooled
 
 
+def load_error(
+    what: str, name: str, offline: Iterable[str], error: Exception
+) -> ModelError:
+    """The error to raise when loading `name` failed with `error` (kept if ours)."""
+    if isinstance(error, ModelError):
+        return error
+    first = str(error).splitlines()[0] if str(error) else ""
+    return ModelError(
+        f"cannot load {what} {name!r}: not a local folder, not an offline model "
+        f"({', '.join(sorted(offline))}), and loading it as a Hugging Face id failed "
+        f"({type(error).__name__}: {first})"
+    )
+
+
 def stable_name(peft_name: str) -> str:
     """Strip PEFT's wrapper prefix and adapter segments from a parameter name."""
     parts = peft_name.split(".")
@@ -312,14 +326,7 @@ def build_classifier(
                 warnings.simplefilter("ignore", FutureWarning)
                 model = get_peft_model(base, lora)
     except (OSError, ValueError) as error:
-        if isinstance(error, ModelError):
-            raise
-        raise ModelError(
-            f"cannot load model {cfg.model!r}: not a local folder, not an offline "
-            f"model ({', '.join(sorted(OFFLINE_MODELS))}), and loading it as a "
-            f"Hugging Face id failed ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''})"
-        ) from error
+        raise load_error("model", cfg.model, OFFLINE_MODELS, error) from error
     cast_frozen(model, frozen_dtype(cfg.frozen_dtype))
     model.to(device)
     model.eval()
