@@ -255,7 +255,7 @@ class ClientConfig(_Section):
         default="exact",
         metadata={
             "help": "forward: shared (the head shares the slice's K tangents) | "
-            "exact (forward mode over the head's basis, inside the slice's pass)"
+            "exact (reverse mode over the head alone, inside the slice's pass)"
         },
     )
     local_epochs: int = field(default=1, metadata={"help": "local epochs per round"})
