@@ -104,7 +104,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         records = run_points(
             points, results=partial, reuse=previous, timeout=args.timeout
         )
-        agreement = [] if args.no_agreement else low_precision_agreement(suite)
+        if not args.no_agreement:  # otherwise keep what was saved
+            agreement = low_precision_agreement(suite)
     print(write_all(records, args.out, args.stem, agreement))
     partial.unlink(missing_ok=True)  # everything is in STEM.json now
 
