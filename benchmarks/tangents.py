@@ -35,9 +35,9 @@ from typing import Any
 import torch
 
 from benchmarks.memory.models import CLASSIFIER, bench_model
-from benchmarks.memory.worker import make_resident, release_free_memory, timed
 from benchmarks.memory.worker import random_batch as _random_batch
-from spry.memory import LIVE_ENV
+from benchmarks.memory.worker import timed
+from spry.memory import LIVE_ENV, make_resident, release_free_memory
 
 
 def random_batch(vocab: int, batch: int, seq: int, *, device: str, seed: int):

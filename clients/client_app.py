@@ -15,11 +15,16 @@ from flwr.clientapp import ClientApp
 from clients.tasks import ClassificationTask, load_task
 from spry import protocol
 from spry.config import RunConfig, StrategyConfig
-from spry.engines import FiniteDifference, GradientEngine, make_engine
+from spry.engines import FiniteDifference, GradientEngine
 from spry.engines.selection import CosineRankedDirections
 from spry.memory import track_peak_memory
-from spry.models import TrainableModel, is_head
-from spry.training import TrainReport, estimate_one_batch, train_slice
+from spry.models import TrainableModel
+from spry.training import (
+    TrainReport,
+    estimate_one_batch,
+    make_client_engine,
+    train_slice,
+)
 
 app = ClientApp()
 
@@ -97,10 +102,7 @@ def train(msg: Message, context: Context) -> Message:
         {**_arrays(msg, protocol.CONTEXT), **_arrays(msg, protocol.ARRAYS)},
         _feature_center(msg),
     )
-    options = cfg.client.engine_options()
-    if cfg.client.engine == "forward" and cfg.client.head_gradient == "exact":
-        options["exact"] = is_head
-    engine = make_engine(cfg.client.engine, **options)
+    engine = make_client_engine(cfg.client)
     _ = task.train_data  # build the partition outside the measured block
     one_step = cfg.strategy.strategy in StrategyConfig.ONE_STEP
     with track_peak_memory(task.device) as memory:

@@ -17,7 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
+from .devices import load_catalog, parse_mix
 from .engines.directions import DISTRIBUTIONS
+from .faults import FaultPlan
 
 ConfigValue = bool | int | float | str
 
@@ -467,6 +469,82 @@ class RuntimeConfig(_Section):
 
 
 @dataclass(frozen=True)
+class SimulationConfig(_Section):
+    """Simulated devices: memory budgets, speeds and faults (spry.devices, .faults)."""
+
+    ORPHAN_SLICES: ClassVar[tuple[str, ...]] = ("reassign", "skip")
+
+    device_profiles: str = field(
+        default="",
+        metadata={
+            "help": "device mix, e.g. phone-4gb:0.5,laptop-16gb:0.5 (empty: every "
+            "client is the host, no budget); `spry devices` lists profiles"
+        },
+    )
+    device_catalog: str = field(
+        default="", metadata={"help": "TOML file of extra device profiles"}
+    )
+    memory_margin: float = field(
+        default=0.1,
+        metadata={"help": "predicted peak x (1 + margin) must fit a device budget"},
+    )
+    round_deadline: float = field(
+        default=0.0,
+        metadata={
+            "help": "device-seconds the server waits for a round's replies "
+            "(0: `round-timeout`); later replies are dropped"
+        },
+    )
+    fault_crash: float = field(
+        default=0.0, metadata={"help": "share of sampled clients that crash"}
+    )
+    fault_timeout: float = field(
+        default=0.0, metadata={"help": "share of sampled clients that never answer"}
+    )
+    fault_straggle: float = field(
+        default=0.0,
+        metadata={"help": "share of sampled clients whose device is slowed down"},
+    )
+    straggle_factor: float = field(
+        default=4.0, metadata={"help": "a straggler's device takes this many times"}
+    )
+    orphan_slices: str = field(
+        default="reassign",
+        metadata={
+            "help": "groups whose clients all failed: reassign (a second wave to "
+            "unsampled clients) | skip"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        try:
+            parse_mix(self.device_profiles, load_catalog(self.device_catalog))
+            FaultPlan(self.fault_crash, self.fault_timeout, self.fault_straggle)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        _require(
+            self.memory_margin >= 0,
+            f"`memory-margin` should be >= 0, got {self.memory_margin}",
+        )
+        _require(
+            self.round_deadline >= 0,
+            f"`round-deadline` should be >= 0, got {self.round_deadline}",
+        )
+        _require(
+            self.straggle_factor >= 1,
+            f"`straggle-factor` should be >= 1, got {self.straggle_factor}",
+        )
+        _require(
+            self.orphan_slices in self.ORPHAN_SLICES,
+            f"`orphan-slices` should be one of {self.ORPHAN_SLICES}, "
+            f"got {self.orphan_slices!r}",
+        )
+
+    def faults(self) -> FaultPlan:
+        return FaultPlan(self.fault_crash, self.fault_timeout, self.fault_straggle)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """The whole run: one section per concern, all built from one flat mapping."""
 
@@ -475,6 +553,7 @@ class RunConfig:
     client: ClientConfig = field(default_factory=ClientConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
 
     SECTIONS: ClassVar[dict[str, type[_Section]]] = {
         "model": ModelConfig,
@@ -482,6 +561,7 @@ class RunConfig:
         "client": ClientConfig,
         "strategy": StrategyConfig,
         "runtime": RuntimeConfig,
+        "simulation": SimulationConfig,
     }
 
     def __post_init__(self) -> None:

@@ -9,6 +9,7 @@ plus the absolute peak. CUDA: `torch.cuda.max_memory_allocated` after a reset.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -114,3 +115,29 @@ def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
         storage = tensor.untyped_storage()
         seen[storage.data_ptr()] = storage.nbytes()
     return sum(seen.values())
+
+
+def make_resident(model: torch.nn.Module) -> None:
+    """Read every weight once, so all of it is resident before the baseline.
+
+    safetensors weights are mmapped from the file and enter RSS only when touched:
+    a warm-up touches every matrix but few embedding rows, so the measured step
+    would otherwise fault in most of the embedding (about 36 MiB for MiniLM).
+    """
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.float().sum()
+
+
+def release_free_memory(device: str) -> None:
+    """Return freed memory to the OS/driver so the baseline holds live memory only."""
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        return
+    try:  # glibc keeps freed heap pages resident; a step could reuse them unseen
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

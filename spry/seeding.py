@@ -19,6 +19,8 @@ STREAM_DATA = 3
 STREAM_INIT = 4
 STREAM_SELECTION = 5
 STREAM_STATISTICS = 6
+STREAM_DEVICES = 7
+STREAM_FAULTS = 8
 
 
 def derive_seed(root: int, stream: int, *path: int) -> int:

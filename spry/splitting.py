@@ -11,7 +11,7 @@ i mod G to client i mod M.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from .seeding import STREAM_SAMPLING, numpy_rng
 
@@ -62,3 +62,56 @@ def coverage(assignment: dict[int, list[str]], names: Sequence[str]) -> float:
     """Share of `names` that at least one client trains."""
     assigned = {n for owned in assignment.values() for n in owned}
     return sum(n in assigned for n in names) / len(names) if names else 1.0
+
+
+def assign_within_budgets(
+    groups: Sequence[Sequence[str]],
+    clients: Sequence[int],
+    *,
+    room: Mapping[int, float],
+    cost: Sequence[float],
+    shared: Sequence[str] = (),
+) -> dict[int, list[str]]:
+    """Deal `groups` as `assign_groups` does, never past a client's memory room.
+
+    `room[c]` is what client c can still hold for groups (its budget less its fixed
+    and shared needs); `cost[g]` what group g needs. Position i offers group
+    i mod G to client i mod M; a client without room for it (or holding it) passes
+    it to the next client in deal order, so devices with more room end up with more
+    groups, and a group goes untrained only when no sampled client can hold it.
+    A client left with no group is given the least-covered group it fits; one that
+    fits none is left out of the result (it is sent no work). With unlimited room
+    this is exactly `assign_groups`.
+    """
+    if not clients:
+        raise ValueError("no clients to assign groups to")
+    if len(cost) != len(groups):
+        raise ValueError(f"{len(groups)} groups but {len(cost)} costs")
+    left = {c: float(room[c]) for c in clients}
+    held: dict[int, list[int]] = {c: [] for c in clients}
+    owners = [0] * len(groups)
+
+    def give(client: int, g: int) -> None:
+        held[client].append(g)
+        left[client] -= cost[g]
+        owners[g] += 1
+
+    if groups:
+        for i in range(max(len(groups), len(clients))):
+            g = i % len(groups)
+            for j in range(len(clients)):
+                client = clients[(i + j) % len(clients)]
+                if g not in held[client] and left[client] >= cost[g]:
+                    give(client, g)
+                    break
+        for client in clients:
+            fits = [g for g in range(len(groups)) if cost[g] <= left[client]]
+            if not held[client] and fits:
+                give(client, min(fits, key=lambda g: (owners[g], g)))
+    assignment: dict[int, list[str]] = {}
+    for client in clients:
+        if groups and not held[client]:
+            continue
+        names = [n for g in sorted(held[client]) for n in groups[g]]
+        assignment[client] = list(dict.fromkeys([*names, *shared]))
+    return assignment

@@ -16,9 +16,15 @@ import torch
 from torch.optim import Optimizer
 
 from .config import ClientConfig
-from .engines import GradientEngine, GradientEstimate, TaskLoss, rebuild_from_scalars
+from .engines import (
+    GradientEngine,
+    GradientEstimate,
+    TaskLoss,
+    make_engine,
+    rebuild_from_scalars,
+)
 from .engines.base import Batch
-from .models import TrainableModel
+from .models import TrainableModel, is_head
 from .seeding import STREAM_TANGENTS, torch_generator
 
 
@@ -104,6 +110,14 @@ def step_generator(
     step) redraws exactly the directions a client used (`replay_local_training`).
     """
     return torch_generator(seed, STREAM_TANGENTS, server_round, partition_id, step)
+
+
+def make_client_engine(cfg: ClientConfig) -> GradientEngine:
+    """The gradient engine a client trains with, as `cfg` sets it."""
+    options = cfg.engine_options()
+    if cfg.engine == "forward" and cfg.head_gradient == "exact":
+        options["exact"] = is_head
+    return make_engine(cfg.engine, **options)
 
 
 def make_optimizer(params: Iterable[torch.Tensor], cfg: ClientConfig) -> Optimizer:

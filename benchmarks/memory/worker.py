@@ -16,7 +16,6 @@ steps apart from the measurement.
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import platform
@@ -29,7 +28,13 @@ from typing import Any
 import torch
 
 from spry.config import ClientConfig, StrategyConfig
-from spry.memory import LIVE_ENV, tensor_bytes, track_peak_memory
+from spry.memory import (
+    LIVE_ENV,
+    make_resident,
+    release_free_memory,
+    tensor_bytes,
+    track_peak_memory,
+)
 from spry.models import TrainableModel, is_head
 
 from .models import CAUSAL_LM, BenchModel, bench_model
@@ -153,32 +158,6 @@ def make_step(
         optimizer.zero_grad(set_to_none=True)
 
     return step, optimizer, names
-
-
-def make_resident(model: torch.nn.Module) -> None:
-    """Read every weight once, so all of it is resident before the baseline.
-
-    safetensors weights are mmapped from the file and enter RSS only when touched:
-    a warm-up touches every matrix but few embedding rows, so the measured step
-    would otherwise fault in most of the embedding (about 36 MiB for MiniLM).
-    """
-    with torch.no_grad():
-        for tensor in [*model.parameters(), *model.buffers()]:
-            tensor.float().sum()
-
-
-def release_free_memory(device: str) -> None:
-    """Return freed memory to the OS/driver so the baseline holds live memory only."""
-    gc.collect()
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
-        return
-    try:  # glibc keeps freed heap pages resident; a step could reuse them unseen
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def timed(step: Callable[[Batch], None], batch: Batch, device: str) -> float:
