@@ -17,6 +17,7 @@ from spry import protocol
 from spry.config import RunConfig, StrategyConfig
 from spry.engines import FiniteDifference, GradientEngine
 from spry.engines.selection import CosineRankedDirections
+from spry.faults import CRASH, InjectedFault
 from spry.memory import track_peak_memory
 from spry.models import TrainableModel
 from spry.training import (
@@ -96,6 +97,11 @@ def train(msg: Message, context: Context) -> Message:
     partition_id, _ = _partition(context)
     fields = msg.content[protocol.CONFIG]
     server_round = int(fields[protocol.SERVER_ROUND])
+    if fields.get(protocol.FAULT) == CRASH:
+        raise InjectedFault(
+            f"{InjectedFault.MARKER}: crash (partition {partition_id}, "
+            f"round {server_round})"
+        )
     names = list(fields[protocol.TRAINABLE_NAMES])
     task = load_task(cfg, partition_id)
     trainable = task.model(

@@ -21,6 +21,8 @@ from typing import Any
 from flwr.common.logger import log
 
 from spry.config import RunConfig
+from spry.devices import Fleet
+from spry.memory import cpu_peak_bytes
 from spry.methods import method_of
 
 COLUMNS = (
@@ -33,6 +35,14 @@ COLUMNS = (
     "train-loss",
     "clients",
     "dropped",
+    "dropped-crash",
+    "dropped-timeout",
+    "dropped-late",
+    "dropped-invalid",
+    "dropped-error",
+    "over-budget",
+    "orphan-groups",
+    "reassigned-groups",
     "coverage-trained",
     "client-peak-mib",
     "client-peak-extra-mib",
@@ -40,7 +50,20 @@ COLUMNS = (
     "upload-bytes-per-client",
     "forward-passes",
     "round-seconds",
+    "device-round-seconds",
     "elapsed-seconds",
+)
+_FROM_ROUND_LOG = (
+    "dropped",
+    "dropped-crash",
+    "dropped-timeout",
+    "dropped-late",
+    "dropped-invalid",
+    "dropped-error",
+    "over-budget",
+    "orphan-groups",
+    "reassigned-groups",
+    "coverage-trained",
 )
 
 _PACKAGES = ("torch", "flwr", "transformers", "peft", "datasets", "numpy")
@@ -65,6 +88,7 @@ class RunRecorder:
     majority_rate: float
     rows: list[dict[str, Any]] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)  # extra summary fields
+    fleet: Fleet | None = None  # the clients' devices, for the per-profile summary
     started: float = field(default_factory=time.time)
     last: float = field(default_factory=time.time)
 
@@ -115,14 +139,14 @@ class RunRecorder:
             "federated-loss": federated.get("loss"),
             "train-loss": train.get("train-loss"),
             "clients": train.get("clients"),
-            "dropped": round_log.get("dropped"),
-            "coverage-trained": round_log.get("coverage-trained"),
+            **{key: round_log.get(key) for key in _FROM_ROUND_LOG},
             "client-peak-mib": _mib(train.get("peak-mem-total-bytes-max")),
             "client-peak-extra-mib": _mib(train.get("peak-mem-bytes-max")),
             "client-train-seconds-max": train.get("train-seconds-max"),
             "upload-bytes-per-client": train.get("upload-bytes-mean"),
             "forward-passes": train.get("forward-passes"),
             "round-seconds": now - self.last if server_round else 0.0,
+            "device-round-seconds": round_log.get("device-seconds"),
             "elapsed-seconds": now - self.started,
         }
         self.last = now
@@ -153,6 +177,8 @@ class RunRecorder:
             parts.append(f"train loss {row['train-loss']:.4f}")
         if row["client-peak-mib"] is not None:
             parts.append(f"client peak {row['client-peak-mib']:.0f} MiB")
+        if row["dropped"]:
+            parts.append(f"dropped {row['dropped']}")
         if done:
             parts.append(f"{row['round-seconds']:.0f} s")
         log(INFO, "[spry] %s%s", " | ".join(parts), eta)
@@ -206,13 +232,30 @@ class RunRecorder:
         plt.close(fig)
         return path
 
-    def finish(self, status: str = "completed") -> Path:
-        """Write summary.json (final and best accuracy, time) and return its path."""
+    def finish(
+        self,
+        status: str = "completed",
+        round_log: Mapping[int, Mapping[str, Any]] | None = None,
+    ) -> Path:
+        """Write summary.json and return its path.
+
+        It holds final and best accuracy, time, dropouts, memory per device
+        profile and the driver's peak memory.
+        """
         summary: dict[str, Any] = {
             "status": status,
             "rounds-recorded": len(self.rows),
             **self.notes,
+            "driver-peak-rss-mib": cpu_peak_bytes() / 2**20,
         }
+        if round_log:
+            summary["dropouts"] = _dropouts(round_log)
+            summary["device-seconds"] = sum(
+                e.get("device-seconds", 0.0) for e in round_log.values()
+            )
+            if self.fleet is not None:
+                summary["profiles"] = profile_summary(self.fleet, round_log)
+                _log_profiles(summary["profiles"])
         if self.rows:
             final = self.rows[-1]
             summary.update(
@@ -227,6 +270,70 @@ class RunRecorder:
         path = self.directory / "summary.json"
         path.write_text(json.dumps(summary, indent=2))
         return path
+
+
+def _dropouts(round_log: Mapping[int, Mapping[str, Any]]) -> dict[str, int]:
+    keys = [k for k in _FROM_ROUND_LOG if k.startswith("dropped") or "groups" in k]
+    return {k: sum(int(e.get(k) or 0) for e in round_log.values()) for k in keys}
+
+
+def profile_summary(
+    fleet: Fleet, round_log: Mapping[int, Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Per device profile: clients, client-rounds trained, and peak memory.
+
+    Predicted is the memory model's peak for the slice a client was sent (what the
+    budget check used); measured is what the client reported (in a simulation
+    worker: its step's peak above its baseline, and the worker's whole RSS).
+    """
+    table: dict[str, dict[str, Any]] = {}
+    for profile in fleet.profiles:
+        row = table.setdefault(
+            profile.name,
+            {
+                "budget-mib": profile.budget_mib,
+                "speed": profile.speed,
+                "clients": 0,
+                "client-rounds-trained": 0,
+                "predicted-peak-mib-max": None,
+                "measured-extra-mib-max": None,
+                "measured-worker-rss-mib-max": None,
+            },
+        )
+        row["clients"] += 1
+    for entry in round_log.values():
+        for partition, extra, total, predicted in entry.get("peaks", []):
+            row = table[fleet.profiles[partition].name]
+            row["client-rounds-trained"] += 1
+            for key, value in (
+                ("predicted-peak-mib-max", predicted),
+                ("measured-extra-mib-max", extra),
+                ("measured-worker-rss-mib-max", total),
+            ):
+                if value is not None:
+                    mib = value / 2**20
+                    row[key] = mib if row[key] is None else max(row[key], mib)
+    return table
+
+
+def _log_profiles(table: Mapping[str, Mapping[str, Any]]) -> None:
+    for name, row in table.items():
+        log(
+            INFO,
+            "[spry] %-12s budget %s MiB | %d clients | %d client-rounds | "
+            "predicted peak %s | measured step extra %s | worker RSS %s MiB",
+            name,
+            f"{row['budget-mib']:.0f}",
+            row["clients"],
+            row["client-rounds-trained"],
+            _fmt(row["predicted-peak-mib-max"]),
+            _fmt(row["measured-extra-mib-max"]),
+            _fmt(row["measured-worker-rss-mib-max"]),
+        )
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def _mib(value: float | None) -> float | None:

@@ -30,6 +30,7 @@ from spry import protocol
 from spry.classification import evaluate
 from spry.config import ConfigError, ConfigValue, RunConfig
 from spry.data import load_for
+from spry.devices import plan_fleet
 from spry.models import build_classifier, is_head
 from strategies import STRATEGIES
 
@@ -114,7 +115,9 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
             f"available: {sorted(STRATEGIES)}"
         )
     head = [n for n in trainable.names if is_head(n)]
-    strategy = strategy_cls.from_run(cfg, partitions, head)
+    fleet = plan_fleet(cfg, list(trainable.names), head, data.num_labels)
+    recorder.fleet = fleet
+    strategy = strategy_cls.from_run(cfg, partitions, head, fleet=fleet)
 
     def evaluate_central(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if not cfg.runtime.evaluates(server_round):
@@ -151,7 +154,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
         )
         status = "completed"
     finally:
-        recorder.finish(status)
+        recorder.finish(status, strategy.round_log)
         log(
             INFO,
             "[spry] results: %s (metrics.csv, plot.png, summary.json)",

@@ -69,10 +69,15 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, ConfigValue]:
 def preflight(cfg: RunConfig) -> None:
     """Load the dataset and build the model once, so bad names fail here."""
     from .data import load_for
-    from .models import build_classifier
+    from .devices import plan_fleet
+    from .models import build_classifier, is_head
 
     data = load_for(cfg.data)
-    build_classifier(cfg.model, num_labels=data.num_labels, seed=cfg.runtime.seed)
+    trainable = build_classifier(
+        cfg.model, num_labels=data.num_labels, seed=cfg.runtime.seed
+    )
+    head = [n for n in trainable.names if is_head(n)]
+    plan_fleet(cfg, list(trainable.names), head, data.num_labels)  # fits somewhere?
 
 
 def run(overrides: dict[str, ConfigValue]) -> int:

@@ -519,7 +519,7 @@ class SimulationConfig(_Section):
     def __post_init__(self) -> None:
         try:
             parse_mix(self.device_profiles, load_catalog(self.device_catalog))
-            FaultPlan(self.fault_crash, self.fault_timeout, self.fault_straggle)
+            self.faults()
         except ValueError as error:
             raise ConfigError(str(error)) from None
         _require(
@@ -531,17 +531,18 @@ class SimulationConfig(_Section):
             f"`round-deadline` should be >= 0, got {self.round_deadline}",
         )
         _require(
-            self.straggle_factor >= 1,
-            f"`straggle-factor` should be >= 1, got {self.straggle_factor}",
-        )
-        _require(
             self.orphan_slices in self.ORPHAN_SLICES,
             f"`orphan-slices` should be one of {self.ORPHAN_SLICES}, "
             f"got {self.orphan_slices!r}",
         )
 
     def faults(self) -> FaultPlan:
-        return FaultPlan(self.fault_crash, self.fault_timeout, self.fault_straggle)
+        return FaultPlan(
+            crash=self.fault_crash,
+            timeout=self.fault_timeout,
+            straggle=self.fault_straggle,
+            straggle_factor=self.straggle_factor,
+        )
 
 
 @dataclass(frozen=True)

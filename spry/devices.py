@@ -24,8 +24,13 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .seeding import STREAM_DEVICES, numpy_rng
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+    from .memory_model import MemoryModel
 
 MIB = 2**20
 
@@ -145,3 +150,76 @@ def assign_profiles(
     labels = [p for (p, _), n in zip(mix, counts, strict=True) for _ in range(n)]
     order = numpy_rng(seed, STREAM_DEVICES).permutation(num_clients)
     return [labels[i] for i in order]
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """Every client's device, and how much memory the run's clients need.
+
+    Parameters
+    ----------
+    profiles : Sequence[DeviceProfile]
+        The device of each partition id.
+    memory : MemoryModel | None (default: None)
+        The clients' predicted peak; None when no budget is finite (nothing to
+        check, nothing measured).
+    margin : float (default: 0.1)
+        A client fits when its predicted peak x (1 + margin) is within budget.
+    """
+
+    profiles: Sequence[DeviceProfile]
+    memory: MemoryModel | None = None
+    margin: float = 0.1
+
+    @property
+    def budgeted(self) -> bool:
+        return self.memory is not None
+
+    def room(self, partition: int, params: int) -> float:
+        """Bytes left for groups on `partition`'s device once `params` train."""
+        profile = self.profiles[partition]
+        if self.memory is None or profile.budget_mib == float("inf"):
+            return float("inf")
+        limit = profile.budget_bytes / (1 + self.margin)
+        return limit - self.memory.peak_bytes(params)
+
+    def cost(self, params: int) -> float:
+        """What training `params` more parameters adds to a client's peak."""
+        return 0.0 if self.memory is None else self.memory.per_param_bytes * params
+
+    def predicted_bytes(self, params: int) -> float | None:
+        return None if self.memory is None else self.memory.peak_bytes(params)
+
+
+def plan_fleet(
+    cfg: RunConfig, names: Sequence[str], head: Sequence[str], num_labels: int
+) -> Fleet:
+    """The run's fleet; measures the memory model when some budget is finite.
+
+    Raises ValueError when no device of the mix can train the smallest slice (the
+    shared tensors and the smallest group), naming the prediction and budgets.
+    """
+    from .splitting import group_tensors
+
+    sim = cfg.simulation
+    shared = list(head) if cfg.strategy.share_head else []
+    groups = group_tensors(names, shared, cfg.strategy.group_size, cfg.strategy.split)
+    mix = parse_mix(sim.device_profiles, load_catalog(sim.device_catalog))
+    profiles = assign_profiles(mix, cfg.data.num_clients, cfg.runtime.seed)
+    if all(p.budget_mib == float("inf") for p, _ in mix):
+        return Fleet(profiles, None, sim.memory_margin)
+    from .memory_model import calibrate
+
+    smallest = min(groups, key=len) if groups else ()
+    memory = calibrate(cfg, [*smallest, *shared], list(names), num_labels)
+    need = memory.peak_bytes(memory.probes[0]["params"]) * (1 + sim.memory_margin)
+    if not any(need <= p.budget_bytes for p, _ in mix):
+        budgets = ", ".join(f"{p.name} {p.budget_mib:.0f} MiB" for p, _ in mix)
+        raise ValueError(
+            f"no device in the population can train even one group: the smallest "
+            f"slice ({len(smallest) + len(shared)} tensors) is predicted to peak at "
+            f"{need / (1 + sim.memory_margin) / MIB:.0f} MiB, "
+            f"{need / MIB:.0f} MiB with the {sim.memory_margin:g} margin; "
+            f"the budgets are {budgets}"
+        )
+    return Fleet(profiles, memory, sim.memory_margin)

@@ -41,11 +41,14 @@ class FaultPlan:
     timeout : float (default: 0.0)
     straggle : float (default: 0.0)
         Each rounded to a whole number of the sampled clients.
+    straggle_factor : float (default: 4.0)
+        How many times longer a straggler's device takes.
     """
 
     crash: float = 0.0
     timeout: float = 0.0
     straggle: float = 0.0
+    straggle_factor: float = 4.0
 
     def __post_init__(self) -> None:
         shares = (self.crash, self.timeout, self.straggle)
@@ -54,6 +57,10 @@ class FaultPlan:
                 f"fault shares should each be in [0, 1] and sum to at most 1, "
                 f"got crash {self.crash}, timeout {self.timeout}, "
                 f"straggle {self.straggle}"
+            )
+        if self.straggle_factor < 1:
+            raise ValueError(
+                f"straggle factor should be >= 1, got {self.straggle_factor}"
             )
 
     @property

@@ -25,10 +25,10 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from .config import RunConfig
+if TYPE_CHECKING:
+    from .config import RunConfig
 
 MIB = 2**20
 PROBE_TIMEOUT = 900.0
@@ -78,6 +78,8 @@ def probe(cfg: RunConfig, names: Sequence[str], num_labels: int) -> dict:
     Meant for a fresh process (`python -m spry.memory_model`): the high-water mark
     covers everything the process did.
     """
+    import torch
+
     from .classification import classification_loss
     from .memory import make_resident, release_free_memory, track_peak_memory
     from .models import build_classifier
@@ -116,9 +118,7 @@ def probe(cfg: RunConfig, names: Sequence[str], num_labels: int) -> dict:
     }
 
 
-def full_length_batch(
-    tokenizer, cfg: RunConfig, num_labels: int, device: str
-) -> dict[str, torch.Tensor]:
+def full_length_batch(tokenizer, cfg: RunConfig, num_labels: int, device: str) -> dict:
     """A batch of `batch-size` examples of `max-length` tokens (a client's worst)."""
     from .classification import move, tokenize
 
@@ -129,6 +129,8 @@ def full_length_batch(
 
 
 def _cache_file(cfg: RunConfig, names: Sequence[str], num_labels: int) -> Path:
+    import torch
+
     key = json.dumps(
         {
             "model": cfg.model.to_mapping(),
@@ -183,6 +185,8 @@ def calibrate(
 
 
 def main(request_json: str) -> None:
+    from .config import RunConfig
+
     request = json.loads(request_json)
     cfg = RunConfig.from_run_config(request["config"])
     result = probe(cfg, request["names"], int(request["num_labels"]))

@@ -14,6 +14,7 @@ METRICS = "metrics"  # MetricRecord in replies
 # ConfigRecord fields added per message
 SERVER_ROUND = "server-round"
 TRAINABLE_NAMES = "trainable-names"  # list[str]: the slice, in training order
+FAULT = "fault"  # str: "crash" tells a simulated client to fail (fault injection)
 
 # MetricRecord fields in replies
 NUM_EXAMPLES = "num-examples"  # the aggregation weight

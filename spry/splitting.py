@@ -34,6 +34,17 @@ def make_groups(names: Sequence[str], group_size: int) -> list[tuple[str, ...]]:
     return [tuple(names[i : i + group_size]) for i in range(0, len(names), group_size)]
 
 
+def group_tensors(
+    names: Sequence[str], shared: Sequence[str], group_size: int, split: bool
+) -> list[tuple[str, ...]]:
+    """The groups a round deals: the non-shared names in groups of `group_size`.
+
+    Without splitting, all of them form one group, so every client gets it.
+    """
+    dealt = [n for n in names if n not in set(shared)]
+    return make_groups(dealt, group_size if split else len(dealt) or 1)
+
+
 def assign_groups(
     groups: Sequence[Sequence[str]],
     clients: Sequence[int],

@@ -72,6 +72,9 @@ class FwdLLM(FedSGD):
         Spry's parameters; `optimizer` should be SGD (FwdLLM's).
     """
 
+    # Repeat passes go back to the round's own clients: no second wave.
+    reassigns = False
+
     def __init__(
         self,
         *,

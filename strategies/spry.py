@@ -38,7 +38,15 @@ from spry.aggregation import (
     weighted_mean_per_tensor,
 )
 from spry.config import ClientConfig, RunConfig
-from spry.splitting import assign_groups, coverage, make_groups, sample_clients
+from spry.devices import Fleet
+from spry.faults import CRASH, STRAGGLE, TIMEOUT, FaultPlan, InjectedFault
+from spry.splitting import (
+    assign_groups,
+    assign_within_budgets,
+    coverage,
+    group_tensors,
+    sample_clients,
+)
 from spry.training import replay_local_training, step_generator
 
 from .replies import (
@@ -48,9 +56,11 @@ from .replies import (
     log_dropped,
     slice_arrays,
 )
+from .waves import WaveResult
 
 _EVALUATE_STREAM_OFFSET = 1_000_000  # keeps evaluation sampling apart from training
 _STATISTICS_STREAM_OFFSET = 2_000_000  # the clients asked for feature statistics
+_REASSIGN_STREAM_OFFSET = 3_000_000  # second-wave clients of a round
 
 
 class RoundFailedError(RuntimeError):
@@ -96,7 +106,20 @@ class Spry(FedAvg):
         Federated evaluation every this many rounds, and in the last one.
     num_rounds : int (default: 0)
         Rounds in the run (0: unknown), for the last-round evaluation and schedules.
+    fleet : Fleet | None (default: None)
+        Each partition's device and the clients' memory model: budgeted devices
+        are dealt only what fits, and device time is measured time / speed.
+    faults : FaultPlan (default: FaultPlan(), none)
+        Shares of each wave's clients that crash, time out or straggle.
+    deadline : float (default: inf)
+        Device-seconds the server waits for a wave; later replies are dropped.
+    reassign_orphans : bool (default: True)
+        Deal groups whose clients all failed to fresh clients in a second wave.
+    wave_timeout : float | None (default: None)
+        Wall-clock timeout of a second wave's messages.
     """
+
+    reassigns: bool = True  # whether the strategy can take a second wave
 
     def __init__(
         self,
@@ -115,6 +138,11 @@ class Spry(FedAvg):
         run_config: Mapping[str, Any] | None = None,
         eval_every: int = 1,
         num_rounds: int = 0,
+        fleet: Fleet | None = None,
+        faults: FaultPlan | None = None,
+        deadline: float = float("inf"),
+        reassign_orphans: bool = True,
+        wave_timeout: float | None = None,
     ) -> None:
         super().__init__(
             fraction_train=1.0,
@@ -143,27 +171,49 @@ class Spry(FedAvg):
         self.eval_every = eval_every
         self.num_rounds = num_rounds
         self.run_config = dict(run_config or {})
+        self.fleet = fleet
+        self.faults = faults or FaultPlan()
+        self.deadline = deadline
+        self.reassign_orphans = reassign_orphans and self.reassigns
+        self.wave_timeout = wave_timeout
         self.optimizer_state: OptimizerState | None = None
         self.current: dict[str, np.ndarray] = {}
         self.assignment: dict[int, list[str]] = {}  # node id -> its slice this round
         self.round_log: dict[int, dict[str, Any]] = {}
+        # This round's groups, names, config, grid, what each node was sent
+        # (node -> its injected fault or ""), and the faults by partition.
+        self._groups: list[tuple[str, ...]] = []
+        self._names: list[str] = []
+        self._cfg_record = ConfigRecord()
+        self._grid: Grid | None = None
+        self._sent: dict[int, str] = {}
+        self._faults: dict[int, str] = {}
+        self._eligible_nodes: list[int] | None = None
         # The mean pooled feature every client's head subtracts (set before round
         # 1 by the server app when the run centres features).
         self.feature_center: list[float] | None = None
 
     @classmethod
     def from_run(
-        cls, cfg: RunConfig, partitions: Mapping[int, int], head: Sequence[str]
+        cls,
+        cfg: RunConfig,
+        partitions: Mapping[int, int],
+        head: Sequence[str],
+        fleet: Fleet | None = None,
     ) -> Spry:
         """The strategy `cfg` describes (`head`: the task head's tensor names)."""
-        return cls(**cls._options(cfg, partitions, head))
+        return cls(**cls._options(cfg, partitions, head), fleet=fleet)
 
     @classmethod
     def _options(
         cls, cfg: RunConfig, partitions: Mapping[int, int], head: Sequence[str]
     ) -> dict[str, Any]:
-        s = cfg.strategy
+        s, sim = cfg.strategy, cfg.simulation
         return {
+            "faults": sim.faults(),
+            "deadline": sim.round_deadline or cfg.runtime.round_timeout,
+            "reassign_orphans": sim.orphan_slices == "reassign",
+            "wave_timeout": cfg.runtime.round_timeout,
             "partitions": partitions,
             "clients_per_round": s.clients_per_round,
             "eval_clients_per_round": s.eval_clients_per_round,
@@ -187,17 +237,59 @@ class Spry(FedAvg):
         }
 
     # ------------------------------------------------------------------ helpers
-    def _sample(self, server_round: int, count: int, stream: int) -> list[int]:
-        """`count` node ids drawn from (seed, round); draw order is deal order."""
-        by_partition = sorted(self.partitions.items(), key=lambda item: item[1])
-        picks = sample_clients(
-            self.seed, stream + server_round, count, len(by_partition)
-        )
-        return [by_partition[i][0] for i in picks]
+    def _sample(
+        self,
+        server_round: int,
+        count: int,
+        stream: int,
+        population: Sequence[int] | None = None,
+    ) -> list[int]:
+        """`count` node ids drawn from (seed, round); draw order is deal order.
+
+        `population` (default: every node) must be in partition order.
+        """
+        nodes = self._by_partition() if population is None else list(population)
+        picks = sample_clients(self.seed, stream + server_round, count, len(nodes))
+        return [nodes[i] for i in picks]
+
+    def _by_partition(self) -> list[int]:
+        return [n for n, _ in sorted(self.partitions.items(), key=lambda kv: kv[1])]
+
+    def _eligible(self) -> list[int]:
+        """Nodes whose device can hold the shared tensors and the cheapest group.
+
+        The rest are never sampled for training (they could do no work).
+        """
+        if self._eligible_nodes is None:
+            nodes = self._by_partition()
+            if self.fleet is not None and self.fleet.budgeted:
+                size = {n: int(np.asarray(v).size) for n, v in self.current.items()}
+                shared = sum(size[n] for n in self.shared_names)
+                cheapest = min(
+                    (self.fleet.cost(sum(size[n] for n in g)) for g in self._groups),
+                    default=0.0,
+                )
+                nodes = [
+                    n
+                    for n in nodes
+                    if self.fleet.room(self.partitions[n], shared) >= cheapest
+                ]
+                log(
+                    INFO,
+                    "device budgets: %d of %d clients can train a slice",
+                    len(nodes),
+                    len(self.partitions),
+                )
+            self._eligible_nodes = nodes
+        return self._eligible_nodes
 
     def _training_nodes(self, server_round: int) -> list[int]:
-        """The nodes that train this round, in deal order."""
-        return self._sample(server_round, self.clients_per_round, stream=0)
+        """The nodes that train this round, in deal order (eligible ones only)."""
+        eligible = self._eligible()
+        count = min(self.clients_per_round, len(eligible))
+        if not count:
+            raise RoundFailedError("no client's device can hold a slice")
+        return self._sample(server_round, count, stream=0, population=eligible)
 
     def _in_partition_order(self, replies: Iterable[Message]) -> list[Message]:
         """Replies sorted by partition: float sums must not depend on arrival order."""
@@ -238,7 +330,12 @@ class Spry(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Sample clients, split the trainable tensors, send each node its slice."""
+        """Sample clients, split the trainable tensors, send each node its slice.
+
+        With device budgets a client is dealt only the groups its device can hold;
+        with fault injection some sampled clients are told to crash, and the
+        messages of those that time out are never delivered.
+        """
         self.current = {name: array.numpy() for name, array in arrays.items()}
         if self.optimizer_state is None:
             self.optimizer_state = self.optimizer.init(self.current)
@@ -246,32 +343,73 @@ class Spry(FedAvg):
         unknown_shared = sorted(set(self.shared_names) - set(names))
         if unknown_shared:
             raise ValueError(f"shared tensors not in the model: {unknown_shared}")
-        dealt = [n for n in names if n not in self.shared_names]
-        # Without splitting, all tensors form one group, so every client gets it.
-        groups = make_groups(dealt, self.group_size if self.split else len(dealt) or 1)
+        self._groups = group_tensors(
+            names, self.shared_names, self.group_size, self.split
+        )
+        self._grid, self._names = grid, names
+        self._cfg_record = self._config(config, server_round)
         nodes = self._training_nodes(server_round)
-        self.assignment = assign_groups(groups, nodes, shared=self.shared_names)
-        cfg = self._config(config, server_round)
-        messages = [
-            Message(
-                content=self._train_content(server_round, node_id, owned, names, cfg),
-                message_type=MessageType.TRAIN,
-                dst_node_id=node_id,
-            )
-            for node_id, owned in self.assignment.items()
-        ]
+        self.assignment = self._assign(self._groups, nodes)
+        messages = self._wave_messages(server_round, 0, self.assignment)
+        over_budget = [self.partitions[n] for n in nodes if n not in self.assignment]
         self.round_log[server_round] = {
             "sampled-partitions": [self.partitions[n] for n in nodes],
             "coverage-assigned": coverage(self.assignment, names),
+            "over-budget": len(over_budget),
+            "faults": dict(sorted(self._faults.items())),
         }
         log(
             INFO,
-            "configure_train: %d clients (partitions %s), %d tensors in %d groups",
+            "configure_train: %d clients (partitions %s), %d tensors in %d groups%s",
             len(nodes),
             self.round_log[server_round]["sampled-partitions"],
             len(names),
-            len(groups),
+            len(self._groups),
+            f"; over budget, not sent work: {over_budget}" if over_budget else "",
         )
+        return messages
+
+    def _assign(
+        self, groups: list[tuple[str, ...]], nodes: list[int]
+    ) -> dict[int, list[str]]:
+        """Deal `groups` to `nodes`, within their devices' memory when budgeted."""
+        if self.fleet is None or not self.fleet.budgeted:
+            return assign_groups(groups, nodes, shared=self.shared_names)
+        size = {n: int(np.asarray(v).size) for n, v in self.current.items()}
+        shared = sum(size[n] for n in self.shared_names)
+        room = {n: self.fleet.room(self.partitions[n], shared) for n in nodes}
+        cost = [self.fleet.cost(sum(size[n] for n in g)) for g in groups]
+        return assign_within_budgets(
+            groups, nodes, room=room, cost=cost, shared=self.shared_names
+        )
+
+    def _wave_messages(
+        self, server_round: int, wave: int, assignment: dict[int, list[str]]
+    ) -> list[Message]:
+        """Messages for one wave; draws its faults (timeouts are not sent)."""
+        partitions = [self.partitions[n] for n in assignment]
+        faults = self.faults.draw(self.seed, server_round, wave, partitions)
+        by_node = {
+            n: faults[self.partitions[n]]
+            for n in assignment
+            if self.partitions[n] in faults
+        }
+        self._sent = dict.fromkeys(assignment, "") | by_node
+        self._faults = faults if wave == 0 else {**self._faults, **faults}
+        messages = []
+        for node_id, owned in assignment.items():
+            if by_node.get(node_id) == TIMEOUT:
+                continue  # lost on the way: the server hears nothing back
+            content = self._train_content(
+                server_round, node_id, owned, self._names, self._cfg_record
+            )
+            if by_node.get(node_id) == CRASH:
+                content[protocol.CONFIG][protocol.FAULT] = CRASH
+            messages.append(
+                Message(
+                    content=content, message_type=MessageType.TRAIN, dst_node_id=node_id
+                )
+            )
         return messages
 
     def _train_content(
@@ -337,49 +475,172 @@ class Spry(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Per-tensor weighted mean over valid replies, then the server step."""
-        contributions: list[tuple[dict[str, np.ndarray], float]] = []
-        accepted: list[RecordDict] = []
-        errors: list[str] = []
-        uploaded: list[int] = []  # bytes of tensors each accepted client sent
-        dropped = 0
+        """Per-tensor weighted mean over valid replies, then the server step.
+
+        Groups left untrained because every client holding them failed are dealt
+        again, in a second wave, to clients not sampled this round (when
+        `reassign_orphans`), or skipped; either way the round log says which.
+        """
+        result = self._collect(server_round, replies)
+        entry = self.round_log.setdefault(server_round, {})
+        orphans = self._orphans(result)
+        entry["orphan-groups"] = len(orphans)
+        entry["reassigned-groups"] = 0
+        if orphans and self.reassign_orphans:
+            second = self._reassign(
+                server_round, orphans, len(result.dropped), set(self.assignment)
+            )
+            if second is not None:
+                result = result.merge(second)
+                entry["reassigned-groups"] = len(orphans) - len(self._orphans(result))
+        if orphans:
+            log(
+                INFO,
+                "aggregate_train: %d group(s) lost every client; %s",
+                len(orphans),
+                f"reassigned {entry['reassigned-groups']} in a second wave"
+                if self.reassign_orphans
+                else "skipped this round",
+            )
+        drops = result.drop_counts()
+        entry["dropped"] = len(result.dropped)
+        entry.update({f"dropped-{kind}": count for kind, count in drops.items()})
+        entry["device-seconds"] = result.device_seconds
+        entry["peaks"] = [(self.partitions[n], *rest) for n, *rest in result.peaks]
+        if result.errors and len(result.errors) == len(self.assignment):
+            # Every client crashed: a bug or a broken setup, not bad luck. Stop the
+            # run with the first traceback instead of silently training nothing.
+            raise RoundFailedError(
+                f"round {server_round}: all {len(result.errors)} clients failed; "
+                f"first error: {result.errors[0]}"
+            )
+        if not result.contributions:
+            entry["coverage-trained"] = 0.0
+            log(INFO, "aggregate_train: no valid replies; the model is unchanged")
+            return None, None
+        trained = {name for tensors, _ in result.contributions for name in tensors}
+        entry["coverage-trained"] = len(trained) / len(self.current)
+        new = self._step(server_round, result.contributions)
+        metrics = _train_metrics(result.accepted)
+        metrics["upload-bytes-mean"] = sum(result.uploaded) / len(result.uploaded)
+        entry["train"] = dict(metrics)
+        return ArrayRecord({k: Array(v) for k, v in new.items()}), metrics
+
+    def _collect(self, server_round: int, replies: Iterable[Message]) -> WaveResult:
+        """Classify one wave's replies against what `_sent` says was sent."""
+        result = WaveResult()
+        answered: set[int] = set()
+        slowest, waited = 0.0, False
         for reply in self._in_partition_order(replies):
             node_id = reply.metadata.src_node_id
+            answered.add(node_id)
+            partition = self.partitions.get(node_id)
+            fault = self._sent.get(node_id, "")
             if reply.has_error():
-                errors.append(reply.error.reason)
+                reason = reply.error.reason
+                kind = CRASH if InjectedFault.MARKER in reason else "error"
+                if kind == "error":
+                    result.errors.append(reason)
+                result.dropped[node_id] = kind
+                log_dropped(node_id, partition, f"client error: {_gist(reason)}")
+                continue
             try:
-                if node_id not in self.assignment:
+                if node_id not in self._sent:
                     raise InvalidReply("node was not sent a slice this round")
                 tensors, weight, metrics, nbytes = self._contribution(
                     server_round, node_id, reply
                 )
             except InvalidReply as reason:
-                dropped += 1
-                log_dropped(node_id, self.partitions.get(node_id), str(reason))
+                result.dropped[node_id] = "invalid"
+                log_dropped(node_id, partition, str(reason))
                 continue
-            contributions.append((tensors, weight))
-            accepted.append(RecordDict({protocol.METRICS: metrics}))
-            uploaded.append(nbytes)
-        entry = self.round_log.setdefault(server_round, {})
-        entry["dropped"] = dropped
-        if errors and len(errors) == dropped == len(self.assignment):
-            # Every client crashed: a bug or a broken setup, not bad luck. Stop the
-            # run with the first traceback instead of silently training nothing.
-            raise RoundFailedError(
-                f"round {server_round}: all {dropped} clients failed; first error: "
-                f"{errors[0]}"
+            seconds = self._device_seconds(node_id, metrics, fault)
+            if seconds > self.deadline:
+                result.dropped[node_id] = "late"
+                waited = True
+                log_dropped(
+                    node_id,
+                    partition,
+                    f"late: {seconds:.1f} device-s > deadline {self.deadline:g} s",
+                )
+                continue
+            slowest = max(slowest, seconds)
+            result.contributions.append((tensors, weight))
+            result.accepted.append(RecordDict({protocol.METRICS: metrics}))
+            result.uploaded.append(nbytes)
+            result.contributors.append(node_id)
+            result.peaks.append(
+                (
+                    node_id,
+                    int(metrics.get(protocol.PEAK_MEM_BYTES, 0)),
+                    int(metrics.get(protocol.PEAK_MEM_TOTAL_BYTES, 0)),
+                    self._predicted_bytes(node_id),
+                )
             )
-        if not contributions:
-            entry["coverage-trained"] = 0.0
-            log(INFO, "aggregate_train: no valid replies; the model is unchanged")
-            return None, None
-        trained = {name for tensors, _ in contributions for name in tensors}
-        entry["coverage-trained"] = len(trained) / len(self.current)
-        new = self._step(server_round, contributions)
-        metrics = _train_metrics(accepted)
-        metrics["upload-bytes-mean"] = sum(uploaded) / len(uploaded)
-        entry["train"] = dict(metrics)
-        return ArrayRecord({k: Array(v) for k, v in new.items()}), metrics
+        for node_id in self._sent:
+            if node_id not in answered:
+                result.dropped[node_id] = "timeout"
+                waited = True
+                log_dropped(node_id, self.partitions[node_id], "no reply (timeout)")
+        result.device_seconds = self.deadline if waited else slowest
+        return result
+
+    def _predicted_bytes(self, node_id: int) -> float | None:
+        """The memory model's peak for the slice `node_id` was sent (None: none)."""
+        if self.fleet is None:
+            return None
+        owned = self.assignment.get(node_id, [])
+        return self.fleet.predicted_bytes(
+            sum(int(np.asarray(self.current[n]).size) for n in owned)
+        )
+
+    def _device_seconds(self, node_id: int, metrics: MetricRecord, fault: str) -> float:
+        """How long the client's work would take on its device."""
+        seconds = float(metrics.get(protocol.TRAIN_SECONDS, 0.0))
+        if self.fleet is not None:
+            seconds /= self.fleet.profiles[self.partitions[node_id]].speed
+        if fault == STRAGGLE:
+            seconds *= self.faults.straggle_factor
+        return seconds
+
+    def _orphans(self, result: WaveResult) -> list[tuple[str, ...]]:
+        """Groups of this round that no accepted reply trained."""
+        trained = {name for tensors, _ in result.contributions for name in tensors}
+        assigned = {n for owned in self.assignment.values() for n in owned}
+        return [g for g in self._groups if set(g) <= assigned and not set(g) <= trained]
+
+    def _reassign(
+        self,
+        server_round: int,
+        orphans: list[tuple[str, ...]],
+        failed: int,
+        exclude: set[int],
+    ) -> WaveResult | None:
+        """Deal `orphans` to as many fresh clients as `failed`, in a second wave.
+
+        None when no eligible client is left to take them.
+        """
+        spare = [n for n in self._eligible() if n not in exclude]
+        count = min(failed, len(spare))
+        if not count or self._grid is None:
+            return None
+        picks = sample_clients(
+            self.seed, _REASSIGN_STREAM_OFFSET + server_round, count, len(spare)
+        )
+        nodes = [spare[i] for i in picks]
+        assignment = self._assign(orphans, nodes)
+        if not assignment:
+            return None
+        self.assignment.update(assignment)
+        messages = self._wave_messages(server_round, 1, assignment)
+        log(
+            INFO,
+            "reassign: %d orphaned group(s) to partitions %s",
+            len(orphans),
+            [self.partitions[n] for n in assignment],
+        )
+        replies = self._grid.send_and_receive(messages, timeout=self.wave_timeout)
+        return self._collect(server_round, replies)
 
     # ---------------------------------------------------------------- statistics
     def estimate_feature_center(
@@ -461,6 +722,15 @@ class Spry(FedAvg):
             metrics
         )
         return metrics
+
+
+def _gist(reason: str) -> str:
+    """The line of a client's error that says what went wrong (not the stack)."""
+    lines = [line.strip() for line in reason.strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Message:" in line:
+            return line.split("Message:", 1)[1].strip()[:300]
+    return lines[-1][:300] if lines else "(no reason given)"
 
 
 def _train_metrics(records: list[RecordDict]) -> MetricRecord:
