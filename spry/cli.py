@@ -3,6 +3,7 @@
     spry run                          # the default: Spry on MiniLM + Rotten Tomatoes
     spry run --rounds 5 --clients 20 --per-round 5 --set lr=1e-3
     spry config                       # every key, its default and what it means
+    spry devices                      # the device profiles a run can simulate
 
 `spry run` checks the whole config, the model and the dataset before starting any
 process, so bad input costs one line of error, not a traceback from a worker.
@@ -140,6 +141,19 @@ def print_config() -> None:
             print(f"  {f.name.replace('_', '-'):24} = {f.default!r:22} {help_text}")
 
 
+def print_devices(catalog_path: str = "") -> None:
+    from .devices import load_catalog
+
+    print(f"{'profile':14} {'budget MiB':>10} {'speed':>6}")
+    for profile in load_catalog(catalog_path).values():
+        print(f"{profile.name:14} {profile.budget_mib:>10.0f} {profile.speed:>6g}")
+    print(
+        "\nbudget: peak memory its training process may use; speed: relative to one "
+        "simulated client on this host.\nUse: --set device-profiles=phone-4gb:0.5,"
+        "laptop-16gb:0.5 (add profiles with --set device-catalog=FILE.toml)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spry", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -165,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="any config key (repeatable)",
     )
     sub.add_parser("config", help="list every config key with its default")
+    devices = sub.add_parser("devices", help="list the device profiles")
+    devices.add_argument("--catalog", default="", help="TOML file of extra profiles")
     return parser
 
 
@@ -172,6 +188,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "config":
         print_config()
+        return 0
+    if args.command == "devices":
+        try:
+            print_devices(args.catalog)
+        except ValueError as error:
+            print(f"spry: error: {error}", file=sys.stderr)
+            return 2
         return 0
     try:
         return run(overrides_from_args(args))

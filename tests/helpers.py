@@ -6,7 +6,15 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Message, Metadata, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    Error,
+    Message,
+    Metadata,
+    MetricRecord,
+    RecordDict,
+)
 from torch import nn
 
 
@@ -22,7 +30,17 @@ def reply(
         content["arrays"] = ArrayRecord(
             {k: Array(np.asarray(v)) for k, v in arrays.items()}
         )
-    metadata = Metadata(
+    return Message(content=content, metadata=_metadata(src_node_id, message_type))
+
+
+def error_reply(src_node_id: int, reason: str, message_type: str = "train") -> Message:
+    """An error reply from `src_node_id`, as Flower sends when a ClientApp raises."""
+    error = Error(code=0, reason=reason)
+    return Message(error=error, metadata=_metadata(src_node_id, message_type))
+
+
+def _metadata(src_node_id: int, message_type: str) -> Metadata:
+    return Metadata(
         run_id=1,
         message_id="",
         src_node_id=src_node_id,
@@ -33,7 +51,6 @@ def reply(
         ttl=60.0,
         message_type=message_type,
     )
-    return Message(content=content, metadata=metadata)
 
 
 class TinyMLP(nn.Module):

@@ -8,7 +8,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from spry.aggregation import ServerOptimizer
 from strategies import Spry
-from tests.helpers import reply
+from tests.helpers import error_reply, reply
 
 pytestmark = pytest.mark.usefixtures("server_identity")
 
@@ -226,3 +226,79 @@ def test_without_split_every_client_trains_every_tensor_and_aggregation_is_fedav
     # Assert: identical to Flower's own FedAvg aggregation
     for n in NAMES:
         np.testing.assert_allclose(ours[n].numpy(), flowers[n].numpy(), rtol=1e-6)
+
+
+# ------------------------------------------------------ devices, budgets, faults
+def _fleet(budgets_mib, speeds=None):
+    """4 partitions' devices; the memory model: 100 MiB + 1 MiB per parameter."""
+    from spry.devices import DeviceProfile, Fleet
+    from spry.memory_model import MemoryModel
+
+    speeds = speeds or [1.0] * len(budgets_mib)
+    profiles = [
+        DeviceProfile(f"d{i}", budget_mib=b, speed=s)
+        for i, (b, s) in enumerate(zip(budgets_mib, speeds, strict=True))
+    ]
+    memory = MemoryModel(fixed_bytes=100 * 2**20, per_param_bytes=2**20)
+    return Fleet(profiles, memory, margin=0.0)
+
+
+def test_budgets_deal_only_what_fits_and_never_sample_a_device_that_fits_nothing():
+    # Each tensor has 2 parameters: the head (4) is 4 MiB, a group 4 MiB more.
+    # Partition 0 fits nothing, 1 fits one group, 2 two, 3 all three.
+    fleet = _fleet([103, 108.5, 112.5, 1e6])
+    for server_round in range(1, 6):
+        strategy = _strategy(clients=3, fleet=fleet, shared_names=["head.w", "head.b"])
+        _configure(strategy, server_round)
+        by_partition = {
+            strategy.partitions[n]: o for n, o in strategy.assignment.items()
+        }
+        assert 0 not in by_partition
+        for partition, owned in by_partition.items():
+            predicted = fleet.memory.peak_bytes(2 * len(owned))
+            assert predicted <= fleet.profiles[partition].budget_bytes
+        assert len(by_partition[1]) == 4 and len(by_partition[2]) <= 6
+        assert strategy.round_log[server_round]["coverage-assigned"] == 1.0
+
+
+def test_a_straggler_past_the_deadline_is_dropped_as_late():
+    from spry.faults import FaultPlan
+
+    fleet = _fleet([1e6] * 4, speeds=[0.5, 0.5, 0.5, 0.5])
+    strategy = _strategy(
+        clients=2,
+        fleet=fleet,
+        faults=FaultPlan(straggle=0.5, straggle_factor=4.0),
+        deadline=10.0,
+        reassign_orphans=False,
+    )
+    _configure(strategy)
+    (slow,) = [
+        n for n in strategy.assignment if strategy.partitions[n] in strategy._faults
+    ]
+    replies = [
+        reply(n, {k: np.ones(2, np.float32) for k in owned},
+              {"num-examples": 4, "train-seconds": 2.0})
+        for n, owned in strategy.assignment.items()
+    ]  # fmt: skip
+    arrays, _ = strategy.aggregate_train(1, replies)
+    log = strategy.round_log[1]
+    # 2 s on the host = 4 s on a half-speed device; x4 straggling = 16 s > 10 s
+    assert (log["dropped-late"], log["dropped"]) == (1, 1)
+    assert log["device-seconds"] == 10.0  # the server waited out the deadline
+    assert arrays is not None
+    assert log["orphan-groups"] == len(strategy.assignment[slow]) // 2  # pairs
+
+
+def test_injected_crashes_of_every_client_do_not_stop_the_run():
+    from spry.faults import FaultPlan, InjectedFault
+
+    strategy = _strategy(clients=2, faults=FaultPlan(crash=1.0), reassign_orphans=False)
+    messages = _configure(strategy)
+    assert all(m.content["config"]["fault"] == "crash" for m in messages)
+    replies = [
+        error_reply(n, f"ClientAppException. Message: {InjectedFault.MARKER}: crash")
+        for n in strategy.assignment
+    ]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is None and strategy.round_log[1]["dropped-crash"] == 2
