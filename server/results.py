@@ -50,6 +50,7 @@ COLUMNS = (
     "upload-bytes-per-client",
     "forward-passes",
     "round-seconds",
+    "train-wall-seconds",
     "device-round-seconds",
     "elapsed-seconds",
 )
@@ -146,6 +147,7 @@ class RunRecorder:
             "upload-bytes-per-client": train.get("upload-bytes-mean"),
             "forward-passes": train.get("forward-passes"),
             "round-seconds": now - self.last if server_round else 0.0,
+            "train-wall-seconds": round_log.get("train-wall-seconds"),
             "device-round-seconds": round_log.get("device-seconds"),
             "elapsed-seconds": now - self.started,
         }

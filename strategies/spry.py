@@ -11,6 +11,7 @@ a FedYogi step (FedAdam / plain averaging selectable) on the pseudo-gradient.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from logging import INFO
 from typing import Any
@@ -189,6 +190,7 @@ class Spry(FedAvg):
         self._sent: dict[int, str] = {}
         self._faults: dict[int, str] = {}
         self._eligible_nodes: list[int] | None = None
+        self._round_started = 0.0
         # The mean pooled feature every client's head subtracts (set before round
         # 1 by the server app when the run centres features).
         self.feature_center: list[float] | None = None
@@ -336,6 +338,7 @@ class Spry(FedAvg):
         with fault injection some sampled clients are told to crash, and the
         messages of those that time out are never delivered.
         """
+        self._round_started = time.perf_counter()
         self.current = {name: array.numpy() for name, array in arrays.items()}
         if self.optimizer_state is None:
             self.optimizer_state = self.optimizer.init(self.current)
@@ -524,6 +527,9 @@ class Spry(FedAvg):
         metrics = _train_metrics(result.accepted)
         metrics["upload-bytes-mean"] = sum(result.uploaded) / len(result.uploaded)
         entry["train"] = dict(metrics)
+        # Sending, the clients' work, receiving and aggregating: the wall time a
+        # round's training takes in whatever runs the clients.
+        entry["train-wall-seconds"] = time.perf_counter() - self._round_started
         return ArrayRecord({k: Array(v) for k, v in new.items()}), metrics
 
     def _collect(self, server_round: int, replies: Iterable[Message]) -> WaveResult:

@@ -18,6 +18,8 @@ import pytest
 
 TIMING = {
     "round-seconds",
+    "train-wall-seconds",
+    "device-round-seconds",
     "elapsed-seconds",
     "client-train-seconds-max",
     "client-peak-mib",
