@@ -297,6 +297,7 @@ def profile_summary(
                 "speed": profile.speed,
                 "clients": 0,
                 "client-rounds-trained": 0,
+                "slice-tensors-max": 0,
                 "predicted-peak-mib-max": None,
                 "measured-extra-mib-max": None,
                 "measured-worker-rss-mib-max": None,
@@ -304,9 +305,10 @@ def profile_summary(
         )
         row["clients"] += 1
     for entry in round_log.values():
-        for partition, extra, total, predicted in entry.get("peaks", []):
+        for partition, tensors, extra, total, predicted in entry.get("peaks", []):
             row = table[fleet.profiles[partition].name]
             row["client-rounds-trained"] += 1
+            row["slice-tensors-max"] = max(row["slice-tensors-max"], tensors)
             for key, value in (
                 ("predicted-peak-mib-max", predicted),
                 ("measured-extra-mib-max", extra),
@@ -323,11 +325,13 @@ def _log_profiles(table: Mapping[str, Mapping[str, Any]]) -> None:
         log(
             INFO,
             "[spry] %-12s budget %s MiB | %d clients | %d client-rounds | "
-            "predicted peak %s | measured step extra %s | worker RSS %s MiB",
+            "slices up to %d tensors | predicted peak %s | measured step extra %s | "
+            "worker RSS %s MiB",
             name,
             f"{row['budget-mib']:.0f}",
             row["clients"],
             row["client-rounds-trained"],
+            row["slice-tensors-max"],
             _fmt(row["predicted-peak-mib-max"]),
             _fmt(row["measured-extra-mib-max"]),
             _fmt(row["measured-worker-rss-mib-max"]),

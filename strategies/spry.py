@@ -578,6 +578,7 @@ class Spry(FedAvg):
             result.peaks.append(
                 (
                     node_id,
+                    len(self.assignment.get(node_id, [])),
                     int(metrics.get(protocol.PEAK_MEM_BYTES, 0)),
                     int(metrics.get(protocol.PEAK_MEM_TOTAL_BYTES, 0)),
                     self._predicted_bytes(node_id),

@@ -32,9 +32,7 @@ class WaveResult:
     dropped: dict[int, str] = field(default_factory=dict)  # node id -> drop kind
     errors: list[str] = field(default_factory=list)  # genuine client errors
     device_seconds: float = 0.0
-    peaks: list[tuple[int, int, int]] = field(
-        default_factory=list
-    )  # node, extra, total
+    peaks: list[tuple[int, int, int, int, float | None]] = field(default_factory=list)
 
     def drop_counts(self) -> dict[str, int]:
         counts = Counter(self.dropped.values())
