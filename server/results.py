@@ -25,35 +25,7 @@ from spry.devices import Fleet
 from spry.memory import cpu_peak_bytes
 from spry.methods import method_of
 
-COLUMNS = (
-    "round",
-    "test-accuracy",
-    "test-loss",
-    "majority-rate",
-    "federated-accuracy",
-    "federated-loss",
-    "train-loss",
-    "clients",
-    "dropped",
-    "dropped-crash",
-    "dropped-timeout",
-    "dropped-late",
-    "dropped-invalid",
-    "dropped-error",
-    "over-budget",
-    "orphan-groups",
-    "reassigned-groups",
-    "coverage-trained",
-    "client-peak-mib",
-    "client-peak-extra-mib",
-    "client-train-seconds-max",
-    "upload-bytes-per-client",
-    "forward-passes",
-    "round-seconds",
-    "train-wall-seconds",
-    "device-round-seconds",
-    "elapsed-seconds",
-)
+# Columns copied from the strategy's round log as they are
 _FROM_ROUND_LOG = (
     "dropped",
     "dropped-crash",
@@ -65,6 +37,26 @@ _FROM_ROUND_LOG = (
     "orphan-groups",
     "reassigned-groups",
     "coverage-trained",
+)
+COLUMNS = (
+    "round",
+    "test-accuracy",
+    "test-loss",
+    "majority-rate",
+    "federated-accuracy",
+    "federated-loss",
+    "train-loss",
+    "clients",
+    *_FROM_ROUND_LOG,
+    "client-peak-mib",
+    "client-peak-extra-mib",
+    "client-train-seconds-max",
+    "upload-bytes-per-client",
+    "forward-passes",
+    "round-seconds",
+    "train-wall-seconds",
+    "device-round-seconds",
+    "elapsed-seconds",
 )
 
 _PACKAGES = ("torch", "flwr", "transformers", "peft", "datasets", "numpy")
