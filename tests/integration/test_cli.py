@@ -38,6 +38,12 @@ def _spry(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
             ["--method", "spry-iter", "--set", "engine=backprop"],
             "`upload-scalars` needs an engine whose estimate is K scalars",
         ),
+        (["--set", "device-profiles=iphone:1"], "unknown device profile 'iphone'"),
+        (
+            ["--set", "fault-crash=0.8", "--set", "fault-timeout=0.3"],
+            "sum to at most 1",
+        ),
+        (["--set", "orphan-slices=retry"], "`orphan-slices` should be one of"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(args, message):
@@ -58,3 +64,17 @@ def test_config_lists_every_key():
     assert result.returncode == 0
     for key in default_values():
         assert key in result.stdout
+
+
+def test_devices_lists_the_catalogue_and_a_file_adds_to_it(tmp_path):
+    catalog = tmp_path / "mine.toml"
+    catalog.write_text("[watch-1gb]\nbudget-mib = 400\nspeed = 0.05\n")
+    result = _spry("devices", "--catalog", str(catalog))
+    assert result.returncode == 0
+    lines = (line.split() for line in result.stdout.splitlines()[1:])
+    rows = {parts[0]: parts[1:] for parts in lines if len(parts) == 3}
+    assert rows["phone-4gb"] == ["1536", "0.2"]
+    assert rows["watch-1gb"] == ["400", "0.05"]
+    catalog.write_text("[watch]\nram = 1\n")
+    bad = _spry("devices", "--catalog", str(catalog))
+    assert bad.returncode == 2 and "[watch] should hold `budget-mib`" in bad.stderr
