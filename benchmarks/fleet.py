@@ -32,7 +32,51 @@ LINES: dict[str, list[str]] = {
     "mixed-devices": [
         "device-profiles=phone-4gb:0.4,phone-8gb:0.3,jetson-8gb:0.2,laptop-16gb:0.1"
     ],
+    # Budgets cut to fit 1, 3 and 6 groups of the measured model (written by
+    # `tight_catalog`), to show the dealing where budgets bind
+    "tight-devices": [
+        "device-profiles=fits-1-group:0.3,fits-3-groups:0.3,fits-6-groups:0.4",
+        "device-catalog={runs}/tight-devices.toml",
+    ],
 }
+TIGHT = {"fits-1-group": 1, "fits-3-groups": 3, "fits-6-groups": 6}
+
+
+def tight_catalog(path: Path, seed: int) -> Path:
+    """Profiles whose budgets hold the shared tensors and exactly k groups.
+
+    MiniLM + LoRA r=1 fits every catalogue device with room to spare, so budgets
+    never bind on the default; these are cut from the run's own memory model.
+    """
+    from spry.config import RunConfig, default_values
+    from spry.data import load_for
+    from spry.devices import plan_fleet
+    from spry.models import build_classifier, is_head
+    from spry.splitting import group_tensors
+
+    cfg = RunConfig.from_run_config({**default_values(), "seed": seed})
+    data = load_for(cfg.data)
+    trainable = build_classifier(cfg.model, num_labels=data.num_labels, seed=seed)
+    names = list(trainable.names)
+    head = [n for n in names if is_head(n)]
+    size = {n: p.numel() for n, p in trainable.parameters().items()}
+    probe_cfg = RunConfig.from_run_config(
+        {**cfg.to_mapping(), "device-profiles": "phone-4gb"}
+    )
+    memory = plan_fleet(probe_cfg, names, head, data.num_labels).memory
+    assert memory is not None
+    groups = group_tensors(names, head, cfg.strategy.group_size, cfg.strategy.split)
+    shared = sum(size[n] for n in head)
+    group = max(sum(size[n] for n in g) for g in groups)
+    lines = []
+    for name, k in TIGHT.items():
+        # halfway between k and k + 1 groups, with the run's margin
+        need = memory.peak_bytes(shared + int((k + 0.5) * group))
+        budget = need * (1 + cfg.simulation.memory_margin) / 2**20
+        lines.append(f"[{name}]\nbudget-mib = {budget:.4f}\nspeed = 0.5\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    return path
 
 
 def summarize(label: str, run_dir: Path) -> dict[str, Any]:
@@ -117,11 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = []
     for label in args.line or list(LINES):
+        settings = [s.format(runs=args.runs_dir) for s in LINES[label]]
+        if label == "tight-devices":
+            tight_catalog(args.runs_dir / "tight-devices.toml", args.seed)
         run_dir = run_method(
             "spry",
             args.rounds,
             args.seed,
-            LINES[label],
+            settings,
             args.runs_dir,
             reuse=args.reuse,
             label=label,
