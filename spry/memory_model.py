@@ -75,8 +75,11 @@ class MemoryModel:
 def probe(cfg: RunConfig, names: Sequence[str], num_labels: int) -> dict:
     """Measure, in this process, the peak of a client training `names` (stable).
 
-    Meant for a fresh process (`python -m spry.memory_model`): the high-water mark
-    covers everything the process did.
+    Meant for a fresh process (`python -m spry.memory_model`) that holds nothing
+    but this client, as a device would. The peak is the resident-set high-water
+    mark during the two steps (interpreter, torch and the weights included); on
+    CUDA it is `max_memory_allocated`, GPU memory only (a Jetson's unified memory
+    also holds the process's CPU side, which this leaves out).
     """
     import torch
 
