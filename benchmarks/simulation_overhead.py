@@ -20,11 +20,9 @@ runs the parallel layout, where the engine should beat the loop.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -54,10 +52,9 @@ def flower_rounds(overrides: dict[str, Any], results: Path) -> list[float]:
     code = run({**overrides, "results-dir": str(results)})
     if code != 0:
         raise RuntimeError(f"spry run failed with exit code {code}")
-    (metrics,) = results.glob("*/metrics.csv")
-    with open(metrics) as fh:
-        rows = [r for r in csv.DictReader(fh) if r["train-wall-seconds"]]
-    return [float(r["train-wall-seconds"]) for r in rows]
+    (log,) = results.glob("*/rounds.json")
+    rounds = json.loads(log.read_text())
+    return [rounds[str(r)]["train-wall-seconds"] for r in range(1, len(rounds) + 1)]
 
 
 def loop_rounds(overrides: dict[str, Any]) -> list[float]:
@@ -119,15 +116,16 @@ def compare(args: argparse.Namespace, client_cpus: int) -> dict[str, Any]:
     started = time.perf_counter()
     loop = loop_rounds(overrides)
     loop_total = time.perf_counter() - started
-    steady_flower = statistics.median(flower[1:]) if len(flower) > 1 else flower[0]
-    steady_loop = statistics.median(loop[1:]) if len(loop) > 1 else loop[0]
+    # Round r samples the same clients in both, with very different partition
+    # sizes from round to round: compare the same rounds, 2 onwards, in total.
+    steady_flower, steady_loop = sum(flower[1:]), sum(loop[1:])
     return {
         "client-num-cpus": client_cpus,
         "workers": max((os.cpu_count() or 1) // client_cpus, 1),
         "flower-round-seconds": flower,
         "loop-round-seconds": loop,
-        "flower-median-after-round-1": steady_flower,
-        "loop-median-after-round-1": steady_loop,
+        "flower-seconds-after-round-1": steady_flower,
+        "loop-seconds-after-round-1": steady_loop,
         "ratio": steady_flower / steady_loop,
         "flower-process-seconds": flower_total,
         "loop-process-seconds": loop_total,
@@ -140,17 +138,18 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"{result['clients']} clients, {result['per-round']} per round, "
         f"{result['rounds']} rounds, default model and engine; training wall time "
-        "per round (configure_train to aggregate_train), median of rounds 2+. "
+        "(configure_train to aggregate_train) of rounds 2+, summed: the same rounds "
+        "and clients in both. "
         f"{result['machine']}, {result['cpus']} CPUs.",
         "",
-        "| client CPUs | Ray workers | Flower s/round | loop s/round | ratio |",
+        "| client CPUs | Ray workers | Flower s | loop s | ratio |",
         "|---:|---:|---:|---:|---:|",
     ]
     for row in result["layouts"]:
         lines.append(
             f"| {row['client-num-cpus']} | {row['workers']} | "
-            f"{row['flower-median-after-round-1']:.2f} | "
-            f"{row['loop-median-after-round-1']:.2f} | {row['ratio']:.3f} |"
+            f"{row['flower-seconds-after-round-1']:.1f} | "
+            f"{row['loop-seconds-after-round-1']:.1f} | {row['ratio']:.3f} |"
         )
     lines += [
         "",

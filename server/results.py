@@ -231,10 +231,10 @@ class RunRecorder:
         status: str = "completed",
         round_log: Mapping[int, Mapping[str, Any]] | None = None,
     ) -> Path:
-        """Write summary.json and return its path.
+        """Write summary.json (and rounds.json, the strategy's log); return its path.
 
-        It holds final and best accuracy, time, dropouts, memory per device
-        profile and the driver's peak memory.
+        The summary holds final and best accuracy, time, dropouts, memory per
+        device profile and the driver's peak memory.
         """
         summary: dict[str, Any] = {
             "status": status,
@@ -243,6 +243,11 @@ class RunRecorder:
             "driver-peak-rss-mib": cpu_peak_bytes() / 2**20,
         }
         if round_log:
+            # Every round's log, evaluated or not: sampled partitions, faults,
+            # drops, coverage, per-client peaks, wall and device time
+            (self.directory / "rounds.json").write_text(
+                json.dumps({str(r): e for r, e in sorted(round_log.items())}, indent=1)
+            )
             summary["dropouts"] = _dropouts(round_log)
             summary["device-seconds"] = sum(
                 e.get("device-seconds", 0.0) for e in round_log.values()
