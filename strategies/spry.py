@@ -265,10 +265,9 @@ class Spry(FedAvg):
         if self._eligible_nodes is None:
             nodes = self._by_partition()
             if self.fleet is not None and self.fleet.budgeted:
-                size = {n: int(np.asarray(v).size) for n, v in self.current.items()}
-                shared = sum(size[n] for n in self.shared_names)
+                shared = self._params(self.shared_names)
                 cheapest = min(
-                    (self.fleet.cost(sum(size[n] for n in g)) for g in self._groups),
+                    (self.fleet.cost(self._params(g)) for g in self._groups),
                     default=0.0,
                 )
                 nodes = [
@@ -372,16 +371,19 @@ class Spry(FedAvg):
         )
         return messages
 
+    def _params(self, names: Iterable[str]) -> int:
+        """Parameters in the tensors `names`."""
+        return sum(int(np.asarray(self.current[n]).size) for n in names)
+
     def _assign(
         self, groups: list[tuple[str, ...]], nodes: list[int]
     ) -> dict[int, list[str]]:
         """Deal `groups` to `nodes`, within their devices' memory when budgeted."""
         if self.fleet is None or not self.fleet.budgeted:
             return assign_groups(groups, nodes, shared=self.shared_names)
-        size = {n: int(np.asarray(v).size) for n, v in self.current.items()}
-        shared = sum(size[n] for n in self.shared_names)
+        shared = self._params(self.shared_names)
         room = {n: self.fleet.room(self.partitions[n], shared) for n in nodes}
-        cost = [self.fleet.cost(sum(size[n] for n in g)) for g in groups]
+        cost = [self.fleet.cost(self._params(g)) for g in groups]
         return assign_within_budgets(
             groups, nodes, room=room, cost=cost, shared=self.shared_names
         )
@@ -574,7 +576,6 @@ class Spry(FedAvg):
             result.contributions.append((tensors, weight))
             result.accepted.append(RecordDict({protocol.METRICS: metrics}))
             result.uploaded.append(nbytes)
-            result.contributors.append(node_id)
             result.peaks.append(
                 (
                     node_id,
@@ -597,9 +598,7 @@ class Spry(FedAvg):
         if self.fleet is None:
             return None
         owned = self.assignment.get(node_id, [])
-        return self.fleet.predicted_bytes(
-            sum(int(np.asarray(self.current[n]).size) for n in owned)
-        )
+        return self.fleet.predicted_bytes(self._params(owned))
 
     def _device_seconds(self, node_id: int, metrics: MetricRecord, fault: str) -> float:
         """How long the client's work would take on its device."""

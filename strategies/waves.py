@@ -28,7 +28,6 @@ class WaveResult:
     )
     accepted: list[RecordDict] = field(default_factory=list)  # their metrics
     uploaded: list[int] = field(default_factory=list)  # bytes per accepted client
-    contributors: list[int] = field(default_factory=list)  # node ids
     dropped: dict[int, str] = field(default_factory=dict)  # node id -> drop kind
     errors: list[str] = field(default_factory=list)  # genuine client errors
     device_seconds: float = 0.0
@@ -44,7 +43,6 @@ class WaveResult:
             contributions=self.contributions + other.contributions,
             accepted=self.accepted + other.accepted,
             uploaded=self.uploaded + other.uploaded,
-            contributors=self.contributors + other.contributors,
             dropped={**self.dropped, **other.dropped},
             errors=self.errors + other.errors,
             device_seconds=self.device_seconds + other.device_seconds,
