@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .cache import cache_root
+
 if TYPE_CHECKING:
     from .config import RunConfig
 
@@ -149,8 +151,7 @@ def _cache_file(cfg: RunConfig, names: Sequence[str], num_labels: int) -> Path:
         sort_keys=True,
     )
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
-    root = Path(os.environ.get("SPRY_CACHE", Path.home() / ".cache" / "spry"))
-    return root / "memory-model" / f"{digest}.json"
+    return cache_root() / "memory-model" / f"{digest}.json"
 
 
 def measure(cfg: RunConfig, names: Sequence[str], num_labels: int) -> dict:

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..cache import cache_root
 from ..seeding import STREAM_INIT, derive_seed
 from .classifier import (
     ModelError,
@@ -60,10 +61,6 @@ def offline_gguf(name: str) -> tuple[str, str] | None:
     return folder, filename
 
 
-def _cache_root() -> Path:
-    return Path(os.environ.get("SPRY_CACHE", Path.home() / ".cache" / "spry"))
-
-
 def _weights_source(name: str) -> tuple[str, dict[str, str]]:
     """Where to load `name` from: (path, extra from_pretrained arguments).
 
@@ -75,7 +72,7 @@ def _weights_source(name: str) -> tuple[str, dict[str, str]]:
     if gguf is None:
         return name, {}
     folder, filename = gguf
-    cached = _cache_root() / Path(filename).stem
+    cached = cache_root() / Path(filename).stem
     if (cached / "config.json").exists():
         return str(cached), {}
     from transformers import AutoModelForCausalLM, AutoTokenizer
