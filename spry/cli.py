@@ -18,8 +18,10 @@ import argparse
 import dataclasses
 import importlib
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from .config import ClientConfig, ConfigError, ConfigValue, RunConfig, default_values
 from .methods import METHODS, method_overrides
@@ -101,15 +103,52 @@ def run(overrides: dict[str, ConfigValue]) -> int:
         "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False},
     }
     try:
-        run_simulation(
-            server_app=server_app,  # type: ignore[arg-type]
-            client_app=client_app,  # type: ignore[arg-type]
-            num_supernodes=cfg.data.num_clients,
-            backend_config=backend_config,  # type: ignore[arg-type]
-        )
+        with _ctrl_c_stops_every_worker():
+            run_simulation(
+                server_app=server_app,  # type: ignore[arg-type]
+                client_app=client_app,  # type: ignore[arg-type]
+                num_supernodes=cfg.data.num_clients,
+                backend_config=backend_config,  # type: ignore[arg-type]
+            )
     finally:
         _stop_ray()
     return 0 if _last_run_completed(cfg) else 1
+
+
+@contextmanager
+def _ctrl_c_stops_every_worker() -> Iterator[None]:
+    """On Ctrl-C, kill the processes this run started and exit 130 at once.
+
+    A KeyboardInterrupt raised into Flower would unwind only the main thread: the
+    ServerApp thread and the engine's worker threads keep calling Ray, and one that
+    touches Ray after `ray.shutdown()` makes Ray's core end the process with status 1.
+    So the handler does not unwind anything: what was measured is already on disk
+    (results are written every round), and Ray's processes are our descendants.
+    """
+
+    def interrupt(signum: int, frame: object) -> None:
+        print("spry: interrupted; stopping workers", file=sys.stderr, flush=True)
+        _kill_descendants()
+        sys.stdout.flush()
+        os._exit(130)
+
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _kill_descendants() -> None:
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(children, timeout=10)
 
 
 def _stop_ray() -> None:
@@ -201,13 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ValueError, OSError) as error:  # one line, no traceback wall
         print(f"spry: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        # Flower's ServerApp runs in a non-daemon thread that Ctrl-C does not reach;
-        # Ray is already stopped (run's `finally`), so leave without waiting for it.
-        print("spry: interrupted; workers stopped", file=sys.stderr)
-        sys.stderr.flush()
-        sys.stdout.flush()
-        os._exit(130)
+    except KeyboardInterrupt:  # before the engine started: nothing to stop
+        print("spry: interrupted", file=sys.stderr)
+        return 130
     except Exception as error:  # the run started and failed; Flower logged the cause
         print(f"spry: error: the run failed: {error}", file=sys.stderr)
         return 1
