@@ -63,7 +63,7 @@ def tight_catalog(path: Path, seed: int) -> Path:
     probe_cfg = RunConfig.from_run_config(
         {**cfg.to_mapping(), "device-profiles": "phone-4gb"}
     )
-    memory = plan_fleet(probe_cfg, names, head, data.num_labels).memory
+    memory = plan_fleet(probe_cfg, names, head).memory
     assert memory is not None
     groups = group_tensors(names, head, cfg.strategy.group_size, cfg.strategy.split)
     shared = sum(size[n] for n in head)

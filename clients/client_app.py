@@ -2,17 +2,19 @@
 
 The same app runs inside Flower's simulation engine and as a SuperNode on a device.
 Everything it needs to know about the run arrives in each message's ConfigRecord;
-the only local facts are its partition id (node config) and its hardware.
+the only local facts are its partition id (node config) and its hardware. What it
+learns (model, data, loss, metrics) is the run's task (`spry.tasks`).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.tasks import ClassificationTask, load_task
 from spry import protocol
 from spry.config import RunConfig, StrategyConfig
 from spry.engines import FiniteDifference, GradientEngine
@@ -20,6 +22,7 @@ from spry.engines.selection import CosineRankedDirections
 from spry.faults import CRASH, InjectedFault
 from spry.memory import track_peak_memory
 from spry.models import TrainableModel
+from spry.tasks import Task, device_for, load_task
 from spry.training import (
     TrainReport,
     estimate_one_batch,
@@ -39,7 +42,11 @@ def _run_config(msg: Message) -> RunConfig:
     # The message also carries per-message fields (round, slice, seeds): keep the
     # run's own keys. The server built them from a valid RunConfig.
     known = set(RunConfig.keys())
-    values = {k: v for k, v in msg.content[protocol.CONFIG].items() if k in known}
+    values = {
+        k: v
+        for k, v in msg.content[protocol.CONFIG].items()
+        if k in known or "." in k  # `<task>.<option>`
+    }
     cfg = RunConfig.from_run_config(values)
     torch.set_num_threads(cfg.runtime.client_num_cpus)
     return cfg
@@ -73,8 +80,10 @@ def feature_stats(msg: Message, context: Context) -> Message:
     """
     cfg = _run_config(msg)
     partition_id, _ = _partition(context)
-    task = load_task(cfg, partition_id)
-    total, count = task.feature_sum(task.model({}))
+    task, device = load_task(cfg), device_for(cfg)
+    total, count = task.feature_sum(
+        task.model(device), task.partition(partition_id).train, device
+    )
     return Message(
         RecordDict(
             {
@@ -103,19 +112,23 @@ def train(msg: Message, context: Context) -> Message:
             f"round {server_round})"
         )
     names = list(fields[protocol.TRAINABLE_NAMES])
-    task = load_task(cfg, partition_id)
+    task, device = load_task(cfg), device_for(cfg)
     trainable = task.model(
+        device,
         {**_arrays(msg, protocol.CONTEXT), **_arrays(msg, protocol.ARRAYS)},
         _feature_center(msg),
     )
     engine = make_client_engine(cfg.client)
-    _ = task.train_data  # build the partition outside the measured block
+    task.partition(partition_id)  # build the partition outside the measured block
+    client = _Client(task, partition_id, device)
     one_step = cfg.strategy.strategy in StrategyConfig.ONE_STEP
-    with track_peak_memory(task.device) as memory:
+    with track_peak_memory(device) as memory:
         if one_step:
-            tensors, report = _estimate(msg, cfg, task, trainable, names, engine)
+            tensors, report = _estimate(msg, cfg, client, trainable, names, engine)
         else:
-            tensors, report = _train(cfg, task, trainable, names, engine, server_round)
+            tensors, report = _train(
+                cfg, client, trainable, names, engine, server_round
+            )
     if cfg.strategy.upload_scalars:
         upload = ArrayRecord(
             {"scalars": Array(np.asarray(report.scalars, dtype=np.float64))}
@@ -139,25 +152,34 @@ def train(msg: Message, context: Context) -> Message:
     return Message(RecordDict({key: upload, protocol.METRICS: metrics}), reply_to=msg)
 
 
+class _Client(NamedTuple):
+    task: Task
+    partition_id: int
+    device: str
+
+
 def _train(
     cfg: RunConfig,
-    task: ClassificationTask,
+    client: _Client,
     trainable: TrainableModel,
     names: list[str],
     engine: GradientEngine,
     server_round: int,
 ) -> tuple[dict[str, np.ndarray], TrainReport]:
     """Local epochs on the slice; returns the trained slice."""
+    task, partition_id, device = client
     report = train_slice(
         trainable,
         names,
-        lambda epoch: task.batches(trainable, server_round, epoch),
+        lambda epoch: task.train_batches(
+            trainable, partition_id, server_round, epoch, device
+        ),
         loss=task.loss,
         engine=engine,
         cfg=cfg.client,
         seed=cfg.runtime.seed,
         server_round=server_round,
-        partition_id=task.partition_id,
+        partition_id=partition_id,
     )
     live = trainable.parameters()
     return {n: _numpy(live[n]) for n in names}, report
@@ -166,14 +188,23 @@ def _train(
 def _estimate(
     msg: Message,
     cfg: RunConfig,
-    task: ClassificationTask,
+    client: _Client,
     trainable: TrainableModel,
     names: list[str],
     engine: GradientEngine,
 ) -> tuple[dict[str, np.ndarray], TrainReport]:
-    """One estimate on one batch, along the directions the server's seed names."""
+    """One estimate on one batch, along the directions the server's seed names.
+
+    The batch is the first of round `data-round`'s order.
+    """
+    task, partition_id, device = client
     fields = msg.content[protocol.CONFIG]
-    batch = task.first_batch(trainable, int(fields[protocol.DATA_ROUND]))
+    batch = next(
+        task.train_batches(
+            trainable, partition_id, int(fields[protocol.DATA_ROUND]), 0, device
+        ),
+        None,
+    )
     if batch is None:  # an empty partition: the server drops a 0-example reply
         return {}, TrainReport(num_examples=0, steps=0, mean_loss=0.0)
     target = _arrays(msg, protocol.TARGET)
@@ -207,14 +238,31 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Score the received model on this client's held-out examples."""
     cfg = _run_config(msg)
     partition_id, _ = _partition(context)
-    task = load_task(cfg, partition_id)
-    trainable = task.model(_arrays(msg, protocol.ARRAYS), _feature_center(msg))
-    scores = task.evaluate(trainable)
+    task, device = load_task(cfg), device_for(cfg)
+    trainable = task.model(device, _arrays(msg, protocol.ARRAYS), _feature_center(msg))
+    scores = task.evaluate(trainable, task.partition(partition_id).held_out, device)
     metrics = MetricRecord(
         {
             protocol.ACCURACY: scores["accuracy"],
             protocol.LOSS: scores["loss"],
             protocol.NUM_EXAMPLES: int(scores["num-examples"]),
+        }
+    )
+    return Message(RecordDict({protocol.METRICS: metrics}), reply_to=msg)
+
+
+@app.query(protocol.TASK_REPORT)
+def task_report(msg: Message, context: Context) -> Message:
+    """After the last round: the task's report on this client's private data."""
+    cfg = _run_config(msg)
+    partition_id, _ = _partition(context)
+    task, device = load_task(cfg), device_for(cfg)
+    trainable = task.model(device, _arrays(msg, protocol.ARRAYS), _feature_center(msg))
+    report = task.report(trainable, partition_id, device)
+    metrics = MetricRecord(
+        {
+            **{k: float(v) for k, v in report.items()},
+            protocol.PARTITION_ID: partition_id,
         }
     )
     return Message(RecordDict({protocol.METRICS: metrics}), reply_to=msg)

@@ -78,7 +78,7 @@ class RunRecorder:
 
     directory: Path
     num_rounds: int
-    majority_rate: float
+    majority_rate: float | None  # the task's reference line, when it has one
     rows: list[dict[str, Any]] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)  # extra summary fields
     fleet: Fleet | None = None  # the clients' devices, for the per-profile summary
@@ -86,7 +86,9 @@ class RunRecorder:
     last: float = field(default_factory=time.time)
 
     @classmethod
-    def create(cls, cfg: RunConfig, *, majority_rate: float) -> RunRecorder:
+    def create(
+        cls, cfg: RunConfig, *, reference: Mapping[str, float] | None = None
+    ) -> RunRecorder:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run = f"{method_of(cfg)}-{cfg.client.engine}-seed{cfg.runtime.seed}"
         name = f"{stamp}-{run}"
@@ -98,6 +100,7 @@ class RunRecorder:
         directory.mkdir(parents=True)
         manifest = {
             "method": method_of(cfg),
+            "task": cfg.task.task,
             "config": cfg.to_mapping(),
             "versions": _versions(),
             "machine": platform.platform(),
@@ -110,7 +113,7 @@ class RunRecorder:
         return cls(
             directory=directory,
             num_rounds=cfg.runtime.num_server_rounds,
-            majority_rate=majority_rate,
+            majority_rate=(reference or {}).get("majority-rate"),
         )
 
     def record(
@@ -159,10 +162,12 @@ class RunRecorder:
                 row["elapsed-seconds"] - self.rows[0]["elapsed-seconds"]
             ) / done
             eta = f" | ETA {_duration(per_round * (self.num_rounds - done))}"
+        accuracy = f"test acc {100 * row['test-accuracy']:.1f}%"
+        if self.majority_rate is not None:
+            accuracy += f" (majority {100 * self.majority_rate:.1f}%)"
         parts = [
             f"round {done}/{self.num_rounds}",
-            f"test acc {100 * row['test-accuracy']:.1f}% "
-            f"(majority {100 * self.majority_rate:.1f}%)",
+            accuracy,
             f"test loss {row['test-loss']:.4f}",
         ]
         if row["federated-accuracy"] is not None:
@@ -202,9 +207,10 @@ class RunRecorder:
             acc.plot(
                 *zip(*fed, strict=True), "s--", label="clients' held-out (federated)"
             )
-        acc.axhline(
-            100 * self.majority_rate, color="grey", ls=":", label="majority class"
-        )
+        if self.majority_rate is not None:
+            acc.axhline(
+                100 * self.majority_rate, color="grey", ls=":", label="majority class"
+            )
         acc.set(xlabel="round", ylabel="accuracy (%)", title="Accuracy")
         acc.legend()
         loss.plot(rounds, [r["test-loss"] for r in self.rows], "o-", label="test loss")

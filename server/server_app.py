@@ -27,11 +27,9 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from spry import protocol
-from spry.classification import evaluate
 from spry.config import ConfigError, ConfigValue, RunConfig
-from spry.data import load_for
 from spry.devices import plan_fleet
-from spry.models import build_classifier, is_head
+from spry.tasks import load_task
 from strategies import STRATEGIES
 
 from .results import RunRecorder
@@ -95,11 +93,9 @@ def discover_partitions(
 
 def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     """Run `cfg` on `grid`; return the results folder."""
-    data = load_for(cfg.data)
-    trainable = build_classifier(
-        cfg.model, num_labels=data.num_labels, seed=cfg.runtime.seed
-    )
-    recorder = RunRecorder.create(cfg, majority_rate=data.majority_rate())
+    task = load_task(cfg)
+    trainable = task.model()
+    recorder = RunRecorder.create(cfg, reference=task.reference_metrics())
     partitions = discover_partitions(grid, cfg.data.num_clients)
     log(
         INFO,
@@ -114,8 +110,8 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
             f"unknown strategy {cfg.strategy.strategy!r}; "
             f"available: {sorted(STRATEGIES)}"
         )
-    head = [n for n in trainable.names if is_head(n)]
-    fleet = plan_fleet(cfg, list(trainable.names), head, data.num_labels)
+    head = task.head_names(trainable.names)
+    fleet = plan_fleet(cfg, list(trainable.names), head)
     recorder.fleet = fleet
     strategy = strategy_cls.from_run(cfg, partitions, head, fleet=fleet)
 
@@ -123,19 +119,13 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
         if not cfg.runtime.evaluates(server_round):
             return None
         trainable.load({k: v.numpy() for k, v in arrays.items()})
-        scores = evaluate(
-            trainable.model,
-            trainable.tokenizer,
-            data.test,
-            batch_size=cfg.client.eval_batch_size,
-            max_length=cfg.model.max_length,
-        )
+        scores = task.evaluate(trainable, task.test_data())
         recorder.record(server_round, scores, strategy.round_log.get(server_round, {}))
         return MetricRecord({"accuracy": scores["accuracy"], "loss": scores["loss"]})
 
     status = "failed"
     try:
-        if cfg.model.center_features:
+        if task.centers_features():
             recorder.notes["feature-center-examples"] = (
                 strategy.estimate_feature_center(
                     grid, ConfigRecord(), timeout=cfg.runtime.round_timeout
@@ -152,6 +142,14 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
             timeout=cfg.runtime.round_timeout,
             evaluate_fn=evaluate_central,
         )
+        final = ArrayRecord({k: Array(v) for k, v in trainable.state().items()})
+        if task.has_report:
+            reports = strategy.task_reports(grid, final, cfg.runtime.round_timeout)
+            merged = task.merge_reports(reports)
+            log(INFO, "task report of %d clients: %s", len(reports), merged)
+            recorder.notes["task-report"] = {**merged, "clients": len(reports)}
+        trainable.load({k: v.numpy() for k, v in final.items()})
+        recorder.notes.update(task.finish(trainable, recorder.directory))
         status = "completed"
     finally:
         recorder.finish(status, strategy.round_log)

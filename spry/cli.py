@@ -4,6 +4,7 @@
     spry run --rounds 5 --clients 20 --per-round 5 --set lr=1e-3
     spry config                       # every key, its default and what it means
     spry devices                      # the device profiles a run can simulate
+    spry tasks                        # the registered tasks (`spry run --task NAME`)
 
 `spry run` checks the whole config, the model and the dataset before starting any
 process, so bad input costs one line of error, not a traceback from a worker.
@@ -40,6 +41,7 @@ _SHORTCUTS = {  # flag -> config key
     "seed": "seed",
     "results_dir": "results-dir",
     "engine": "engine",
+    "task": "task",
 }
 
 
@@ -70,17 +72,15 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, ConfigValue]:
 
 
 def preflight(cfg: RunConfig) -> None:
-    """Load the dataset and build the model once, so bad names fail here."""
-    from .data import load_for
+    """Build the task's model and test data once, so bad names fail here."""
     from .devices import plan_fleet
-    from .models import build_classifier, is_head
+    from .tasks import load_task
 
-    data = load_for(cfg.data)
-    trainable = build_classifier(
-        cfg.model, num_labels=data.num_labels, seed=cfg.runtime.seed
-    )
-    head = [n for n in trainable.names if is_head(n)]
-    plan_fleet(cfg, list(trainable.names), head, data.num_labels)  # fits somewhere?
+    task = load_task(cfg)
+    trainable = task.model()
+    task.test_data()
+    head = task.head_names(trainable.names)
+    plan_fleet(cfg, list(trainable.names), head)  # fits somewhere?
 
 
 def run(overrides: dict[str, ConfigValue]) -> int:
@@ -193,6 +193,26 @@ def print_devices(catalog_path: str = "") -> None:
     )
 
 
+def print_tasks() -> None:
+    """The registered tasks, one line each, and their options."""
+    from .tasks import available, get
+
+    for name in available():
+        try:
+            task = get(name)
+        except ConfigError as error:
+            print(f"{name:16s} (cannot load: {error})")
+            continue
+        print(f"{name:16s} {task.summary}")
+        for option in task.Options.keys():
+            default = getattr(task.Options(), option.replace("-", "_"))
+            print(f"{'':16s}   {name}.{option} = {default!r}")
+    print(
+        "\nUse: spry run --task NAME [--set NAME.OPTION=VALUE]; add a task with an "
+        '[project.entry-points."spry.tasks"] entry in your package'
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spry", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -210,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--partitioner", choices=["dirichlet", "iid"])
     run_p.add_argument("--engine", choices=ClientConfig.ENGINES)
     run_p.add_argument("--seed", type=int)
+    run_p.add_argument("--task", help="a registered task (see `spry tasks`)")
     run_p.add_argument("--results-dir")
     run_p.add_argument(
         "--set",
@@ -218,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="any config key (repeatable)",
     )
     sub.add_parser("config", help="list every config key with its default")
+    sub.add_parser("tasks", help="list the registered tasks and their options")
     devices = sub.add_parser("devices", help="list the device profiles")
     devices.add_argument("--catalog", default="", help="TOML file of extra profiles")
     return parser
@@ -227,6 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "config":
         print_config()
+        return 0
+    if args.command == "tasks":
+        print_tasks()
         return 0
     if args.command == "devices":
         try:

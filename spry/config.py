@@ -433,6 +433,19 @@ class StrategyConfig(_Section):
 
 
 @dataclass(frozen=True)
+class TaskConfig(_Section):
+    """What clients learn: a task registered by name (`spry tasks` lists them)."""
+
+    task: str = field(
+        default="classification",
+        metadata={
+            "help": "a registered task (`spry tasks`); its own options are "
+            "`<task>.<option>` keys"
+        },
+    )
+
+
+@dataclass(frozen=True)
 class RuntimeConfig(_Section):
     """Rounds, seed, where results go, and what each simulated client may use."""
 
@@ -555,6 +568,9 @@ class RunConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    # `<task>.<option>` keys of the selected task, validated by the task's Options
+    task_options: tuple[tuple[str, ConfigValue], ...] = ()
 
     SECTIONS: ClassVar[dict[str, type[_Section]]] = {
         "model": ModelConfig,
@@ -563,6 +579,7 @@ class RunConfig:
         "strategy": StrategyConfig,
         "runtime": RuntimeConfig,
         "simulation": SimulationConfig,
+        "task": TaskConfig,
     }
 
     def __post_init__(self) -> None:
@@ -577,6 +594,15 @@ class RunConfig:
             f"should not exceed `num-clients` ({self.data.num_clients})",
         )
         self._check_combination()
+        self.task_spec()  # an unknown task or a bad option fails here
+
+    def task_spec(self) -> tuple[type, Any]:
+        """The selected task's class and its validated options."""
+        from .tasks.base import build_options
+        from .tasks.registry import get
+
+        task = get(self.task.task)
+        return task, build_options(task, dict(self.task_options))
 
     def _check_combination(self) -> None:
         """Options that are each valid but do not go together, named before any work."""
@@ -628,7 +654,9 @@ class RunConfig:
         keys Flower itself injects, such as `server-round`, are ignored.
         """
         known = set(cls.keys())
-        unknown = sorted(k for k in values if k not in known and k not in _TRANSIENT)
+        unknown = sorted(
+            k for k in values if k not in known and k not in _TRANSIENT and "." not in k
+        )
         if unknown:
             raise ConfigError(
                 f"unknown config key(s) {unknown}; valid keys: {sorted(known)}"
@@ -636,19 +664,44 @@ class RunConfig:
         sections = {
             name: section.from_mapping(values) for name, section in cls.SECTIONS.items()
         }
-        return cls(**sections)  # type: ignore[arg-type]
+        # Options of the selected task; other tasks' tables (a pyproject may carry
+        # several) are kept out; a dotted key naming no registered task is a typo.
+        from .tasks.base import build_options
+        from .tasks.registry import get
+
+        selected = sections["task"].task  # type: ignore[attr-defined]
+        task = get(selected)  # an unknown task lists the registered ones
+        given = {}
+        for key in sorted(k for k in values if "." in k):
+            prefix, _, option = key.partition(".")
+            if prefix == selected:
+                given[option] = values[key]
+            elif prefix not in _registered_tasks():
+                raise ConfigError(
+                    f"config key {key!r} names no registered task "
+                    f"({', '.join(_registered_tasks())})"
+                )
+        options = build_options(task, given).to_mapping()  # every option, typed
+        return cls(**sections, task_options=tuple(options.items()))  # type: ignore[arg-type]
 
     def to_mapping(self) -> dict[str, ConfigValue]:
         """The flat kebab-case mapping (round-trips through `from_run_config`)."""
         flat: dict[str, ConfigValue] = {}
         for name in self.SECTIONS:
             flat.update(getattr(self, name).to_mapping())
+        flat.update({f"{self.task.task}.{k}": v for k, v in self.task_options})
         return flat
 
 
 def default_values() -> dict[str, ConfigValue]:
     """Every key with its default: the table `[tool.flwr.app.config]` mirrors."""
     return RunConfig().to_mapping()
+
+
+def _registered_tasks() -> list[str]:
+    from .tasks.registry import available
+
+    return list(available())
 
 
 # Keys that travel in messages but are not part of a run's configuration.

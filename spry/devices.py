@@ -191,9 +191,7 @@ class Fleet:
         return None if self.memory is None else self.memory.peak_bytes(params)
 
 
-def plan_fleet(
-    cfg: RunConfig, names: Sequence[str], head: Sequence[str], num_labels: int
-) -> Fleet:
+def plan_fleet(cfg: RunConfig, names: Sequence[str], head: Sequence[str]) -> Fleet:
     """The run's fleet; measures the memory model when some budget is finite.
 
     Raises ValueError when no device of the mix can train the smallest slice (the
@@ -208,8 +206,16 @@ def plan_fleet(
     profiles = assign_profiles(mix, cfg.data.num_clients, cfg.runtime.seed)
     if all(p.budget_mib == float("inf") for p, _ in mix):
         return Fleet(profiles, None, sim.memory_margin)
+    if cfg.task.task != "classification":
+        raise ValueError(
+            f"device budgets (`device-profiles` with a finite budget) need the memory "
+            f"model, which measures the classification task only; task "
+            f"{cfg.task.task!r} runs with the `host` profile"
+        )
+    from .data import load_for
     from .memory_model import calibrate
 
+    num_labels = load_for(cfg.data).num_labels
     smallest = min(groups, key=len) if groups else ()
     memory = calibrate(cfg, [*smallest, *shared], list(names), num_labels)
     need = memory.peak_bytes(memory.probes[0]["params"]) * (1 + sim.memory_margin)

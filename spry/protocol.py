@@ -32,6 +32,7 @@ FORWARD_PASSES = "forward-passes"  # model passes the engine ran (a jvp pass cou
 # Actions: message types beyond Flower's defaults ("train", "evaluate")
 DESCRIBE = "describe"  # query: which partition a node holds
 FEATURE_STATS = "feature_stats"  # query: sum and count of the pooled features
+TASK_REPORT = "task_report"  # query: after the last round, the task's client report
 
 # Model statistics the server sets and every train/evaluate message carries
 FEATURE_CENTER = "feature-center"  # list[float]: the mean pooled feature

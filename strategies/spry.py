@@ -685,6 +685,35 @@ class Spry(FedAvg):
         log(INFO, "feature center: mean pooled feature of %d examples", count)
         return count
 
+    def task_reports(
+        self, grid: Grid, arrays: ArrayRecord, timeout: float | None = None
+    ) -> list[dict[str, float]]:
+        """Every client's task report on the final model `arrays`, in partition order.
+
+        What a task shares instead of (or besides) weights: numbers a client computes
+        on its private data (`Task.report`). Failed clients are logged and left out.
+        """
+        content = RecordDict(
+            {protocol.ARRAYS: arrays, protocol.CONFIG: self._config(ConfigRecord(), 0)}
+        )
+        kind = f"{MessageType.QUERY}.{protocol.TASK_REPORT}"
+        messages = [
+            Message(content=content, message_type=kind, dst_node_id=n)
+            for n in self._by_partition()
+        ]
+        log(INFO, "task report: asking all %d clients", len(messages))
+        reports = []
+        for reply in self._in_partition_order(
+            grid.send_and_receive(messages, timeout=timeout)
+        ):
+            if reply.has_error():
+                log_dropped(reply.metadata.src_node_id, None, reply.error.reason)
+                continue
+            metrics = dict(reply.content[protocol.METRICS])
+            metrics.pop(protocol.PARTITION_ID, None)
+            reports.append({k: float(v) for k, v in metrics.items()})
+        return reports
+
     # ---------------------------------------------------------------- evaluation
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

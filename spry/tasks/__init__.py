@@ -1,0 +1,31 @@
+"""Client-side tasks: what clients learn, how it is scored, what they share.
+
+`load_task(cfg)` gives the run's task (cached per process); `spry tasks` lists the
+registered ones. See `base.Task` for the interface and `registry` for adding one.
+"""
+
+from functools import lru_cache
+
+from ..config import RunConfig
+from .base import ClientData, NoOptions, Task, TaskOptions, device_for
+from .registry import available, get, register
+
+
+@lru_cache(maxsize=2)
+def load_task(cfg: RunConfig) -> Task:
+    """The run's task object; one per process and config, so caches are shared."""
+    task, options = cfg.task_spec()
+    return task(cfg, options)
+
+
+__all__ = [
+    "ClientData",
+    "NoOptions",
+    "Task",
+    "TaskOptions",
+    "available",
+    "device_for",
+    "get",
+    "load_task",
+    "register",
+]

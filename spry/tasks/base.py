@@ -1,0 +1,236 @@
+"""The task interface: everything the core needs to know about what a client learns.
+
+The core (strategies, gradient engines, the ClientApp and ServerApp) never names a
+model, a dataset or a metric: it asks the run's task. A task says
+- how it builds its model and which parameters train (`build_model`; none is fine);
+- how a client gets its data (`load_partition`) and the central test split;
+- its loss, `loss(model, batch) -> (scalar, aux)`, which every gradient engine
+  differentiates (forward-mode, zero-order and backprop alike);
+- its evaluation, `evaluate`, with the metric names of its paper (plus `accuracy`
+  and `loss`, the two every per-round table and plot shows);
+- what a client shares besides the weights the strategy averages: a `report`
+  (counts, sums, times) computed after the last round on the client's private data,
+  which the server merges with `merge_reports`; and a server-side `finish` that
+  works on the final model (explanations, plots) and writes into the results folder.
+
+A worker process runs many clients over a run; `model` and `partition` build once
+per process and reset/reuse, so a client's result never depends on which client
+ran before it there. Tasks are found by name in the registry (`spry.tasks.registry`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..config import ConfigError, ConfigValue, _Section
+from ..engines.base import Batch
+from ..models import TrainableModel, is_head
+from ..seeding import STREAM_DATA, numpy_rng
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+
+Rows = Sized  # a client's examples: anything with a length that `batches` can read
+
+
+@dataclass(frozen=True)
+class TaskOptions(_Section):
+    """A task's own settings: a frozen dataclass with every default in one place.
+
+    Set from the run config as `<task>.<option>` (`--set verix.epsilon=0.05`, or a
+    `[tool.flwr.app.config.verix]` table). Validate in `__post_init__` with
+    `ConfigError`, naming the option; the run fails before any process starts.
+    """
+
+
+@dataclass(frozen=True)
+class NoOptions(TaskOptions):
+    """For tasks without settings."""
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """One client's private examples: what it trains on and what it holds out."""
+
+    train: Rows
+    held_out: Rows
+
+
+class Task(ABC):
+    """One run's task, as a process (server or client worker) sees it."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]  # one line for `spry tasks`
+    Options: ClassVar[type[TaskOptions]] = NoOptions
+
+    def __init__(self, run: RunConfig, options: TaskOptions) -> None:
+        self.run = run
+        self.options = options
+        self._models: dict[str, TrainableModel] = {}
+        self._initial: dict[str, dict[str, np.ndarray]] = {}
+        self._partitions: dict[int, ClientData] = {}
+
+    # -- what a task defines ---------------------------------------------------------
+
+    @abstractmethod
+    def build_model(self, device: str) -> TrainableModel:
+        """The model at the run's initial state (a function of the run's seed)."""
+
+    @abstractmethod
+    def load_partition(self, partition_id: int) -> ClientData:
+        """Client `partition_id`'s data (a function of the run's seed)."""
+
+    @abstractmethod
+    def test_data(self) -> Rows:
+        """The central test split the server scores the global model on."""
+
+    @abstractmethod
+    def batches(
+        self,
+        trainable: TrainableModel,
+        rows: Rows,
+        *,
+        batch_size: int,
+        order: np.ndarray | None = None,
+    ) -> Iterator[Batch]:
+        """Batches over `rows` in `order` (a permutation) or as stored, on CPU."""
+
+    @staticmethod
+    @abstractmethod
+    def loss(model: nn.Module, batch: Batch) -> tuple[Tensor, Any]:
+        """The scalar every gradient engine differentiates, and a side output."""
+
+    @abstractmethod
+    def evaluate(
+        self, trainable: TrainableModel, rows: Rows, device: str = "cpu"
+    ) -> dict[str, float]:
+        """Metrics over `rows`: `accuracy`, `loss`, `num-examples`, the paper's."""
+
+    def reference_metrics(self) -> dict[str, float]:
+        """Fixed points of comparison for the results (e.g. the majority class)."""
+        return {}
+
+    def head_names(self, names: Iterable[str]) -> list[str]:
+        """Trainable tensors every client trains (Spry's `share-head`)."""
+        return [n for n in names if is_head(n)]
+
+    def centers_features(self) -> bool:
+        """Whether the server first estimates a feature center (`feature_sum`)."""
+        return False
+
+    def feature_sum(
+        self, trainable: TrainableModel, rows: Rows, device: str = "cpu"
+    ) -> tuple[np.ndarray, int]:
+        """Sum and count of the pooled features of `rows`, for a centred head."""
+        raise NotImplementedError(f"task {self.name!r} does not centre features")
+
+    # -- sharing beyond weights --------------------------------------------------------
+
+    has_report: ClassVar[bool] = False
+
+    def report(
+        self, trainable: TrainableModel, partition_id: int, device: str = "cpu"
+    ) -> dict[str, float]:
+        """After the last round: what this client shares about its private data.
+
+        Plain numbers (counts, sums, seconds); the data itself never leaves.
+        """
+        raise NotImplementedError(f"task {self.name!r} has no client report")
+
+    def merge_reports(self, reports: Sequence[Mapping[str, float]]) -> dict[str, float]:
+        """The server's merge of the client reports (default: sums)."""
+        keys = sorted({k for r in reports for k in r})
+        return {k: float(sum(r.get(k, 0.0) for r in reports)) for k in keys}
+
+    def finish(self, trainable: TrainableModel, results: Path) -> dict[str, Any]:
+        """Server-side work on the final model; files go under `results`."""
+        return {}
+
+    # -- what the core calls -----------------------------------------------------------
+
+    def model(
+        self,
+        device: str = "cpu",
+        arrays: Mapping[str, np.ndarray] | None = None,
+        feature_center: Sequence[float] | None = None,
+    ) -> TrainableModel:
+        """The process's model, reset to the initial state, then `arrays` loaded.
+
+        A pooled head also gets the run's `feature_center` (zero when not yet set).
+        """
+        if device not in self._models:
+            self._models[device] = self.build_model(device)
+            self._initial[device] = self._models[device].state()
+        trainable = self._models[device]
+        trainable.load(self._initial[device])
+        trainable.load(arrays or {})
+        head = trainable.pooled_head
+        if head is not None:
+            center = (
+                np.zeros(head.center.shape)
+                if feature_center is None
+                else feature_center
+            )
+            trainable.set_feature_center(center)
+        return trainable
+
+    def partition(self, partition_id: int) -> ClientData:
+        """Client `partition_id`'s data, built once per process."""
+        if partition_id not in self._partitions:
+            if len(self._partitions) >= 256:  # a worker may see 1000 clients
+                self._partitions.pop(next(iter(self._partitions)))
+            self._partitions[partition_id] = self.load_partition(partition_id)
+        return self._partitions[partition_id]
+
+    def train_batches(
+        self,
+        trainable: TrainableModel,
+        partition_id: int,
+        server_round: int,
+        epoch: int,
+        device: str = "cpu",
+    ) -> Iterator[Batch]:
+        """Shuffled local batches, ordered by (seed, round, client, epoch)."""
+        rows = self.partition(partition_id).train
+        order = numpy_rng(
+            self.run.runtime.seed, STREAM_DATA, server_round, partition_id, epoch
+        ).permutation(len(rows))
+        for batch in self.batches(
+            trainable, rows, batch_size=self.run.client.batch_size, order=order
+        ):
+            yield {k: v.to(device) for k, v in batch.items()}
+
+
+def device_for(run: RunConfig) -> str:
+    """CUDA when this process has a GPU and the run gives clients one."""
+    return (
+        "cuda"
+        if torch.cuda.is_available() and run.runtime.client_num_gpus > 0
+        else "cpu"
+    )
+
+
+def build_options(task: type[Task], values: Mapping[str, ConfigValue]) -> TaskOptions:
+    """The task's options from `<option>` keys; errors name `<task>.<option>`."""
+    known = set(task.Options.keys())
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(
+            f"task {task.name!r} has no option(s) "
+            f"{[f'{task.name}.{k}' for k in unknown]}; its options: "
+            f"{sorted(f'{task.name}.{k}' for k in known) or 'none'}"
+        )
+    try:
+        return task.Options.from_mapping(values)
+    except ConfigError as error:
+        raise ConfigError(
+            f"task {task.name!r}: {error} (set as `{task.name}.<option>`)"
+        ) from None
