@@ -61,13 +61,17 @@ def _parse_set(items: Sequence[str]) -> dict[str, ConfigValue]:
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, ConfigValue]:
-    """The method's settings, then the flags, then `--set` (later wins)."""
+    """The task's settings, the method's, the flags, then `--set` (later wins)."""
     overrides = method_overrides(args.method) if args.method else {}
     for flag, key in _SHORTCUTS.items():
         value = getattr(args, flag, None)
         if value is not None:
             overrides[key] = value
     overrides.update(_parse_set(args.set or []))
+    if "task" in overrides:
+        from .tasks import get
+
+        overrides = {**get(str(overrides["task"])).run_defaults, **overrides}
     return overrides
 
 
@@ -207,6 +211,9 @@ def print_tasks() -> None:
         for option in task.Options.keys():
             default = getattr(task.Options(), option.replace("-", "_"))
             print(f"{'':16s}   {name}.{option} = {default!r}")
+        if task.run_defaults:
+            tuned = ", ".join(f"{k}={v}" for k, v in task.run_defaults.items())
+            print(f"{'':16s}   run settings it applies: {tuned}")
     print(
         "\nUse: spry run --task NAME [--set NAME.OPTION=VALUE]; add a task with an "
         '[project.entry-points."spry.tasks"] entry in your package'

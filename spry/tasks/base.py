@@ -70,6 +70,9 @@ class Task(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]  # one line for `spry tasks`
     Options: ClassVar[type[TaskOptions]] = NoOptions
+    # Run-config keys this task is tuned for (learning rates, federation size);
+    # `spry run --task` applies them under the user's method, flags and `--set`.
+    run_defaults: ClassVar[Mapping[str, ConfigValue]] = {}
 
     def __init__(self, run: RunConfig, options: TaskOptions) -> None:
         self.run = run
