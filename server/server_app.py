@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from logging import INFO
 from pathlib import Path
 
+import numpy as np
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -142,7 +143,9 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
             timeout=cfg.runtime.round_timeout,
             evaluate_fn=evaluate_central,
         )
-        final = ArrayRecord({k: Array(v) for k, v in trainable.state().items()})
+        state = trainable.state()
+        np.savez(recorder.directory / "final-weights.npz", **state)
+        final = ArrayRecord({k: Array(v) for k, v in state.items()})
         if task.has_report:
             reports = strategy.task_reports(grid, final, cfg.runtime.round_timeout)
             merged = task.merge_reports(reports)

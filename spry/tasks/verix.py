@@ -46,15 +46,19 @@ class VerixOptions(TaskOptions):
 
     dataset: str = field(default="digits", metadata={"help": "digits|fashion-mnist"})
     hidden: str = field(
-        default="32,32", metadata={"help": "comma-separated hidden layer widths"}
+        default="32", metadata={"help": "comma-separated hidden layer widths"}
     )
     epsilon: float = field(
-        default=0.05, metadata={"help": "perturbation bound of freed pixels (0-1)"}
+        default=0.1, metadata={"help": "perturbation bound of freed pixels (0-1)"}
     )
     explain_images: int = field(
         default=20, metadata={"help": "test images explained after the last round"}
     )
     solver: str = field(default="auto", metadata={"help": "marabou|z3|auto"})
+    checker: str = field(
+        default="same",
+        metadata={"help": "solver of the soundness re-check: same|marabou|z3"},
+    )
     check_minimal: bool = field(
         default=True,
         metadata={"help": "also check that no explanation feature can be freed"},
@@ -74,6 +78,10 @@ class VerixOptions(TaskOptions):
         if self.solver not in ("marabou", "z3", "auto"):
             raise ConfigError(
                 f"`solver` should be marabou, z3 or auto, got {self.solver!r}"
+            )
+        if self.checker not in ("same", "marabou", "z3"):
+            raise ConfigError(
+                f"`checker` should be same, marabou or z3, got {self.checker!r}"
             )
         try:
             widths = self.widths
@@ -215,6 +223,9 @@ class VerixTask(Task):
 
         net = trainable.model.cpu().eval()
         solver = make_solver(self.opts.solver)
+        checker = (
+            solver if self.opts.checker == "same" else make_solver(self.opts.checker)
+        )
         pixels, labels = _arrays(self.test_data())
         count = min(self.opts.explain_images, len(labels))
         out = results / "explanations"
@@ -225,7 +236,9 @@ class VerixTask(Task):
             x = torch.from_numpy(pixels[i])
             with torch.no_grad():
                 predicted = int(net(x[None]).argmax(-1))
-            explanation = explain(net, x, predicted, self.opts.epsilon, solver)
+            explanation = explain(
+                net, x, predicted, self.opts.epsilon, solver, checker=checker
+            )
             minimal = self.opts.check_minimal and verify(
                 net, x, explanation, solver, minimality=True
             )
@@ -254,6 +267,7 @@ class VerixTask(Task):
         return {
             "verix": {
                 "solver": type(solver).__name__,
+                "checker": type(checker).__name__,
                 "epsilon": self.opts.epsilon,
                 "explained": count,
                 "sound": sum(bool(e.verified) for e in explanations),

@@ -34,10 +34,10 @@ import tempfile
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -54,6 +54,7 @@ from .network import (
 )
 
 Status = Literal["unsat", "sat", "unknown"]
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -163,12 +164,12 @@ class _SolverBase:
         self._cache: OrderedDict[str, Any] = OrderedDict()
         self._cache_size = cache_size
 
-    def _cached(self, key: str, build: Any) -> Any:
+    def _cached(self, key: str, build: Callable[[], _T]) -> _T:
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
         value = build()
-        self._cache[key] = value
+        self._cache[key] = value  # one solver, one kind of entry
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return value
