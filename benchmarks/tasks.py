@@ -84,8 +84,9 @@ def raee_table(summary: dict[str, Any], rows: list[dict[str, float]]) -> list[st
 def verix_table(summary: dict[str, Any], rows: list[dict[str, float]]) -> list[str]:
     verix = summary["verix"]
     return [
-        "| images explained | verified sound | locally minimal | mean explanation size "
-        "| share of pixels | seconds per explanation | solver | re-checked by | epsilon |",
+        "| images explained | verified sound | locally minimal | mean explanation "
+        "size | share of pixels | seconds per explanation | solver | re-checked by "
+        "| epsilon |",
         "|---:|---:|---:|---:|---:|---:|---|---|---:|",
         f"| {verix['explained']} | {verix['sound']} | {verix['minimal']} | "
         f"{verix['mean-explanation-size']:.1f} | "
