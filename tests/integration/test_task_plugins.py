@@ -87,9 +87,7 @@ def test_a_task_registered_by_entry_point_runs_two_rounds_in_the_simulation(
 
 
 def test_a_task_option_that_is_invalid_fails_before_training(tmp_path):
-    run = _spry(
-        tmp_path, "run", "--task", "toy", "--set", "toy.width=0", timeout=120
-    )
+    run = _spry(tmp_path, "run", "--task", "toy", "--set", "toy.width=0", timeout=120)
     assert run.returncode == 2
     assert "task 'toy': `width` should be at least 1, got 0" in run.stderr
     assert "Starting" not in run.stderr + run.stdout  # no simulation started
