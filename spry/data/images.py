@@ -20,7 +20,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from .sources import SPLIT_SEED, DataError
+from .sources import SPLIT_SEED, DataError, majority_rate
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_LABELS = (
@@ -43,8 +43,7 @@ class ImageDataset:
         return len(self.label_names)
 
     def majority_rate(self) -> float:
-        labels = self.test["label"]
-        return max(labels.count(c) for c in set(labels)) / len(labels)
+        return majority_rate(self.test["label"])
 
 
 def _as_dataset(pixels: np.ndarray, labels: np.ndarray, names: tuple[str, ...]):

@@ -55,8 +55,12 @@ class TextDataset:
 
     def majority_rate(self) -> float:
         """Accuracy of always predicting the test set's most common class."""
-        labels = self.test["label"]
-        return max(labels.count(c) for c in set(labels)) / len(labels)
+        return majority_rate(self.test["label"])
+
+
+def majority_rate(labels: list[int]) -> float:
+    """Share of the most common label."""
+    return max(labels.count(c) for c in set(labels)) / len(labels)
 
 
 def _rotten_tomatoes() -> datasets.Dataset:

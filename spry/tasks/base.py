@@ -237,3 +237,37 @@ def build_options(task: type[Task], values: Mapping[str, ConfigValue]) -> TaskOp
         raise ConfigError(
             f"task {task.name!r}: {error} (set as `{task.name}.<option>`)"
         ) from None
+
+
+class LabelledDataTask(Task):
+    """A task over a labelled `datasets.Dataset` (`dataset.train`, `dataset.test`).
+
+    Clients get flwr-datasets partitions of the train split by `label` (the run's
+    `partitioner`, `alpha`, `num-clients`), each split into train and held out.
+    """
+
+    @property
+    @abstractmethod
+    def dataset(self) -> Any:
+        """Has `train` and `test` splits (a `label` column) and `majority_rate()`."""
+
+    def load_partition(self, partition_id: int) -> ClientData:
+        from ..data import client_split, make_partitioner
+
+        if not hasattr(self, "_partitioner"):
+            self._partitioner = make_partitioner(
+                self.dataset.train, self.run.data, seed=self.run.runtime.seed
+            )
+        train, held_out = client_split(
+            self._partitioner.load_partition(partition_id),
+            self.run.data,
+            seed=self.run.runtime.seed,
+            partition_id=partition_id,
+        )
+        return ClientData(train=train, held_out=held_out)
+
+    def test_data(self) -> Rows:
+        return self.dataset.test
+
+    def reference_metrics(self) -> dict[str, float]:
+        return {"majority-rate": self.dataset.majority_rate()}

@@ -15,14 +15,14 @@ import datasets
 import numpy as np
 
 from ..classification import classification_loss, evaluate, iterate_batches, move
-from ..data import client_split, load_for, make_partitioner
+from ..data import load_for
 from ..data.sources import TextDataset
 from ..engines.base import Batch
 from ..models import TrainableModel, build_classifier
-from .base import ClientData, Task
+from .base import LabelledDataTask
 
 
-class ClassificationTask(Task):
+class ClassificationTask(LabelledDataTask):
     """Sentence classification with LoRA; accuracy on a fixed test split."""
 
     name: ClassVar[str] = "classification"
@@ -42,22 +42,6 @@ class ClassificationTask(Task):
             seed=self.run.runtime.seed,
             device=device,
         )
-
-    def load_partition(self, partition_id: int) -> ClientData:
-        if not hasattr(self, "_partitioner"):
-            self._partitioner = make_partitioner(
-                self.dataset.train, self.run.data, seed=self.run.runtime.seed
-            )
-        train, held_out = client_split(
-            self._partitioner.load_partition(partition_id),
-            self.run.data,
-            seed=self.run.runtime.seed,
-            partition_id=partition_id,
-        )
-        return ClientData(train=train, held_out=held_out)
-
-    def test_data(self) -> datasets.Dataset:
-        return self.dataset.test
 
     def batches(
         self,
@@ -86,9 +70,6 @@ class ClassificationTask(Task):
             max_length=self.run.model.max_length,
             device=device,
         )
-
-    def reference_metrics(self) -> dict[str, float]:
-        return {"majority-rate": self.dataset.majority_rate()}
 
     def centers_features(self) -> bool:
         return self.run.model.center_features

@@ -32,12 +32,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ConfigError
-from ..data import client_split, make_partitioner
 from ..data.images import ImageDataset, load_image_dataset
 from ..engines.base import Batch
 from ..models import TrainableModel
 from ..seeding import STREAM_INIT, derive_seed
-from .base import ClientData, Task, TaskOptions
+from .base import LabelledDataTask, TaskOptions
 
 
 @dataclass(frozen=True)
@@ -114,7 +113,7 @@ def image_loss(model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
     return F.cross_entropy(logits, batch["labels"]), logits
 
 
-class VerixTask(Task):
+class VerixTask(LabelledDataTask):
     """An image classifier trained with Spry, explained with verified masks."""
 
     name: ClassVar[str] = "verix"
@@ -153,25 +152,6 @@ class VerixTask(Task):
             )
         names = {name: name for name, _ in net.named_parameters()}
         return TrainableModel(model=net.to(device).eval(), tokenizer=None, names=names)
-
-    def load_partition(self, partition_id: int) -> ClientData:
-        if not hasattr(self, "_partitioner"):
-            self._partitioner = make_partitioner(
-                self.dataset.train, self.run.data, seed=self.run.runtime.seed
-            )
-        train, held_out = client_split(
-            self._partitioner.load_partition(partition_id),
-            self.run.data,
-            seed=self.run.runtime.seed,
-            partition_id=partition_id,
-        )
-        return ClientData(train=train, held_out=held_out)
-
-    def test_data(self) -> datasets.Dataset:
-        return self.dataset.test
-
-    def reference_metrics(self) -> dict[str, float]:
-        return {"majority-rate": self.dataset.majority_rate()}
 
     def batches(
         self,
