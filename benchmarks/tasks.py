@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 SETTINGS: dict[str, list[str]] = {  # on top of the task's own `run_defaults`
     "raee": [],
-    "verix": ["verix.checker=z3"],  # soundness re-checked by a second solver
+    "verix": ["verix.checker=marabou"],  # re-checked by a fresh solver instance
 }
 
 
