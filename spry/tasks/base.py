@@ -21,7 +21,7 @@ ran before it there. Tasks are found by name in the registry (`spry.tasks.regist
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from ..config import ConfigError, ConfigValue, _Section
 from ..engines.base import Batch
 from ..models import TrainableModel, is_head
-from ..seeding import STREAM_DATA, numpy_rng
+from ..seeding import STREAM_DATA, STREAM_INIT, derive_seed, numpy_rng
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -120,6 +120,21 @@ class Task(ABC):
     def reference_metrics(self) -> dict[str, float]:
         """Fixed points of comparison for the results (e.g. the majority class)."""
         return {}
+
+    def seeded_model(
+        self, build: Callable[[], nn.Module], device: str, tokenizer: Any = None
+    ) -> TrainableModel:
+        """`build()` under the run's init seed, every parameter trainable.
+
+        The seed makes the server and every client start from the same weights.
+        """
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.run.runtime.seed, STREAM_INIT))
+            model = build()
+        names = {name: name for name, _ in model.named_parameters()}
+        return TrainableModel(
+            model=model.to(device).eval(), tokenizer=tokenizer, names=names
+        )
 
     def head_names(self, names: Iterable[str]) -> list[str]:
         """Trainable tensors every client trains (Spry's `share-head`)."""

@@ -36,12 +36,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..classification import tokenize
-from ..config import ConfigError
+from ..config import ConfigError, RunConfig
 from ..early_exit import RetrievalDatabase, earliest_correct_layer
 from ..engines.base import Batch
 from ..models import TrainableModel, resolve_model_path
 from ..models.layers import forward_to_layer, layer_states
-from ..seeding import STREAM_INIT, derive_seed
 from .base import TaskOptions
 from .classification import ClassificationTask
 
@@ -121,7 +120,7 @@ class RaeeTask(ClassificationTask):
     has_report: ClassVar[bool] = True
     loss = staticmethod(exits_loss)  # type: ignore[assignment]
 
-    def __init__(self, run: Any, options: TaskOptions) -> None:
+    def __init__(self, run: RunConfig, options: TaskOptions) -> None:
         super().__init__(run, options)
         self._encoder: tuple[nn.Module, Any] | None = None
         self._states: dict[str, Tensor] = {}
@@ -180,13 +179,10 @@ class RaeeTask(ClassificationTask):
 
     def build_model(self, device: str) -> TrainableModel:
         encoder, tokenizer = self.encoder()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(self.run.runtime.seed, STREAM_INIT))
-            exits = LayerExits(
-                self.num_layers, encoder.config.hidden_size, self.dataset.num_labels
-            )
-        names = {name: name for name, _ in exits.named_parameters()}
-        return TrainableModel(model=exits.to(device), tokenizer=tokenizer, names=names)
+        hidden, labels = encoder.config.hidden_size, self.dataset.num_labels
+        return self.seeded_model(
+            lambda: LayerExits(self.num_layers, hidden, labels), device, tokenizer
+        )
 
     def head_names(self, names: Sequence[str]) -> list[str]:
         return []  # every exit is a group of its own; none is shared by all clients

@@ -35,7 +35,6 @@ from ..config import ConfigError
 from ..data.images import ImageDataset, load_image_dataset
 from ..engines.base import Batch
 from ..models import TrainableModel
-from ..seeding import STREAM_INIT, derive_seed
 from .base import LabelledDataTask, TaskOptions
 
 
@@ -144,14 +143,13 @@ class VerixTask(LabelledDataTask):
         return load_image_dataset(self.opts.dataset)
 
     def build_model(self, device: str) -> TrainableModel:
-        shape = self.dataset.shape
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(self.run.runtime.seed, STREAM_INIT))
-            net = image_classifier(
-                shape[0] * shape[1], self.opts.widths, self.dataset.num_labels
-            )
-        names = {name: name for name, _ in net.named_parameters()}
-        return TrainableModel(model=net.to(device).eval(), tokenizer=None, names=names)
+        height, width = self.dataset.shape
+        return self.seeded_model(
+            lambda: image_classifier(
+                height * width, self.opts.widths, self.dataset.num_labels
+            ),
+            device,
+        )
 
     def batches(
         self,
