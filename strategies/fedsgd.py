@@ -63,14 +63,17 @@ class FedSGD(Spry):
     ) -> tuple[dict[str, np.ndarray], float, MetricRecord, int]:
         """(gradient of the slice, weight, metrics, bytes uploaded)."""
         owned = self.assignment[node_id]
+        partition = self.partitions[node_id]
         if not self.upload_scalars:
             grads, weight, metrics = checked_update(
-                reply, expected_names=owned, current=self.current
+                reply, expected_names=owned, current=self.current, partition=partition
             )
             return grads, weight, metrics, sum(g.nbytes for g in grads.values())
-        scalars, weight, metrics = checked_scalars(reply)
+        scalars, weight, metrics = checked_scalars(
+            reply, num_tangents=self.client_cfg.num_tangents, partition=partition
+        )
         if scalars.shape[0] != 1:
-            raise InvalidReply(f"one step expected, got {scalars.shape[0]}")
+            raise InvalidReply(f"scalars: one step expected, got {scalars.shape[0]}")
         generator = torch.Generator().manual_seed(
             self._direction_seed(server_round, node_id)
         )

@@ -12,6 +12,7 @@ a FedYogi step (FedAdam / plain averaging selectable) on the pseudo-gradient.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from logging import INFO
 from typing import Any
@@ -51,7 +52,9 @@ from spry.splitting import (
 from spry.training import replay_local_training, step_generator
 
 from .replies import (
+    EVALUATE_METRICS,
     InvalidReply,
+    checked_metrics,
     checked_scalars,
     checked_update,
     log_dropped,
@@ -412,7 +415,10 @@ class Spry(FedAvg):
                 content[protocol.CONFIG][protocol.FAULT] = CRASH
             messages.append(
                 Message(
-                    content=content, message_type=MessageType.TRAIN, dst_node_id=node_id
+                    content=content,
+                    message_type=MessageType.TRAIN,
+                    dst_node_id=node_id,
+                    group_id=str(server_round),  # as Flower's FedAvg; replies copy it
                 )
             )
         return messages
@@ -448,13 +454,15 @@ class Spry(FedAvg):
         optimizer on the gradients its seeds and scalars define.
         """
         owned = self.assignment[node_id]
+        partition = self.partitions[node_id]
         if not self.upload_scalars:
             tensors, weight, metrics = checked_update(
-                reply, expected_names=owned, current=self.current
+                reply, expected_names=owned, current=self.current, partition=partition
             )
             return tensors, weight, metrics, sum(t.nbytes for t in tensors.values())
-        scalars, weight, metrics = checked_scalars(reply)
-        partition = self.partitions[node_id]
+        scalars, weight, metrics = checked_scalars(
+            reply, num_tangents=self.client_cfg.num_tangents, partition=partition
+        )
         generators = (
             step_generator(self.seed, server_round, partition, step)
             for step in range(len(scalars))
@@ -510,6 +518,10 @@ class Spry(FedAvg):
         drops = result.drop_counts()
         entry["dropped"] = len(result.dropped)
         entry.update({f"dropped-{kind}": count for kind, count in drops.items()})
+        who = {n: f"partition {p}" for n, p in self.partitions.items()}
+        entry["rejected"] = {
+            who.get(n, f"node {n}"): why for n, why in result.rejected.items()
+        }
         entry["device-seconds"] = result.device_seconds
         entry["peaks"] = [(self.partitions[n], *rest) for n, *rest in result.peaks]
         if result.errors and len(result.errors) == len(self.assignment):
@@ -537,9 +549,11 @@ class Spry(FedAvg):
     def _collect(self, server_round: int, replies: Iterable[Message]) -> WaveResult:
         """Classify one wave's replies against what `_sent` says was sent."""
         result = WaveResult()
+        replies = self._in_partition_order(replies)
+        counts = Counter(reply.metadata.src_node_id for reply in replies)
         answered: set[int] = set()
         slowest, waited = 0.0, False
-        for reply in self._in_partition_order(replies):
+        for reply in replies:
             node_id = reply.metadata.src_node_id
             answered.add(node_id)
             partition = self.partitions.get(node_id)
@@ -553,14 +567,16 @@ class Spry(FedAvg):
                 log_dropped(node_id, partition, f"client error: {_gist(reason)}")
                 continue
             try:
-                if node_id not in self._sent:
-                    raise InvalidReply("node was not sent a slice this round")
+                self._check_sender(server_round, reply, counts[node_id])
                 tensors, weight, metrics, nbytes = self._contribution(
                     server_round, node_id, reply
                 )
             except InvalidReply as reason:
                 result.dropped[node_id] = "invalid"
-                log_dropped(node_id, partition, str(reason))
+                result.rejected[node_id] = str(reason)
+                log_dropped(
+                    node_id, partition, f"invalid reply: {reason}", server_round
+                )
                 continue
             seconds = self._device_seconds(node_id, metrics, fault)
             if seconds > self.deadline:
@@ -592,6 +608,21 @@ class Spry(FedAvg):
                 log_dropped(node_id, self.partitions[node_id], "no reply (timeout)")
         result.device_seconds = self.deadline if waited else slowest
         return result
+
+    def _check_sender(self, server_round: int, reply: Message, replies: int) -> None:
+        """Only a node sent a slice this wave may write it, once, for this round.
+
+        Flower's engine already routes replies to their instruction; this holds
+        when it does not (hand-built or replayed messages). An empty group id (a
+        hand-built reply) is not a round.
+        """
+        if reply.metadata.src_node_id not in self._sent:
+            raise InvalidReply("node was not sent a slice this round")
+        if replies > 1:
+            raise InvalidReply(f"{replies} replies from one node (one expected)")
+        group = reply.metadata.group_id
+        if group and group != str(server_round):
+            raise InvalidReply(f"reply for round {group}, this is round {server_round}")
 
     def _predicted_bytes(self, node_id: int) -> float | None:
         """The memory model's peak for the slice `node_id` was sent (None: none)."""
@@ -748,8 +779,22 @@ class Spry(FedAvg):
                 log_dropped(reply.metadata.src_node_id, None, reply.error.reason)
                 continue
             metrics = reply.content.metric_records.get(protocol.METRICS)
-            if metrics and float(metrics.get(protocol.NUM_EXAMPLES, 0)) > 0:
-                usable.append(RecordDict({protocol.METRICS: metrics}))
+            if not metrics or metrics.get(protocol.NUM_EXAMPLES) == 0:
+                continue  # no held-out examples on this client
+            node_id = reply.metadata.src_node_id
+            try:
+                checked_metrics(
+                    metrics, self.partitions.get(node_id), known=EVALUATE_METRICS
+                )
+            except InvalidReply as reason:
+                log_dropped(
+                    node_id,
+                    self.partitions.get(node_id),
+                    f"invalid evaluation reply: {reason}",
+                    server_round,
+                )
+                continue
+            usable.append(RecordDict({protocol.METRICS: metrics}))
         if not usable:
             return None
         metrics = aggregate_metricrecords(usable, protocol.NUM_EXAMPLES)
@@ -771,10 +816,17 @@ def _gist(reason: str) -> str:
 def _train_metrics(records: list[RecordDict]) -> MetricRecord:
     """Weighted mean of losses and times; max of peak memory; total examples."""
     metrics = [next(iter(r.metric_records.values())) for r in records]
-    mean = aggregate_metricrecords(records, protocol.NUM_EXAMPLES)
+    # The loss's weighted mean over the replies that report one (all keys were
+    # checked: numbers, finite, known; a reply may leave optional ones out).
+    losses = [
+        (float(m[protocol.TRAIN_LOSS]), float(m[protocol.NUM_EXAMPLES]))
+        for m in metrics
+        if protocol.TRAIN_LOSS in m
+    ]
+    loss = sum(v * w for v, w in losses) / sum(w for _, w in losses) if losses else 0.0
     summary = MetricRecord(
         {
-            protocol.TRAIN_LOSS: float(mean.get(protocol.TRAIN_LOSS, 0.0)),
+            protocol.TRAIN_LOSS: loss,
             "train-seconds-max": max(
                 float(m.get(protocol.TRAIN_SECONDS, 0.0)) for m in metrics
             ),

@@ -29,6 +29,7 @@ class WaveResult:
     accepted: list[RecordDict] = field(default_factory=list)  # their metrics
     uploaded: list[int] = field(default_factory=list)  # bytes per accepted client
     dropped: dict[int, str] = field(default_factory=dict)  # node id -> drop kind
+    rejected: dict[int, str] = field(default_factory=dict)  # node id -> why invalid
     errors: list[str] = field(default_factory=list)  # genuine client errors
     device_seconds: float = 0.0
     peaks: list[tuple[int, int, int, int, float | None]] = field(default_factory=list)
@@ -44,6 +45,7 @@ class WaveResult:
             accepted=self.accepted + other.accepted,
             uploaded=self.uploaded + other.uploaded,
             dropped={**self.dropped, **other.dropped},
+            rejected={**self.rejected, **other.rejected},
             errors=self.errors + other.errors,
             device_seconds=self.device_seconds + other.device_seconds,
             peaks=self.peaks + other.peaks,

@@ -55,6 +55,7 @@ def test_per_iteration_rebuild_equals_the_clients_estimate(
         clients_per_round=4,
         split=True,
         upload_scalars=True,
+        client_cfg=ClientConfig(num_tangents=engine.num_tangents),
         seed=5,
     )
     messages = _configure(strategy, default_model)

@@ -12,6 +12,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from spry.aggregation import ServerOptimizer
+from spry.config import ClientConfig
 from spry.engines import rebuild_from_scalars
 from strategies import Baffle, FedSGD, FwdLLM
 from strategies.fwdllm import pool_variance
@@ -94,7 +95,9 @@ def test_each_client_gets_its_own_direction_seed_and_baffle_shares_one():
 
 def test_scalar_upload_is_rebuilt_from_the_seed_the_server_sent():
     # Prepare: the client side of a K = 3 scalar upload, done by hand
-    strategy = _make(FedSGD, clients=2, upload_scalars=True)
+    strategy = _make(
+        FedSGD, clients=2, upload_scalars=True, client_cfg=ClientConfig(num_tangents=3)
+    )
     messages = _configure(strategy)
     replies, expected = [], []
     for k, msg in enumerate(messages):
