@@ -166,6 +166,8 @@ def checked_metrics(
         if key in NON_NEGATIVE_METRICS and value < 0:
             raise InvalidReply(f"metric `{key}` should be >= 0, got {value}")
     weight = metrics.get(protocol.NUM_EXAMPLES)
+    if weight is None:
+        raise InvalidReply(f"`{protocol.NUM_EXAMPLES}` is missing")
     if (
         not isinstance(weight, int)
         or isinstance(weight, bool)
