@@ -98,15 +98,7 @@ class RunRecorder:
             directory = Path(cfg.runtime.results_dir) / f"{name}-{suffix}"
             suffix += 1
         directory.mkdir(parents=True)
-        manifest = {
-            "method": method_of(cfg),
-            "task": cfg.task.task,
-            "config": cfg.to_mapping(),
-            "versions": _versions(),
-            "machine": platform.platform(),
-            "started": datetime.now().isoformat(timespec="seconds"),
-        }
-        (directory / "config.json").write_text(json.dumps(manifest, indent=2))
+        _write_manifest(directory, cfg)
         with open(directory / "metrics.csv", "w", newline="") as fh:
             csv.writer(fh).writerow(COLUMNS)
         log(INFO, "Results folder: %s", directory)
@@ -115,6 +107,47 @@ class RunRecorder:
             num_rounds=cfg.runtime.num_server_rounds,
             majority_rate=(reference or {}).get("majority-rate"),
         )
+
+    @classmethod
+    def reopen(
+        cls,
+        directory: Path,
+        cfg: RunConfig,
+        state: Mapping[str, Any],
+        *,
+        reference: Mapping[str, float] | None = None,
+    ) -> RunRecorder:
+        """Continue a resumed run's results in its own folder, from `state`.
+
+        metrics.csv is rewritten from the checkpoint's rows: a run killed after
+        the checkpoint may have appended a row for a round that runs again.
+        Elapsed time continues from the checkpoint's (the downtime is left out).
+        """
+        if not (directory / "config.json").exists():
+            _write_manifest(directory, cfg)
+        recorder = cls(
+            directory=directory,
+            num_rounds=cfg.runtime.num_server_rounds,
+            majority_rate=(reference or {}).get("majority-rate"),
+            rows=[dict(row) for row in state["rows"]],
+            notes=dict(state["notes"]),
+            started=time.time() - float(state["elapsed-seconds"]),
+        )
+        with open(directory / "metrics.csv", "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(COLUMNS)
+            for row in recorder.rows:
+                writer.writerow(["" if row[c] is None else row[c] for c in COLUMNS])
+        log(INFO, "Results folder (resumed): %s", directory)
+        return recorder
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What `reopen` needs: the rows so far, the notes, the elapsed time."""
+        return {
+            "rows": self.rows,
+            "notes": self.notes,
+            "elapsed-seconds": time.time() - self.started,
+        }
 
     def record(
         self,
@@ -146,15 +179,16 @@ class RunRecorder:
             "device-round-seconds": round_log.get("device-seconds"),
             "elapsed-seconds": now - self.started,
         }
+        rejected = len(round_log.get("rejected") or {})  # not a CSV column
         self.last = now
         self.rows.append(row)
         with open(self.directory / "metrics.csv", "a", newline="") as fh:
             csv.writer(fh).writerow(["" if row[c] is None else row[c] for c in COLUMNS])
-        self._print(row)
+        self._print(row, rejected)
         self.plot()
         return row
 
-    def _print(self, row: Mapping[str, Any]) -> None:
+    def _print(self, row: Mapping[str, Any], rejected: int = 0) -> None:
         done = row["round"]
         eta = ""
         if done:
@@ -178,6 +212,8 @@ class RunRecorder:
             parts.append(f"client peak {row['client-peak-mib']:.0f} MiB")
         if row["dropped"]:
             parts.append(f"dropped {row['dropped']}")
+        if rejected:  # each one's reason is in its WARNING line and rounds.json
+            parts.append(f"rejected {rejected} invalid replies")
         if done:
             parts.append(f"{row['round-seconds']:.0f} s")
         log(INFO, "[spry] %s%s", " | ".join(parts), eta)
@@ -255,6 +291,12 @@ class RunRecorder:
                 json.dumps({str(r): e for r, e in sorted(round_log.items())}, indent=1)
             )
             summary["dropouts"] = _dropouts(round_log)
+            # Round -> partition -> why its reply was rejected (rounds with any)
+            summary["rejected-replies"] = {
+                str(r): dict(e["rejected"])
+                for r, e in sorted(round_log.items())
+                if e.get("rejected")
+            }
             summary["device-seconds"] = sum(
                 e.get("device-seconds", 0.0) for e in round_log.values()
             )
@@ -275,6 +317,18 @@ class RunRecorder:
         path = self.directory / "summary.json"
         path.write_text(json.dumps(summary, indent=2))
         return path
+
+
+def _write_manifest(directory: Path, cfg: RunConfig) -> None:
+    manifest = {
+        "method": method_of(cfg),
+        "task": cfg.task.task,
+        "config": cfg.to_mapping(),
+        "versions": _versions(),
+        "machine": platform.platform(),
+        "started": datetime.now().isoformat(timespec="seconds"),
+    }
+    (directory / "config.json").write_text(json.dumps(manifest, indent=2))
 
 
 def _dropouts(round_log: Mapping[int, Mapping[str, Any]]) -> dict[str, int]:

@@ -3,7 +3,8 @@
 `flwr run .` uses `app`; `spry run` builds the same app with its command-line
 overrides through `make_server_app`. Before the first round the server asks every
 node which data partition it holds (node ids are random, partition ids are not), so
-client sampling is a function of the seed alone.
+client sampling is a function of the seed alone. After each round it saves a
+checkpoint (`server.checkpoint`); a run started with `resume` set continues from one.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from spry.devices import plan_fleet
 from spry.tasks import load_task
 from strategies import STRATEGIES
 
+from . import checkpoint
 from .results import RunRecorder
 
 DISCOVERY_TIMEOUT = 600.0
@@ -96,7 +98,19 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     """Run `cfg` on `grid`; return the results folder."""
     task = load_task(cfg)
     trainable = task.model()
-    recorder = RunRecorder.create(cfg, reference=task.reference_metrics())
+    resumed = checkpoint.load(cfg.runtime.resume) if cfg.runtime.resume else None
+    if resumed is None:
+        recorder = RunRecorder.create(cfg, reference=task.reference_metrics())
+    else:  # refused before anything is written or any client is asked
+        resumed.check_config(cfg)
+        resumed.check_weights(trainable.state())
+        assert resumed.path is not None
+        recorder = RunRecorder.reopen(
+            resumed.path.parent,
+            cfg,
+            resumed.recorder_state,
+            reference=task.reference_metrics(),
+        )
     partitions = discover_partitions(grid, cfg.data.num_clients)
     log(
         INFO,
@@ -124,9 +138,49 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
         recorder.record(server_round, scores, strategy.round_log.get(server_round, {}))
         return MetricRecord({"accuracy": scores["accuracy"], "loss": scores["loss"]})
 
+    def end_of_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        # Flower calls this last in each round: the round's records are complete
+        metrics = evaluate_central(server_round, arrays)
+        if cfg.runtime.checkpoints(server_round):
+            save_checkpoint(server_round, arrays)
+        return metrics
+
+    def save_checkpoint(server_round: int, arrays: ArrayRecord) -> None:
+        strategy_arrays, strategy_state = strategy.checkpoint_state()
+        path = checkpoint.save(
+            recorder.directory / checkpoint.CHECKPOINT_FILE,
+            checkpoint.Checkpoint(
+                server_round=server_round,
+                weights={k: v.numpy() for k, v in arrays.items()},
+                config=cfg.to_mapping(),
+                strategy_arrays=strategy_arrays,
+                strategy_state=strategy_state,
+                recorder_state=recorder.checkpoint_state(),
+            ),
+        )
+        log(INFO, "checkpoint: saved round %d to %s", server_round, path)
+
     status = "failed"
+    first_round = 1
     try:
-        if task.centers_features():
+        if resumed is not None:
+            strategy.load_checkpoint_state(
+                resumed.strategy_arrays, resumed.strategy_state
+            )
+            trainable.load(resumed.weights)
+            if strategy.feature_center is not None:
+                trainable.set_feature_center(strategy.feature_center)
+            first_round = resumed.server_round + 1
+            recorder.notes.setdefault("resumed-from-rounds", []).append(
+                resumed.server_round
+            )
+            log(
+                INFO,
+                "resuming from round %d (%s)",
+                resumed.server_round,
+                resumed.path,
+            )
+        elif task.centers_features():
             recorder.notes["feature-center-examples"] = (
                 strategy.estimate_feature_center(
                     grid, ConfigRecord(), timeout=cfg.runtime.round_timeout
@@ -141,7 +195,8 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
             ),
             num_rounds=cfg.runtime.num_server_rounds,
             timeout=cfg.runtime.round_timeout,
-            evaluate_fn=evaluate_central,
+            evaluate_fn=end_of_round,
+            first_round=first_round,
         )
         state = trainable.state()
         np.savez(recorder.directory / "final-weights.npz", **state)

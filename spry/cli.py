@@ -2,6 +2,7 @@
 
     spry run                          # the default: Spry on MiniLM + Rotten Tomatoes
     spry run --rounds 5 --clients 20 --per-round 5 --set lr=1e-3
+    spry run --resume results/RUN     # continue a killed run from its checkpoint
     spry config                       # every key, its default and what it means
     spry devices                      # the device profiles a run can simulate
     spry tasks                        # the registered tasks (`spry run --task NAME`)
@@ -42,6 +43,7 @@ _SHORTCUTS = {  # flag -> config key
     "results_dir": "results-dir",
     "engine": "engine",
     "task": "task",
+    "resume": "resume",
 }
 
 
@@ -80,6 +82,10 @@ def preflight(cfg: RunConfig) -> None:
     from .devices import plan_fleet
     from .tasks import load_task
 
+    if cfg.runtime.resume:  # a config the checkpoint's run did not have fails here
+        from server.checkpoint import load
+
+        load(cfg.runtime.resume).check_config(cfg)
     task = load_task(cfg)
     trainable = task.model()
     task.test_data()
@@ -92,7 +98,7 @@ def run(overrides: dict[str, ConfigValue]) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    cfg = RunConfig.from_run_config({**default_values(), **overrides})
+    cfg = RunConfig.from_run_config({**_base_values(overrides), **overrides})
     preflight(cfg)
 
     from flwr.simulation import run_simulation
@@ -117,6 +123,16 @@ def run(overrides: dict[str, ConfigValue]) -> int:
     finally:
         _stop_ray()
     return 0 if _last_run_completed(cfg) else 1
+
+
+def _base_values(overrides: dict[str, ConfigValue]) -> dict[str, ConfigValue]:
+    """The defaults, or a resumed run's own config (flags then only repeat it)."""
+    resume = str(overrides.get("resume", ""))
+    if not resume:
+        return default_values()
+    from server.checkpoint import read_config
+
+    return {**default_values(), **read_config(resume)}
 
 
 @contextmanager
@@ -171,7 +187,11 @@ def _last_run_completed(cfg: RunConfig) -> bool:
 
     root = Path(cfg.runtime.results_dir)
     summaries = sorted(root.glob("*/summary.json"), key=lambda p: p.stat().st_mtime)
-    if not summaries:
+    if cfg.runtime.resume:  # a resumed run finishes in its own folder
+        from server.checkpoint import checkpoint_path
+
+        summaries = [checkpoint_path(cfg.runtime.resume).parent / "summary.json"]
+    if not summaries or not summaries[-1].exists():
         return False
     return json.loads(summaries[-1].read_text()).get("status") == "completed"
 
@@ -239,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--seed", type=int)
     run_p.add_argument("--task", help="a registered task (see `spry tasks`)")
     run_p.add_argument("--results-dir")
+    run_p.add_argument(
+        "--resume",
+        metavar="PATH",
+        help="continue a run from its checkpoint (its results folder or "
+        "checkpoint.npz), with its config; other flags must not change it",
+    )
     run_p.add_argument(
         "--set",
         action="append",

@@ -458,6 +458,20 @@ class RuntimeConfig(_Section):
     eval_every: int = field(
         default=1, metadata={"help": "evaluate every this many rounds (and the last)"}
     )
+    checkpoint_every: int = field(
+        default=1,
+        metadata={
+            "help": "save weights, server-optimizer state and round to "
+            "checkpoint.npz every this many rounds (and the last; 0: never)"
+        },
+    )
+    resume: str = field(
+        default="",
+        metadata={
+            "help": "continue a run from its checkpoint: a checkpoint.npz or the "
+            "results folder holding it (same config; empty: start afresh)"
+        },
+    )
 
     def __post_init__(self) -> None:
         _require(
@@ -472,11 +486,24 @@ class RuntimeConfig(_Section):
             self.eval_every >= 1,
             f"`eval-every` should be at least 1, got {self.eval_every}",
         )
+        _require(
+            self.checkpoint_every >= 0,
+            f"`checkpoint-every` should be >= 0, got {self.checkpoint_every}",
+        )
 
     def evaluates(self, server_round: int) -> bool:
         """Whether round `server_round` is evaluated (round 0 and the last always)."""
         return (
             server_round % self.eval_every == 0
+            or server_round == self.num_server_rounds
+        )
+
+    def checkpoints(self, server_round: int) -> bool:
+        """Whether a checkpoint is saved after round `server_round` (never round 0)."""
+        if not self.checkpoint_every or server_round < 1:
+            return False
+        return (
+            server_round % self.checkpoint_every == 0
             or server_round == self.num_server_rounds
         )
 

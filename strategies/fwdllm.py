@@ -109,6 +109,51 @@ class FwdLLM(FedSGD):
             "num_tangents": cfg.client.num_tangents,
         }
 
+    def checkpoint_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Spry's state and FwdLLM's own: steps, last gradient, pending pool.
+
+        A step's repeat passes go to the same clients: they are saved by
+        partition, since node ids change when a run is restarted.
+        """
+        arrays, state = super().checkpoint_state()
+        if self.previous is not None:
+            arrays.update({f"fwdllm/previous/{k}": v for k, v in self.previous.items()})
+        for i, grads in enumerate(self.pool):
+            arrays.update({f"fwdllm/pool/{i}/{k}": v for k, v in grads.items()})
+        state["fwdllm"] = {
+            "steps": self.steps,
+            "repeats": self.repeats,
+            "step-data-round": self.step_data_round,
+            "pool": len(self.pool),
+            "repeat-partitions": None
+            if self.repeat_nodes is None
+            else [self.partitions[n] for n in self.repeat_nodes],
+        }
+        return arrays, state
+
+    def load_checkpoint_state(
+        self, arrays: Mapping[str, np.ndarray], state: Mapping[str, Any]
+    ) -> None:
+        super().load_checkpoint_state(arrays, state)
+        own = state["fwdllm"]
+        self.steps, self.repeats = own["steps"], own["repeats"]
+        self.step_data_round = own["step-data-round"]
+        previous: dict[str, np.ndarray] = {}
+        pool: list[dict[str, np.ndarray]] = [{} for _ in range(own["pool"])]
+        for key, value in arrays.items():
+            parts = key.split("/", 3)
+            if parts[:2] == ["fwdllm", "previous"]:
+                previous[key.split("/", 2)[2]] = value
+            elif parts[:2] == ["fwdllm", "pool"]:
+                pool[int(parts[2])][parts[3]] = value
+        self.previous = previous or None
+        self.pool = pool
+        node_of = {p: n for n, p in self.partitions.items()}
+        partitions = own["repeat-partitions"]
+        self.repeat_nodes = (
+            None if partitions is None else [node_of[p] for p in partitions]
+        )
+
     def _training_nodes(self, server_round: int) -> list[int]:
         if self.repeat_nodes is not None:  # the same clients, the same batches
             return list(self.repeat_nodes)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from logging import INFO
 from typing import Any
 
@@ -29,7 +29,7 @@ from flwr.app import (
 )
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Result
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from spry import protocol
@@ -197,6 +197,8 @@ class Spry(FedAvg):
         # The mean pooled feature every client's head subtracts (set before round
         # 1 by the server app when the run centres features).
         self.feature_center: list[float] | None = None
+        # Rounds before this one are in the checkpoint a resumed run started from
+        self._first_round = 1
 
     @classmethod
     def from_run(
@@ -330,6 +332,84 @@ class Spry(FedAvg):
             self.optimizer.tau,
         )
 
+    # ---------------------------------------------------------------- checkpoints
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+        *,
+        first_round: int = 1,
+    ) -> Result:
+        """Flower's round loop; a resumed run skips the rounds before `first_round`.
+
+        Flower's `Strategy.start` has no first round, and a resumed run must keep
+        the round numbers (sampling and seeds are functions of them). So the loop
+        is Flower's own, unchanged, and for the restored rounds this strategy sends
+        nothing and `evaluate_fn` is not called: `initial_arrays` are then the
+        checkpoint's weights and round `first_round` is the first that trains.
+        """
+        self._first_round = first_round
+        return super().start(
+            grid,
+            initial_arrays,
+            num_rounds,
+            timeout,
+            train_config,
+            evaluate_config,
+            _from_round(first_round, evaluate_fn),
+        )
+
+    def _restored(self, server_round: int) -> bool:
+        """Whether `server_round` ran before the checkpoint this run resumed from."""
+        return server_round < self._first_round
+
+    def checkpoint_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """What a resumed run needs besides the weights: (arrays, JSON-able state).
+
+        The server optimizer's moments, the feature center and the round log (so
+        rounds.json and the summary of a resumed run cover every round). Anything
+        else is rebuilt each round from the weights, the seed and the round number.
+        """
+        arrays: dict[str, np.ndarray] = {}
+        if self.optimizer_state is not None:
+            for moment, values in self.optimizer_state._asdict().items():
+                arrays.update({f"optimizer/{moment}/{k}": v for k, v in values.items()})
+        state = {
+            "optimizer": self.optimizer_state is not None,
+            "feature-center": self.feature_center,
+            "round-log": {str(r): entry for r, entry in self.round_log.items()},
+        }
+        return arrays, state
+
+    def load_checkpoint_state(
+        self, arrays: Mapping[str, np.ndarray], state: Mapping[str, Any]
+    ) -> None:
+        """Restore what `checkpoint_state` returned (JSON turned int keys to str)."""
+        if state["optimizer"]:
+            moments: dict[str, dict[str, np.ndarray]] = {
+                m: {} for m in OptimizerState._fields
+            }
+            for key, value in arrays.items():
+                group, _, rest = key.partition("/")
+                if group == "optimizer":
+                    moment, _, name = rest.partition("/")
+                    moments[moment][name] = value
+            self.optimizer_state = OptimizerState(**moments)
+        self.feature_center = state["feature-center"]
+        self.round_log = {}
+        for r, entry in state["round-log"].items():
+            if "faults" in entry:
+                entry = {
+                    **entry,
+                    "faults": {int(p): k for p, k in entry["faults"].items()},
+                }
+            self.round_log[int(r)] = entry
+
     # ------------------------------------------------------------------ training
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -340,6 +420,9 @@ class Spry(FedAvg):
         with fault injection some sampled clients are told to crash, and the
         messages of those that time out are never delivered.
         """
+        if self._restored(server_round):
+            log(INFO, "configure_train: round %d is in the checkpoint", server_round)
+            return []
         self._round_started = time.perf_counter()
         self.current = {name: array.numpy() for name, array in arrays.items()}
         if self.optimizer_state is None:
@@ -494,6 +577,8 @@ class Spry(FedAvg):
         again, in a second wave, to clients not sampled this round (when
         `reassign_orphans`), or skipped; either way the round log says which.
         """
+        if self._restored(server_round):
+            return None, None
         result = self._collect(server_round, replies)
         entry = self.round_log.setdefault(server_round, {})
         orphans = self._orphans(result)
@@ -750,6 +835,8 @@ class Spry(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Send the full trainable state to a seeded sample of clients."""
+        if self._restored(server_round):
+            return []
         last = server_round == self.num_rounds
         if not self.eval_clients_per_round or (
             server_round % self.eval_every and not last
@@ -802,6 +889,21 @@ class Spry(FedAvg):
             metrics
         )
         return metrics
+
+
+def _from_round(
+    first_round: int,
+    evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None,
+) -> Callable[[int, ArrayRecord], MetricRecord | None] | None:
+    """`evaluate_fn`, not called for the rounds before `first_round`."""
+    if evaluate_fn is None or first_round <= 1:
+        return evaluate_fn
+    evaluate = evaluate_fn
+
+    def resumed(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        return None if server_round < first_round else evaluate(server_round, arrays)
+
+    return resumed
 
 
 def _gist(reason: str) -> str:
