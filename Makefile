@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml constraints.txt requirements-offline.txt
 	# -c constraints.txt: torch stays the 2.13.0 CPU wheel whatever else asks for it
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-offline.txt
+	-scripts/fetch_compose.sh  # compose for tests/deploy, into .tools/; offline: those tests fail, setup goes on
 	touch $(STAMP)
 
 # The main job: a Spry simulation on the offline default (MiniLM + Rotten Tomatoes,
