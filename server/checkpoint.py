@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from spry.config import ConfigError, ConfigValue, RunConfig
+from spry.config import ConfigError, ConfigValue, RunConfig, default_values
 
 CHECKPOINT_FILE = "checkpoint.npz"
 FORMAT = 1  # bump when the layout changes; older files are refused, not misread
@@ -72,8 +72,12 @@ class Checkpoint:
     path: Path | None = None
 
     def check_config(self, cfg: RunConfig) -> None:
-        """Refuse to resume under a config that would compute different rounds."""
-        old, new = self.config, cfg.to_mapping()
+        """Refuse to resume under a config that would compute different rounds.
+
+        A key the checkpoint lacks (one added to Spry since) counts as its default.
+        """
+        defaults = {k: v for k, v in default_values().items() if "." not in k}
+        old, new = {**defaults, **self.config}, cfg.to_mapping()
         differ = sorted(
             key
             for key in set(old) | set(new)
@@ -125,11 +129,15 @@ def save(path: str | Path, checkpoint: Checkpoint) -> Path:
         **{_STRATEGY + k: np.asarray(v) for k, v in checkpoint.strategy_arrays.items()},
     }
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **entries)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)  # atomic: readers see the old file or the new one
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **entries)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)  # atomic: readers see the old file or the new one
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # (a SIGKILL leaves it; the next save reuses it)
+        raise
     checkpoint.path = path
     return path
 

@@ -127,3 +127,11 @@ def test_checkpoint_schedule(every, rounds, saved):
         {"checkpoint-every": every, "num-server-rounds": rounds}
     ).runtime
     assert [r for r in range(rounds + 1) if runtime.checkpoints(r)] == saved
+
+
+def test_a_key_the_checkpoint_lacks_counts_as_its_default():
+    saved = _checkpoint()
+    del saved.config["eval-every"]  # as if the key were added to Spry later
+    saved.check_config(RunConfig())  # no error
+    with pytest.raises(ConfigError, match="eval-every 1 -> 2"):
+        saved.check_config(RunConfig.from_run_config({"eval-every": 2}))
