@@ -137,6 +137,21 @@ class Processes:
         return self.alive()
 
 
+def remove_orphaned_namespaces() -> list[str]:
+    """Delete namespaces left by an earlier test process that was killed outright.
+
+    `finally` cleans up after a failure, but not after SIGKILL or a lost machine;
+    names carry the creating process id, so the next run can tell theirs are stale.
+    """
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+    removed = []
+    for ns, pid in re.findall(r"^(spry(\d+)-\S+)", listed.stdout, re.M):
+        if not psutil.pid_exists(int(pid)):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            removed.append(ns)
+    return removed
+
+
 def _signal(process: psutil.Process, signum: int) -> None:
     try:
         process.send_signal(signum)
@@ -154,7 +169,7 @@ class Network:
 
     hosts: Sequence[str]
     subnet: str = "10.231.0"
-    prefix: str = field(default_factory=lambda: f"spry{os.getpid() % 100000}")
+    prefix: str = field(default_factory=lambda: f"spry{os.getpid()}")
     created: list[str] = field(default_factory=list)
 
     def namespace(self, host: str) -> str:
@@ -164,6 +179,7 @@ class Network:
         return f"{self.subnet}.{self.hosts.index(host) + 1}"
 
     def up(self) -> None:
+        remove_orphaned_namespaces()
         switch = self.namespace("switch")
         self._ip("netns", "add", switch)
         self.created.append(switch)

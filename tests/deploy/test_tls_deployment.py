@@ -21,7 +21,14 @@ import pytest
 from spry.config import RunConfig
 from spry.tasks import load_task
 
-from .deployment import ROOT, SCRIPTS, Network, Processes, free_port
+from .deployment import (
+    ROOT,
+    SCRIPTS,
+    Network,
+    Processes,
+    free_port,
+    remove_orphaned_namespaces,
+)
 
 NODES = 2
 RUN_CONFIG = {
@@ -171,3 +178,25 @@ def test_scripts_refuse_bad_arguments(tmp_path):
         result = subprocess.run(argv, capture_output=True, text=True, env=env)
         assert result.returncode == 2, (argv, result.stdout, result.stderr)
         assert result.stderr.strip(), argv
+
+
+def test_namespaces_of_a_killed_test_run_are_removed_by_the_next():
+    """SIGKILL skips `finally`: the next run deletes what the dead one left."""
+    if not _netns_available():
+        pytest.skip("network namespaces need root and iproute2")
+    make_and_die = (
+        "import os, signal, subprocess\n"
+        "subprocess.run(['ip', 'netns', 'add', f'spry{os.getpid()}-x'], check=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", make_and_die])
+    assert child.wait() == -9
+    orphan = f"spry{child.pid}-x"
+    assert orphan in _namespaces()
+    assert orphan in remove_orphaned_namespaces()
+    assert orphan not in _namespaces()
+
+
+def _namespaces() -> list[str]:
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+    return [line.split()[0] for line in listed.stdout.splitlines() if line.strip()]
