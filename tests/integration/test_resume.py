@@ -6,9 +6,8 @@ resumed with `spry run --resume FOLDER`. Clients keep nothing between rounds and
 every draw is a function of (seed, round), so the resumed rounds compute exactly
 what the uninterrupted run's did.
 
-The kill-and-resume test runs `spry run` three times (about 4 to 9 minutes on two
-busy cores), so it is marked slow: `pytest -m slow tests/integration/test_resume.py`.
-The same exactness is checked by default, without processes, at the strategy level
+The kill-and-resume test runs `spry run` three times (about 2 minutes on two idle
+cores). The same exactness is also checked without processes, at the strategy level
 (tests/strategies/test_checkpoint_state.py).
 """
 
@@ -25,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-import pytest
 
 from server.checkpoint import CHECKPOINT_FILE, load
 
@@ -101,7 +99,6 @@ def _metrics(run_dir: Path) -> list[dict[str, str]]:
         ]
 
 
-@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_uninterrupted_runs_final_weights(tmp_path):
     # Prepare: the uninterrupted run, and the same run killed after its checkpoint
     whole = tmp_path / "whole"
