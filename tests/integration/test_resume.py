@@ -13,7 +13,6 @@ cores). The same exactness is also checked without processes, at the strategy le
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -27,6 +26,8 @@ import psutil
 
 from server.checkpoint import CHECKPOINT_FILE, load
 
+from .runs import metrics_rows
+
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 ROUNDS = 3
 SMALL_RUN = [
@@ -34,16 +35,6 @@ SMALL_RUN = [
     "--set", "eval-clients-per-round=3", "--set", "max-train-examples=96",
     "--set", "max-test-examples=64", "--set", "lr=0.01",
 ]  # fmt: skip
-TIMING = {
-    "round-seconds",
-    "train-wall-seconds",
-    "device-round-seconds",
-    "elapsed-seconds",
-    "client-train-seconds-max",
-    "client-peak-mib",
-    "client-peak-extra-mib",
-}
-
 
 def _spry(*args: str) -> list[str]:
     return [sys.executable, "-m", "spry.cli", "run", *args]
@@ -91,14 +82,6 @@ def _kill_after_first_checkpoint(command: list[str], results: Path, log: Path) -
     return found[0].parent
 
 
-def _metrics(run_dir: Path) -> list[dict[str, str]]:
-    with open(run_dir / "metrics.csv") as fh:
-        return [
-            {k: v for k, v in row.items() if k not in TIMING}
-            for row in csv.DictReader(fh)
-        ]
-
-
 def test_a_killed_run_resumes_to_the_uninterrupted_runs_final_weights(tmp_path):
     # Prepare: the uninterrupted run, and the same run killed after its checkpoint
     whole = tmp_path / "whole"
@@ -125,7 +108,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_runs_final_weights(tmp_path):
         assert np.array_equal(final[name], expected[name]), name
     assert any(not np.array_equal(final[n], saved.weights[n]) for n in final.files)
     # The resumed run's records are the uninterrupted run's, round 0 to the last
-    assert _metrics(run_dir) == _metrics(whole_dir)
+    assert metrics_rows(run_dir) == metrics_rows(whole_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed"
     assert summary["resumed-from-rounds"] == [saved.server_round]

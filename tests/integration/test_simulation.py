@@ -6,7 +6,6 @@ they start must be gone afterwards.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -16,15 +15,7 @@ from pathlib import Path
 
 import pytest
 
-TIMING = {
-    "round-seconds",
-    "train-wall-seconds",
-    "device-round-seconds",
-    "elapsed-seconds",
-    "client-train-seconds-max",
-    "client-peak-mib",
-    "client-peak-extra-mib",
-}
+from .runs import metrics_rows
 
 SMALL_RUN = [
     "--rounds",
@@ -82,14 +73,6 @@ def _run(results: Path, *extra: str) -> Path:
     return run_dir
 
 
-def _metrics(run_dir: Path) -> list[dict[str, str]]:
-    with open(run_dir / "metrics.csv") as fh:
-        return [
-            {k: v for k, v in row.items() if k not in TIMING}
-            for row in csv.DictReader(fh)
-        ]
-
-
 def test_two_round_spry_run_is_complete_reproducible_and_leaves_nothing(tmp_path):
     before = _ray_pids()
 
@@ -97,7 +80,7 @@ def test_two_round_spry_run_is_complete_reproducible_and_leaves_nothing(tmp_path
     second = _run(tmp_path / "b")
 
     # The run wrote its results
-    rows = _metrics(first)
+    rows = metrics_rows(first)
     assert [r["round"] for r in rows] == ["0", "1", "2"]
     assert all(r["federated-accuracy"] for r in rows[1:])
     assert all(r["dropped"] == "0" and r["clients"] == "3" for r in rows[1:])
@@ -112,7 +95,7 @@ def test_two_round_spry_run_is_complete_reproducible_and_leaves_nothing(tmp_path
     # The global model changed: the test loss moved after training
     assert rows[2]["test-loss"] != rows[0]["test-loss"]
     # Reproducible: identical per-round metrics with the same seed
-    assert _metrics(second) == rows
+    assert metrics_rows(second) == rows
     # Nothing left behind
     assert _new_ray_pids(before) == set()
 
@@ -166,7 +149,7 @@ BASELINES = {
 def test_baseline_methods_run_two_rounds_in_the_same_harness(method, tmp_path):
     run_dir = _run(tmp_path, "--method", method, *BASELINES[method])
 
-    rows = _metrics(run_dir)
+    rows = metrics_rows(run_dir)
     manifest = json.loads((run_dir / "config.json").read_text())
     assert manifest["method"] == method
     assert run_dir.name.split("-", 2)[2].startswith(method)
@@ -183,8 +166,8 @@ def test_spry_with_scalar_uploads_ends_where_spry_with_weights_does(tmp_path):
     # The server replays each client's AdamW from its scalars: same model, ~300x
     # less upload. (Scalars name random tangents: the head shares them.)
     shared = ("--set", "head-gradient=shared")
-    weights = _metrics(_run(tmp_path / "weights", *shared))
-    scalars = _metrics(
+    weights = metrics_rows(_run(tmp_path / "weights", *shared))
+    scalars = metrics_rows(
         _run(tmp_path / "scalars", *shared, "--set", "upload-scalars=true")
     )
     for a, b in zip(weights, scalars, strict=True):
