@@ -185,6 +185,66 @@ def checked_metrics(
     return metrics
 
 
+def checked_feature_sum(
+    reply: Message, partition: int | None = None
+) -> tuple[np.ndarray, int]:
+    """(sum of pooled features, example count) of a feature-statistics reply.
+
+    The center is subtracted in every later forward pass of every client, so one
+    bad sum would bias the whole run: a 1-d float vector, finite, with a positive
+    integer count. Widths are compared across replies by the caller.
+    """
+    if reply.has_error():
+        raise InvalidReply(f"client error: {reply.error.reason}")
+    content = reply.content
+    found = sorted(content.array_records.keys()), sorted(content.metric_records.keys())
+    if found != ([protocol.FEATURE_SUM], [protocol.METRICS]) or content.config_records:
+        raise InvalidReply(f"unexpected records {found}")
+    record = content.array_records[protocol.FEATURE_SUM]
+    if list(record.keys()) != [protocol.FEATURE_SUM]:
+        raise InvalidReply(f"unexpected arrays {sorted(record.keys())}")
+    total = _decode(protocol.FEATURE_SUM, record[protocol.FEATURE_SUM])
+    if total.ndim != 1 or total.size == 0:
+        raise InvalidReply(f"feature sum of shape {total.shape}, expected (width,)")
+    if not np.issubdtype(total.dtype, np.floating):
+        raise InvalidReply(f"feature sum: dtype {total.dtype} is not floating point")
+    _check_finite(protocol.FEATURE_SUM, total)
+    metrics = checked_metrics(
+        content[protocol.METRICS], partition, known=frozenset({protocol.NUM_EXAMPLES})
+    )
+    return total.astype(np.float64), int(metrics[protocol.NUM_EXAMPLES])
+
+
+def checked_report(reply: Message, partition: int | None = None) -> dict[str, float]:
+    """A task report's numbers: finite, not bools or strings, for its own partition.
+
+    The keys are the task's, so they are not checked here; the task merges them.
+    """
+    if reply.has_error():
+        raise InvalidReply(f"client error: {reply.error.reason}")
+    content = reply.content
+    if list(content.metric_records.keys()) != [protocol.METRICS] or (
+        content.array_records or content.config_records
+    ):
+        raise InvalidReply("a task report is one metrics record and nothing else")
+    metrics = content[protocol.METRICS]
+    report: dict[str, float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidReply(
+                f"report `{key}` should be a number, got {_short(value)}"
+            )
+        if not math.isfinite(value):
+            raise InvalidReply(f"report `{key}` is {value}")
+        report[key] = float(value)
+    claimed = report.pop(protocol.PARTITION_ID, None)
+    if partition is not None and claimed is not None and claimed != partition:
+        raise InvalidReply(
+            f"claims partition {claimed:g}, the node holds partition {partition}"
+        )
+    return report
+
+
 def _check_records(reply: Message, array_key: str) -> None:
     """Exactly one ArrayRecord (`array_key`), one MetricRecord, no ConfigRecord."""
     content = reply.content

@@ -54,7 +54,9 @@ from spry.training import replay_local_training, step_generator
 from .replies import (
     EVALUATE_METRICS,
     InvalidReply,
+    checked_feature_sum,
     checked_metrics,
+    checked_report,
     checked_scalars,
     checked_update,
     log_dropped,
@@ -782,17 +784,29 @@ class Spry(FedAvg):
         messages = [
             Message(content=content, message_type=kind, dst_node_id=n) for n in nodes
         ]
-        total, count = None, 0
+        sums: dict[int, tuple[np.ndarray, int]] = {}
         for reply in self._in_partition_order(
             grid.send_and_receive(messages, timeout=timeout)
         ):
-            if reply.has_error():
-                log_dropped(reply.metadata.src_node_id, None, reply.error.reason)
+            node = reply.metadata.src_node_id
+            try:
+                sums[node] = checked_feature_sum(reply, self.partitions.get(node))
+            except InvalidReply as reason:
+                log_dropped(node, self.partitions.get(node), str(reason))
+        # The model's width is what most clients agree on; a lone odd one is dropped
+        widths = Counter(part.shape for part, _ in sums.values())
+        width = widths.most_common(1)[0][0] if widths else None
+        total, count = None, 0
+        for node, (part, examples) in sums.items():
+            if part.shape != width:
+                log_dropped(
+                    node,
+                    self.partitions.get(node),
+                    f"feature sum of shape {part.shape}, most clients sent {width}",
+                )
                 continue
-            record = reply.content.array_records[protocol.FEATURE_SUM]
-            part = record[protocol.FEATURE_SUM].numpy().astype(np.float64)
             total = part if total is None else total + part
-            count += int(reply.content[protocol.METRICS][protocol.NUM_EXAMPLES])
+            count += examples
         if total is None or count == 0:
             raise RuntimeError(
                 "no client returned feature statistics; cannot centre the features"
@@ -822,12 +836,11 @@ class Spry(FedAvg):
         for reply in self._in_partition_order(
             grid.send_and_receive(messages, timeout=timeout)
         ):
-            if reply.has_error():
-                log_dropped(reply.metadata.src_node_id, None, reply.error.reason)
-                continue
-            metrics = dict(reply.content[protocol.METRICS])
-            metrics.pop(protocol.PARTITION_ID, None)
-            reports.append({k: float(v) for k, v in metrics.items()})
+            node = reply.metadata.src_node_id
+            try:
+                reports.append(checked_report(reply, self.partitions.get(node)))
+            except InvalidReply as reason:
+                log_dropped(node, self.partitions.get(node), str(reason))
         return reports
 
     # ---------------------------------------------------------------- evaluation
