@@ -78,8 +78,7 @@ def checked_update(
 
     `partition`, when given, must match the partition id the reply's metrics claim.
     """
-    if reply.has_error():
-        raise InvalidReply(f"client error: {reply.error.reason}")
+    _check_no_error(reply)
     _check_records(reply, protocol.ARRAYS)
     metrics = checked_metrics(reply.content.metric_records[protocol.METRICS], partition)
     record = reply.content.array_records[protocol.ARRAYS]
@@ -115,8 +114,7 @@ def checked_scalars(
     `num_tangents`, when given, is the K the server will redraw directions for:
     any other count would rebuild a different gradient without an error.
     """
-    if reply.has_error():
-        raise InvalidReply(f"client error: {reply.error.reason}")
+    _check_no_error(reply)
     _check_records(reply, protocol.SCALARS)
     metrics = checked_metrics(reply.content.metric_records[protocol.METRICS], partition)
     record = reply.content.array_records[protocol.SCALARS]
@@ -156,13 +154,7 @@ def checked_metrics(
     if unknown:
         raise InvalidReply(f"unexpected metrics {unknown}")
     for key, value in metrics.items():
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise InvalidReply(
-                f"metric `{key}` should be a number, got {type(value).__name__} "
-                f"{_short(value)}"
-            )
-        if not math.isfinite(value):
-            raise InvalidReply(f"metric `{key}` is {value}")
+        _check_number("metric", key, value)
         if key in NON_NEGATIVE_METRICS and value < 0:
             raise InvalidReply(f"metric `{key}` should be >= 0, got {value}")
     weight = metrics.get(protocol.NUM_EXAMPLES)
@@ -177,11 +169,7 @@ def checked_metrics(
             f"`{protocol.NUM_EXAMPLES}` should be an integer in 1..{MAX_NUM_EXAMPLES}"
             f", got {_short(weight)}"
         )
-    claimed = metrics.get(protocol.PARTITION_ID)
-    if partition is not None and claimed is not None and claimed != partition:
-        raise InvalidReply(
-            f"claims partition {claimed}, the node holds partition {partition}"
-        )
+    _check_claim(metrics.get(protocol.PARTITION_ID), partition)
     return metrics
 
 
@@ -194,12 +182,9 @@ def checked_feature_sum(
     bad sum would bias the whole run: a 1-d float vector, finite, with a positive
     integer count. Widths are compared across replies by the caller.
     """
-    if reply.has_error():
-        raise InvalidReply(f"client error: {reply.error.reason}")
+    _check_no_error(reply)
+    _check_records(reply, protocol.FEATURE_SUM)
     content = reply.content
-    found = sorted(content.array_records.keys()), sorted(content.metric_records.keys())
-    if found != ([protocol.FEATURE_SUM], [protocol.METRICS]) or content.config_records:
-        raise InvalidReply(f"unexpected records {found}")
     record = content.array_records[protocol.FEATURE_SUM]
     if list(record.keys()) != [protocol.FEATURE_SUM]:
         raise InvalidReply(f"unexpected arrays {sorted(record.keys())}")
@@ -220,29 +205,45 @@ def checked_report(reply: Message, partition: int | None = None) -> dict[str, fl
 
     The keys are the task's, so they are not checked here; the task merges them.
     """
-    if reply.has_error():
-        raise InvalidReply(f"client error: {reply.error.reason}")
+    _check_no_error(reply)
     content = reply.content
     if list(content.metric_records.keys()) != [protocol.METRICS] or (
         content.array_records or content.config_records
     ):
         raise InvalidReply("a task report is one metrics record and nothing else")
     metrics = content[protocol.METRICS]
-    report: dict[str, float] = {}
     for key, value in metrics.items():
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise InvalidReply(
-                f"report `{key}` should be a number, got {_short(value)}"
-            )
-        if not math.isfinite(value):
-            raise InvalidReply(f"report `{key}` is {value}")
-        report[key] = float(value)
-    claimed = report.pop(protocol.PARTITION_ID, None)
+        _check_number("report", key, value)
+    _check_claim(metrics.get(protocol.PARTITION_ID), partition)
+    return {
+        key: float(value)
+        for key, value in metrics.items()
+        if key != protocol.PARTITION_ID
+    }
+
+
+def _check_no_error(reply: Message) -> None:
+    if reply.has_error():
+        raise InvalidReply(f"client error: {reply.error.reason}")
+
+
+def _check_number(kind: str, key: str, value: object) -> None:
+    """A finite int or float (bools, strings and lists are refused)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidReply(
+            f"{kind} `{key}` should be a number, got {type(value).__name__} "
+            f"{_short(value)}"
+        )
+    if not math.isfinite(value):
+        raise InvalidReply(f"{kind} `{key}` is {value}")
+
+
+def _check_claim(claimed: object, partition: int | None) -> None:
+    """A reply that names a partition must name the one its node holds."""
     if partition is not None and claimed is not None and claimed != partition:
         raise InvalidReply(
-            f"claims partition {claimed:g}, the node holds partition {partition}"
+            f"claims partition {claimed}, the node holds partition {partition}"
         )
-    return report
 
 
 def _check_records(reply: Message, array_key: str) -> None:
