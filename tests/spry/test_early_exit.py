@@ -6,8 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from spry.early_exit import DISTANCE_DELTA, RetrievalDatabase, earliest_correct_layer
-from spry.models.layers import forward_to_layer, layer_states, mean_pool
+from spry.tasks.raee.layers import forward_to_layer, layer_states, mean_pool
+from spry.tasks.raee.retrieval import (
+    DISTANCE_DELTA,
+    RetrievalDatabase,
+    earliest_correct_layer,
+)
 
 SENTENCES = [
     "fine",

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from spry.config import RunConfig, default_values
-from spry.early_exit import RetrievalDatabase
-from spry.models.layers import forward_to_layer
 from spry.tasks import load_task
+from spry.tasks.raee.layers import forward_to_layer
+from spry.tasks.raee.retrieval import RetrievalDatabase
 
 
 @pytest.fixture(scope="module")

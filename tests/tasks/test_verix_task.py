@@ -10,7 +10,8 @@ import torch
 
 from spry.config import RunConfig, default_values
 from spry.tasks import load_task
-from spry.verification import Explanation, make_solver, verify
+from spry.tasks.verix.explanation import Explanation, verify
+from spry.tasks.verix.solvers import make_solver
 
 
 def test_explanations_of_the_model_are_sound_by_a_second_solver_and_drawn(tmp_path):

@@ -15,23 +15,15 @@ import pytest
 import torch
 from torch import nn
 
-from spry.verification import (
-    Explanation,
-    MarabouSolver,
-    Z3Solver,
-    affine_layers,
-    check_verifiable,
-    explain,
-    input_box,
+from spry.tasks.verix.explanation import Explanation, explain, verify
+from spry.tasks.verix.masks import save_mask_grid, save_mask_png
+from spry.tasks.verix.network import affine_layers, check_verifiable, forward
+from spry.tasks.verix.sensitivity import (
     logit_derivatives,
-    make_solver,
-    save_mask_grid,
-    save_mask_png,
     sensitivities,
     sensitivity_ranking,
-    verify,
 )
-from spry.verification.network import forward
+from spry.tasks.verix.solvers import MarabouSolver, Z3Solver, input_box, make_solver
 
 X_HALF = torch.tensor([0.5, 0.5])
 

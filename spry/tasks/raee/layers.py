@@ -1,6 +1,6 @@
 """Per-layer views of a BERT-style encoder: pooled states, and a forward that stops.
 
-Early exiting (`spry.early_exit`, RAEE) needs two things from the backbone:
+Early exiting (`retrieval`, RAEE) needs two things from the backbone:
 
 - `layer_states`: the mean-pooled hidden state after the embeddings and after every
   layer, from one ordinary forward pass. It labels the retrieval database (which

@@ -10,7 +10,7 @@ per example and cached.
 
 After the last round each client, on its own data only (`report`):
 1. labels its training examples with the earliest exit that predicts them correctly
-   (`spry.early_exit.earliest_correct_layer`) and indexes them by a cheap query
+   (`retrieval.earliest_correct_layer`) and indexes them by a cheap query
    embedding, the mean-pooled token embeddings (layer 0: no transformer layer runs
    before the decision);
 2. for each held-out example, retrieves k = 12 neighbours, takes the layer with the
@@ -35,14 +35,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..classification import tokenize
-from ..config import ConfigError, RunConfig
-from ..early_exit import RetrievalDatabase, earliest_correct_layer
-from ..engines.base import Batch
-from ..models import TrainableModel, resolve_model_path
-from ..models.layers import forward_to_layer, layer_states
-from .base import TaskOptions
-from .classification import ClassificationTask
+from ...classification import tokenize
+from ...config import ConfigError, RunConfig
+from ...engines.base import Batch
+from ...models import TrainableModel, resolve_model_path
+from ..base import TaskOptions
+from ..classification import ClassificationTask
+from .layers import forward_to_layer, layer_states
+from .retrieval import RetrievalDatabase, earliest_correct_layer
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ class RaeeTask(ClassificationTask):
         if self._encoder is None:
             from transformers import AutoModel, AutoTokenizer
 
-            from ..models.classifier import _quiet_transformers
+            from ...models.classifier import _quiet_transformers
 
             _quiet_transformers()
             path = resolve_model_path(self.run.model.model)

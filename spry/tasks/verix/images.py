@@ -20,7 +20,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from .sources import SPLIT_SEED, DataError, majority_rate
+from ...data.sources import SPLIT_SEED, DataError, majority_rate
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_LABELS = (

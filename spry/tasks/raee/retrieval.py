@@ -12,7 +12,7 @@ backbone stops at the most probable layer.
 This module holds the retrieval half (NumPy + faiss, no torch), so a client can build,
 query and keep its database on disk cheaply. The backbone half (pooled hidden states
 after each layer, and a forward pass that stops at a given layer) is
-`spry.models.layers`.
+`layers`, beside it.
 """
 
 from __future__ import annotations

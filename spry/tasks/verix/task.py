@@ -8,7 +8,7 @@ perturbation of all the others, and proves it with a constraint solver. Here:
   8x8 digits by default; Debian's Fashion-MNIST when installed) with the run's
   strategy and engine, Spry's forward gradients by default;
 - after the last round the server explains the final model on the first
-  `explain-images` test images (`spry.verification`): features ranked by forward-mode
+  `explain-images` test images (`explanation`): features ranked by forward-mode
   sensitivity, then one solver query per feature (Marabou, or z3 without it), each
   explanation re-verified sound by an independent query; masks are drawn as PNGs
   under `explanations/` in the results folder, with `explanations.json`.
@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import ConfigError
-from ..data.images import ImageDataset, load_image_dataset
-from ..engines.base import Batch
-from ..models import TrainableModel
-from .base import LabelledDataTask, TaskOptions
+from ...config import ConfigError
+from ...engines.base import Batch
+from ...models import TrainableModel
+from ..base import LabelledDataTask, TaskOptions
+from .images import ImageDataset, load_image_dataset
 
 
 @dataclass(frozen=True)
@@ -191,13 +191,9 @@ class VerixTask(LabelledDataTask):
         """Explain the final model on the first test images; masks under `results`."""
         if not self.opts.explain_images:
             return {}
-        from ..verification import (
-            explain,
-            make_solver,
-            save_mask_grid,
-            save_mask_png,
-            verify,
-        )
+        from .explanation import explain, verify
+        from .masks import save_mask_grid, save_mask_png
+        from .solvers import make_solver
 
         net = trainable.model.cpu().eval()
         solver = make_solver(self.opts.solver)
