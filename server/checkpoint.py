@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from spry.config import ConfigError, ConfigValue, RunConfig, default_values
+from spry.flatten import flatten, unflatten
 
 CHECKPOINT_FILE = "checkpoint.npz"
 FORMAT = 1  # bump when the layout changes; older files are refused, not misread
@@ -36,9 +37,11 @@ FORMAT = 1  # bump when the layout changes; older files are refused, not misread
 # of the rounds still to run, so a difference there is refused.
 RESUME_FREE_KEYS = frozenset({"resume", "checkpoint-every", "results-dir"})
 
-_META = "meta"  # the JSON entry
-_WEIGHTS = "weights/"  # + tensor name
-_STRATEGY = "strategy/"  # + the strategy's own array keys
+# Entries: "meta" (the JSON), "weights/<tensor>", "strategy/<its own keys>" (e.g.
+# "strategy/optimizer/m/<tensor>"), packed by `spry.flatten`.
+_META = "meta"
+_WEIGHTS = "weights"
+_STRATEGY = "strategy"
 
 
 @dataclass
@@ -53,8 +56,9 @@ class Checkpoint:
         The global trainable tensors after that round.
     config : dict[str, ConfigValue]
         The run's flat config (`RunConfig.to_mapping()`).
-    strategy_arrays : dict[str, np.ndarray] (default: {})
-        The strategy's array state (server-optimizer moments, ...).
+    strategy_arrays : dict[str, Any] (default: {})
+        The strategy's array state, a nested mapping of arrays (server-optimizer
+        moments under "optimizer", ...).
     strategy_state : dict[str, Any] (default: {})
         The strategy's JSON state (round log, feature center, counters).
     recorder_state : dict[str, Any] (default: {})
@@ -66,7 +70,7 @@ class Checkpoint:
     server_round: int
     weights: dict[str, np.ndarray]
     config: dict[str, ConfigValue]
-    strategy_arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    strategy_arrays: dict[str, Any] = field(default_factory=dict)
     strategy_state: dict[str, Any] = field(default_factory=dict)
     recorder_state: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
@@ -123,10 +127,10 @@ def save(path: str | Path, checkpoint: Checkpoint) -> Path:
         "strategy": checkpoint.strategy_state,
         "recorder": checkpoint.recorder_state,
     }
+    arrays = {_WEIGHTS: checkpoint.weights, _STRATEGY: checkpoint.strategy_arrays}
     entries: dict[str, np.ndarray] = {
         _META: np.frombuffer(json.dumps(meta, default=_plain).encode(), dtype=np.uint8),
-        **{_WEIGHTS + k: np.asarray(v) for k, v in checkpoint.weights.items()},
-        **{_STRATEGY + k: np.asarray(v) for k, v in checkpoint.strategy_arrays.items()},
+        **{k: np.asarray(v) for k, v in flatten(arrays).items()},
     }
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -164,7 +168,7 @@ def read_config(location: str | Path) -> dict[str, ConfigValue]:
 
 def _read(
     location: str | Path, *, arrays: bool
-) -> tuple[Path, dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
+) -> tuple[Path, dict[str, Any], dict[str, np.ndarray], dict[str, Any]]:
     """(path, JSON entry, weights, strategy arrays); arrays empty unless asked."""
     path = checkpoint_path(location)
     if not path.is_file():
@@ -172,8 +176,11 @@ def _read(
     try:
         with np.load(path, allow_pickle=False) as npz:
             meta: dict[str, Any] = json.loads(npz[_META].tobytes().decode())
-            weights = _prefixed(npz, _WEIGHTS) if arrays else {}
-            strategy_arrays = _prefixed(npz, _STRATEGY) if arrays else {}
+            tree = (
+                unflatten({k: npz[k] for k in npz.files if k != _META})
+                if arrays
+                else {}
+            )
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
         raise ConfigError(f"resume: cannot read checkpoint {path}: {error}") from None
     if meta.get("format") != FORMAT:
@@ -181,11 +188,7 @@ def _read(
             f"resume: {path} has checkpoint format {meta.get('format')}, "
             f"this version reads {FORMAT}"
         )
-    return path, meta, weights, strategy_arrays
-
-
-def _prefixed(npz: Any, prefix: str) -> dict[str, np.ndarray]:
-    return {k[len(prefix) :]: npz[k] for k in npz.files if k.startswith(prefix)}
+    return path, meta, tree.get(_WEIGHTS, {}), tree.get(_STRATEGY, {})
 
 
 def _plain(value: Any) -> Any:

@@ -18,9 +18,19 @@ STREAM_TANGENTS = 2
 STREAM_DATA = 3
 STREAM_INIT = 4
 STREAM_SELECTION = 5
-STREAM_STATISTICS = 6
+# 6 was a statistics stream that nothing drew from; the clients asked for feature
+# statistics are a sample (SAMPLE_STATISTICS below), so it is retired, not reused.
 STREAM_DEVICES = 7
 STREAM_FAULTS = 8
+
+# The server's client samples are all draws of STREAM_SAMPLING:
+# `spry.splitting.sample_clients(seed, offset + round, ...)`. The offsets keep the
+# training, evaluation, feature-statistics and second-wave samples of a round apart
+# (they would meet only in a run of a million rounds).
+SAMPLE_TRAIN = 0
+SAMPLE_EVALUATE = 1_000_000
+SAMPLE_STATISTICS = 2_000_000
+SAMPLE_REASSIGN = 3_000_000
 
 
 def derive_seed(root: int, stream: int, *path: int) -> int:

@@ -8,6 +8,7 @@ import pytest
 from server import checkpoint
 from server.checkpoint import CHECKPOINT_FILE, Checkpoint
 from spry.config import ConfigError, RunConfig
+from spry.flatten import flatten
 
 
 def _checkpoint(server_round: int = 2, cfg: RunConfig | None = None) -> Checkpoint:
@@ -20,8 +21,10 @@ def _checkpoint(server_round: int = 2, cfg: RunConfig | None = None) -> Checkpoi
         },
         config=(cfg or RunConfig()).to_mapping(),
         strategy_arrays={
-            "optimizer/m/classifier.bias": np.array([0.1, -0.2], np.float32),
-            "optimizer/v/classifier.bias": np.array([1e-6, 3e-5], np.float32),
+            "optimizer": {
+                "m": {"classifier.bias": np.array([0.1, -0.2], np.float32)},
+                "v": {"classifier.bias": np.array([1e-6, 3e-5], np.float32)},
+            }
         },
         strategy_state={"round-log": {"1": {"dropped": 0, "peaks": [[0, 2, None]]}}},
         recorder_state={"rows": [{"round": 0}], "notes": {}, "elapsed-seconds": 1.5},
@@ -41,7 +44,7 @@ def test_round_trip_keeps_round_weights_and_optimizer_state(tmp_path):
     assert loaded.path == tmp_path / CHECKPOINT_FILE
     for got, want in (
         (loaded.weights, saved.weights),
-        (loaded.strategy_arrays, saved.strategy_arrays),
+        (flatten(loaded.strategy_arrays), flatten(saved.strategy_arrays)),
     ):
         assert got.keys() == want.keys()
         for name in want:
@@ -51,6 +54,15 @@ def test_round_trip_keeps_round_weights_and_optimizer_state(tmp_path):
     assert loaded.recorder_state == saved.recorder_state
     assert loaded.config == RunConfig().to_mapping()
     assert checkpoint.read_config(tmp_path) == saved.config
+    # The entry names are the format's (files written before keep loading)
+    with np.load(tmp_path / CHECKPOINT_FILE) as npz:
+        assert sorted(npz.files) == [
+            "meta",
+            "strategy/optimizer/m/classifier.bias",
+            "strategy/optimizer/v/classifier.bias",
+            "weights/classifier.bias",
+            "weights/lora_A.weight",
+        ]
 
 
 def test_a_write_that_dies_midway_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -95,10 +107,15 @@ def test_a_different_config_is_refused_in_one_line_naming_the_keys(tmp_path):
 
 def test_where_results_go_and_checkpoint_settings_may_differ():
     saved = _checkpoint()
-    same = RunConfig.from_run_config(
-        {"resume": "somewhere", "results-dir": "elsewhere", "checkpoint-every": 5}
-    )
-    saved.check_config(same)  # no error
+    free = {"resume": "somewhere", "results-dir": "elsewhere", "checkpoint-every": 5}
+    same = RunConfig.from_run_config(free)
+    new = same.to_mapping()
+    # The three keys really differ from the checkpoint's, and nothing else does
+    assert {k for k in new if new[k] != saved.config.get(k)} == set(free)
+    assert saved.check_config(same) is None
+    # ...and the check still looks at every other key next to them
+    with pytest.raises(ConfigError, match="seed 0 -> 1"):
+        saved.check_config(RunConfig.from_run_config({**free, "seed": 1}))
 
 
 def test_weights_that_do_not_fit_the_model_are_refused():
