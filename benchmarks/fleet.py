@@ -53,6 +53,7 @@ def tight_catalog(path: Path, seed: int) -> Path:
     from spry.devices import plan_fleet
     from spry.models import build_classifier, is_head
     from spry.splitting import group_tensors
+    from spry.tasks import load_task
 
     cfg = RunConfig.from_run_config({**default_values(), "seed": seed})
     data = load_for(cfg.data)
@@ -63,7 +64,7 @@ def tight_catalog(path: Path, seed: int) -> Path:
     probe_cfg = RunConfig.from_run_config(
         {**cfg.to_mapping(), "device-profiles": "phone-4gb"}
     )
-    memory = plan_fleet(probe_cfg, names, head).memory
+    memory = plan_fleet(probe_cfg, names, head, load_task(probe_cfg)).memory
     assert memory is not None
     groups = group_tensors(names, head, cfg.strategy.group_size, cfg.strategy.split)
     shared = sum(size[n] for n in head)

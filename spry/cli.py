@@ -90,7 +90,7 @@ def preflight(cfg: RunConfig) -> None:
     trainable = task.model()
     task.test_data()
     head = task.head_names(trainable.names)
-    plan_fleet(cfg, list(trainable.names), head)  # fits somewhere?
+    plan_fleet(cfg, list(trainable.names), head, task)  # fits somewhere?
 
 
 def run(overrides: dict[str, ConfigValue]) -> int:

@@ -31,6 +31,7 @@ from .seeding import STREAM_DEVICES, numpy_rng
 if TYPE_CHECKING:
     from .config import RunConfig
     from .memory_model import MemoryModel
+    from .tasks.base import Task
 
 MIB = 2**20
 
@@ -191,11 +192,15 @@ class Fleet:
         return None if self.memory is None else self.memory.peak_bytes(params)
 
 
-def plan_fleet(cfg: RunConfig, names: Sequence[str], head: Sequence[str]) -> Fleet:
+def plan_fleet(
+    cfg: RunConfig, names: Sequence[str], head: Sequence[str], task: Task
+) -> Fleet:
     """The run's fleet; measures the memory model when some budget is finite.
 
-    Raises ValueError when no device of the mix can train the smallest slice (the
-    shared tensors and the smallest group), naming the prediction and budgets.
+    The memory model asks `task` what a client holds (its model and largest batch,
+    `Task.probe_inputs`), so budgets work for every task. Raises ValueError when
+    no device of the mix can train the smallest slice (the shared tensors and the
+    smallest group), naming the prediction and budgets.
     """
     from .splitting import group_tensors
 
@@ -206,18 +211,10 @@ def plan_fleet(cfg: RunConfig, names: Sequence[str], head: Sequence[str]) -> Fle
     profiles = assign_profiles(mix, cfg.data.num_clients, cfg.runtime.seed)
     if all(p.budget_mib == float("inf") for p, _ in mix):
         return Fleet(profiles, None, sim.memory_margin)
-    if cfg.task.task != "classification":
-        raise ValueError(
-            f"device budgets (`device-profiles` with a finite budget) need the memory "
-            f"model, which measures the classification task only; task "
-            f"{cfg.task.task!r} runs with the `host` profile"
-        )
-    from .data import load_for
     from .memory_model import calibrate
 
-    num_labels = load_for(cfg.data).num_labels
     smallest = min(groups, key=len) if groups else ()
-    memory = calibrate(cfg, [*smallest, *shared], list(names), num_labels)
+    memory = calibrate(cfg, task, [*smallest, *shared], list(names))
     need = memory.peak_bytes(memory.probes[0]["params"]) * (1 + sim.memory_margin)
     if not any(need <= p.budget_bytes for p, _ in mix):
         budgets = ", ".join(f"{p.name} {p.budget_mib:.0f} MiB" for p, _ in mix)

@@ -11,7 +11,10 @@ model, a dataset or a metric: it asks the run's task. A task says
 - what a client shares besides the weights the strategy averages: a `report`
   (counts, sums, times) computed after the last round on the client's private data,
   which the server merges with `merge_reports`; and a server-side `finish` that
-  works on the final model (explanations, plots) and writes into the results folder.
+  works on the final model (explanations, plots) and writes into the results folder;
+- what a client's training step holds at its peak, for device budgets: the model it
+  trains and its largest batch (`probe_inputs`, with the data facts of
+  `probe_context`), which the memory model (`spry.memory_model`) measures.
 
 A worker process runs many clients over a run; `model` and `partition` build once
 per process and reset/reuse, so a client's result never depends on which client
@@ -171,6 +174,41 @@ class Task(ABC):
     def finish(self, trainable: TrainableModel, results: Path) -> dict[str, Any]:
         """Server-side work on the final model; files go under `results`."""
         return {}
+
+    # -- memory planning (device budgets) ----------------------------------------------
+
+    def probe_context(self) -> dict[str, ConfigValue]:
+        """Facts of the run's data that `probe_inputs` needs (JSON numbers, strings).
+
+        The memory probe builds a client in a fresh process that holds only what a
+        client holds, so facts that take the whole data set to learn (the number of
+        labels) are computed here, in the run's process, and handed over. They are
+        part of the probe's cache key. Default: none.
+        """
+        return {}
+
+    def probe_inputs(
+        self, device: str, context: Mapping[str, ConfigValue]
+    ) -> tuple[TrainableModel, Batch]:
+        """The model a client trains and its largest batch, on `device`.
+
+        The memory probe trains a slice of the model on this batch and reads the
+        peak. Default: `build_model` and client 0's first `batch-size` training
+        rows, right for tasks whose batches all have one shape; a task whose batches
+        vary (text padded to its longest) returns its worst: full length.
+        """
+        trainable = self.build_model(device)
+        rows = self.partition(0).train
+        batches = self.batches(
+            trainable, rows, batch_size=self.run.client.batch_size
+        )
+        batch = next(iter(batches), None)
+        if batch is None:
+            raise ConfigError(
+                f"task {self.name!r}: client 0 has no training rows to size a "
+                "client's memory with"
+            )
+        return trainable, {k: v.to(device) for k, v in batch.items()}
 
     # -- what the core calls -----------------------------------------------------------
 

@@ -8,13 +8,20 @@ test set and Dirichlet or IID client partitions. Model and data come from the ru
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import ClassVar
 
 import datasets
 import numpy as np
 
-from ..classification import classification_loss, evaluate, iterate_batches, move
+from ..classification import (
+    classification_loss,
+    evaluate,
+    iterate_batches,
+    move,
+    tokenize,
+)
+from ..config import ConfigValue
 from ..data import load_for
 from ..data.sources import TextDataset
 from ..engines.base import Batch
@@ -36,9 +43,12 @@ class ClassificationTask(LabelledDataTask):
         return load_for(self.run.data)  # cached by config
 
     def build_model(self, device: str) -> TrainableModel:
+        return self._classifier(self.dataset.num_labels, device)
+
+    def _classifier(self, num_labels: int, device: str) -> TrainableModel:
         return build_classifier(
             self.run.model,
-            num_labels=self.dataset.num_labels,
+            num_labels=num_labels,
             seed=self.run.runtime.seed,
             device=device,
         )
@@ -82,3 +92,24 @@ class ClassificationTask(LabelledDataTask):
             trainable, rows, batch_size=self.run.client.eval_batch_size
         )
         return trainable.feature_sum(move(b, device) for b in batches)
+
+    # -- memory planning: the classifier and a full-length batch ---------------------
+
+    def probe_context(self) -> dict[str, ConfigValue]:
+        return {"num-labels": self.dataset.num_labels}
+
+    def probe_inputs(
+        self, device: str, context: Mapping[str, ConfigValue]
+    ) -> tuple[TrainableModel, Batch]:
+        """The classifier and `batch-size` examples of `max-length` tokens.
+
+        Sentences are padded to the longest of their batch, so a client's peak is
+        at a batch of full-length ones; the probe does not read the data set.
+        """
+        num_labels = int(context["num-labels"])
+        trainable = self._classifier(num_labels, device)
+        size, length = self.run.client.batch_size, self.run.model.max_length
+        text = " ".join(["memory"] * length)
+        labels = [i % num_labels for i in range(size)]
+        batch = tokenize(trainable.tokenizer, [text] * size, labels, length)
+        return trainable, move(batch, device)

@@ -121,3 +121,55 @@ def test_more_room_means_a_larger_slice():
     sizes = [len(dealt[c]) for c in (0, 1, 2)]
     assert sizes == sorted(sizes) and sizes[0] == 1 and sizes[1] == 4
     assert sum(sizes) == 12  # nothing untrained: the big device took the rest
+
+
+# --- budgets ask the task: its model and its largest batch ------------------------
+
+
+def _run(**values):
+    from spry.config import RunConfig, default_values
+
+    return RunConfig.from_run_config({**default_values(), **values})
+
+
+def test_the_classifier_probe_is_a_batch_of_full_length_sentences():
+    from spry.tasks import load_task
+
+    cfg = _run(**{"batch-size": 3, "max-length": 16})
+    task = load_task(cfg)
+    assert task.probe_context() == {"num-labels": 2}
+    trainable, batch = task.probe_inputs("cpu", {"num-labels": 2})
+    assert batch["input_ids"].shape == (3, 16)  # padded to max-length: the worst
+    assert batch["labels"].tolist() == [0, 1, 0]
+    assert list(trainable.names) == list(task.model().names)
+
+
+def test_budgets_work_for_a_task_other_than_classification(tmp_path, monkeypatch):
+    """VeriX's MLP is measured in a fresh process through the task's probe."""
+    from spry.devices import plan_fleet
+    from spry.tasks import load_task
+
+    monkeypatch.setenv("SPRY_CACHE", str(tmp_path))
+    cfg = _run(
+        **{
+            "task": "verix",
+            "verix.hidden": "16,16",  # three groups: the smallest slice is not all
+            "num-clients": 4,
+            "clients-per-round": 2,
+            "eval-clients-per-round": 2,
+            "device-profiles": "phone-4gb:1",
+        }
+    )
+    task = load_task(cfg)
+    trainable = task.model()
+    names = list(trainable.names)
+    _, batch = task.probe_inputs("cpu", task.probe_context())
+    assert batch["pixels"].shape == (cfg.client.batch_size, 64)  # client 0's first
+    fleet = plan_fleet(cfg, names, task.head_names(names), task)
+    assert fleet.budgeted and fleet.memory is not None
+    small, full = fleet.memory.probes
+    sizes = {n: p.numel() for n, p in trainable.parameters().items()}
+    assert full["params"] == sum(sizes.values())  # every tensor of the MLP
+    assert 0 < small["params"] < full["params"]
+    assert 0 < fleet.memory.peak_bytes(full["params"]) < 4 * 2**30
+    assert len(list((tmp_path / "memory-model").glob("*.json"))) == 2  # cached

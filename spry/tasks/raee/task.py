@@ -39,7 +39,7 @@ from ...classification import tokenize
 from ...config import ConfigError, RunConfig
 from ...engines.base import Batch
 from ...models import TrainableModel, resolve_model_path
-from ..base import TaskOptions
+from ..base import Task, TaskOptions
 from ..classification import ClassificationTask
 from .layers import forward_to_layer, layer_states
 from .retrieval import RetrievalDatabase, earliest_correct_layer
@@ -186,6 +186,11 @@ class RaeeTask(ClassificationTask):
 
     def head_names(self, names: Sequence[str]) -> list[str]:
         return []  # every exit is a group of its own; none is shared by all clients
+
+    # Batches are cached pooled states, all of one shape: the generic probe (the
+    # exits, client 0's first batch), not the classifier's full-length sentences
+    probe_context = Task.probe_context
+    probe_inputs = Task.probe_inputs
 
     def centers_features(self) -> bool:
         return False
