@@ -5,12 +5,17 @@ overrides through `make_server_app`. Before the first round the server asks ever
 node which data partition it holds (node ids are random, partition ids are not), so
 client sampling is a function of the seed alone. After each round it saves a
 checkpoint (`server.checkpoint`); a run started with `resume` set continues from one.
+
+The ServerApp is where a strategy meets its parts, each one file in `server/`:
+device budgets (`budgets.py`, the dealer), fault injection and the deadline
+(`faults.py`), the second wave (`second_wave.py`), resuming (`resume.py`) and the
+queries before the first and after the last round (`queries.py`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from logging import INFO
 from pathlib import Path
 
@@ -30,12 +35,16 @@ from flwr.serverapp import Grid, ServerApp
 
 from spry import protocol
 from spry.config import ConfigError, ConfigValue, RunConfig
-from spry.devices import plan_fleet
-from spry.tasks import load_task
-from strategies import STRATEGIES
+from spry.devices import Fleet, plan_fleet
+from spry.models import TrainableModel
+from spry.tasks import Task, load_task
+from strategies import STRATEGIES, SlicedRounds
 
-from . import checkpoint
+from . import checkpoint, queries, resume
+from .budgets import BudgetDealer
+from .faults import FaultInjection
 from .results import RunRecorder
+from .second_wave import SecondWave
 
 DISCOVERY_TIMEOUT = 600.0
 
@@ -98,19 +107,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     """Run `cfg` on `grid`; return the results folder."""
     task = load_task(cfg)
     trainable = task.model()
-    resumed = checkpoint.load(cfg.runtime.resume) if cfg.runtime.resume else None
-    if resumed is None:
-        recorder = RunRecorder.create(cfg, reference=task.reference_metrics())
-    else:  # refused before anything is written or any client is asked
-        resumed.check_config(cfg)
-        resumed.check_weights(trainable.state())
-        assert resumed.path is not None
-        recorder = RunRecorder.reopen(
-            resumed.path.parent,
-            cfg,
-            resumed.recorder_state,
-            reference=task.reference_metrics(),
-        )
+    recorder, resumed = _open_records(cfg, task, trainable)
     partitions = discover_partitions(grid, cfg.data.num_clients)
     log(
         INFO,
@@ -118,96 +115,38 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
         len(partitions),
         len(partitions) - 1,
     )
-
-    strategy_cls = STRATEGIES.get(cfg.strategy.strategy)
-    if strategy_cls is None:
-        raise ConfigError(
-            f"unknown strategy {cfg.strategy.strategy!r}; "
-            f"available: {sorted(STRATEGIES)}"
-        )
     head = task.head_names(trainable.names)
-    fleet = plan_fleet(cfg, list(trainable.names), head)
+    fleet = plan_fleet(cfg, list(trainable.names), head, task)
     recorder.fleet = fleet
-    strategy = strategy_cls.from_run(cfg, partitions, head, fleet=fleet)
-
-    def evaluate_central(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        if not cfg.runtime.evaluates(server_round):
-            return None
-        trainable.load({k: v.numpy() for k, v in arrays.items()})
-        scores = task.evaluate(trainable, task.test_data())
-        recorder.record(server_round, scores, strategy.round_log.get(server_round, {}))
-        return MetricRecord({"accuracy": scores["accuracy"], "loss": scores["loss"]})
+    strategy = compose_strategy(cfg, partitions, head, fleet)
 
     def end_of_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         # Flower calls this last in each round: the round's records are complete
-        metrics = evaluate_central(server_round, arrays)
+        metrics = None
+        if cfg.runtime.evaluates(server_round):
+            trainable.load({k: v.numpy() for k, v in arrays.items()})
+            scores = task.evaluate(trainable, task.test_data())
+            entry = strategy.round_log.get(server_round, {})
+            recorder.record(server_round, scores, entry)
+            metrics = MetricRecord({k: scores[k] for k in ("accuracy", "loss")})
         if cfg.runtime.checkpoints(server_round):
-            save_checkpoint(server_round, arrays)
+            resume.save(strategy, recorder, cfg, server_round, arrays)
         return metrics
 
-    def save_checkpoint(server_round: int, arrays: ArrayRecord) -> None:
-        strategy_arrays, strategy_state = strategy.checkpoint_state()
-        path = checkpoint.save(
-            recorder.directory / checkpoint.CHECKPOINT_FILE,
-            checkpoint.Checkpoint(
-                server_round=server_round,
-                weights={k: v.numpy() for k, v in arrays.items()},
-                config=cfg.to_mapping(),
-                strategy_arrays=strategy_arrays,
-                strategy_state=strategy_state,
-                recorder_state=recorder.checkpoint_state(),
-            ),
-        )
-        log(INFO, "checkpoint: saved round %d to %s", server_round, path)
-
     status = "failed"
-    first_round = 1
     try:
-        if resumed is not None:
-            strategy.load_checkpoint_state(
-                resumed.strategy_arrays, resumed.strategy_state
-            )
-            trainable.load(resumed.weights)
-            if strategy.feature_center is not None:
-                trainable.set_feature_center(strategy.feature_center)
-            first_round = resumed.server_round + 1
-            recorder.notes.setdefault("resumed-from-rounds", []).append(
-                resumed.server_round
-            )
-            log(
-                INFO,
-                "resuming from round %d (%s)",
-                resumed.server_round,
-                resumed.path,
-            )
-        elif task.centers_features():
-            recorder.notes["feature-center-examples"] = (
-                strategy.estimate_feature_center(
-                    grid, ConfigRecord(), timeout=cfg.runtime.round_timeout
-                )
-            )
-            assert strategy.feature_center is not None
-            trainable.set_feature_center(strategy.feature_center)
-        strategy.start(
+        first_round = _before_round_one(
+            grid, cfg, task, trainable, strategy, recorder, resumed
+        )
+        runner = strategy if first_round == 1 else resume.Resumed(strategy, first_round)
+        runner.start(
             grid=grid,
-            initial_arrays=ArrayRecord(
-                {k: Array(v) for k, v in trainable.state().items()}
-            ),
+            initial_arrays=_record(trainable.state()),
             num_rounds=cfg.runtime.num_server_rounds,
             timeout=cfg.runtime.round_timeout,
             evaluate_fn=end_of_round,
-            first_round=first_round,
         )
-        state = trainable.state()
-        np.savez(recorder.directory / "final-weights.npz", **state)
-        final = ArrayRecord({k: Array(v) for k, v in state.items()})
-        if task.has_report:
-            reports = strategy.task_reports(grid, final, cfg.runtime.round_timeout)
-            merged = task.merge_reports(reports)
-            log(INFO, "task report of %d clients: %s", len(reports), merged)
-            recorder.notes["task-report"] = {**merged, "clients": len(reports)}
-        trainable.load({k: v.numpy() for k, v in final.items()})
-        recorder.notes.update(task.finish(trainable, recorder.directory))
+        _after_last_round(grid, cfg, task, trainable, strategy, recorder)
         status = "completed"
     finally:
         recorder.finish(status, strategy.round_log)
@@ -217,6 +156,91 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
             recorder.directory,
         )
     return recorder.directory
+
+
+def compose_strategy(
+    cfg: RunConfig, partitions: Mapping[int, int], head: Sequence[str], fleet: Fleet
+) -> SlicedRounds:
+    """The run's strategy with its parts: budgets, faults, the second wave."""
+    strategy_cls = STRATEGIES.get(cfg.strategy.strategy)
+    if strategy_cls is None:
+        raise ConfigError(
+            f"unknown strategy {cfg.strategy.strategy!r}; "
+            f"available: {sorted(STRATEGIES)}"
+        )
+    return strategy_cls.from_run(
+        cfg,
+        partitions,
+        head,
+        dealer=BudgetDealer(fleet),
+        faults=FaultInjection.from_run(cfg),
+        second_wave=SecondWave.from_run(cfg),
+    )
+
+
+def _open_records(
+    cfg: RunConfig, task: Task, trainable: TrainableModel
+) -> tuple[RunRecorder, checkpoint.Checkpoint | None]:
+    """A new results folder, or the resumed run's (refused before any work)."""
+    if not cfg.runtime.resume:
+        return RunRecorder.create(cfg, reference=task.reference_metrics()), None
+    resumed = checkpoint.load(cfg.runtime.resume)
+    resumed.check_config(cfg)
+    resumed.check_weights(trainable.state())
+    assert resumed.path is not None
+    recorder = RunRecorder.reopen(
+        resumed.path.parent,
+        cfg,
+        resumed.recorder_state,
+        reference=task.reference_metrics(),
+    )
+    return recorder, resumed
+
+
+def _before_round_one(
+    grid: Grid,
+    cfg: RunConfig,
+    task: Task,
+    trainable: TrainableModel,
+    strategy: SlicedRounds,
+    recorder: RunRecorder,
+    resumed: checkpoint.Checkpoint | None,
+) -> int:
+    """Restore a checkpoint or centre the features; the first round to run."""
+    if resumed is not None:
+        return resume.restore(strategy, trainable, resumed, recorder)
+    if task.centers_features():
+        recorder.notes["feature-center-examples"] = queries.estimate_feature_center(
+            strategy, grid, ConfigRecord(), timeout=cfg.runtime.round_timeout
+        )
+        assert strategy.feature_center is not None
+        trainable.set_feature_center(strategy.feature_center)
+    return 1
+
+
+def _after_last_round(
+    grid: Grid,
+    cfg: RunConfig,
+    task: Task,
+    trainable: TrainableModel,
+    strategy: SlicedRounds,
+    recorder: RunRecorder,
+) -> None:
+    """Save the final weights, ask for the task reports, let the task finish."""
+    state = trainable.state()
+    np.savez(recorder.directory / "final-weights.npz", **state)
+    final = _record(state)
+    if task.has_report:
+        reports = queries.task_reports(strategy, grid, final, cfg.runtime.round_timeout)
+        merged = task.merge_reports(reports)
+        log(INFO, "task report of %d clients: %s", len(reports), merged)
+        recorder.notes["task-report"] = {**merged, "clients": len(reports)}
+    trainable.load({k: v.numpy() for k, v in final.items()})
+    recorder.notes.update(task.finish(trainable, recorder.directory))
+
+
+def _record(state: Mapping[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(v) for k, v in state.items()})
 
 
 def make_server_app(overrides: Mapping[str, ConfigValue] | None = None) -> ServerApp:

@@ -1,20 +1,32 @@
 """Flower strategies, one algorithm a file, sharing splitting/aggregation in `spry`.
 
-`spry` runs every local-epoch method (Spry, FedFGD, FedAvg/FedYogi, FedMeZO: they
-differ in engine, split and server step, see `spry.methods`); `fedsgd` the
-one-estimate-a-round family, with `baffle` and `fwdllm` on top of it.
+`sliced` holds the sampled, sliced round both families build on (with the
+protocols of the parts the ServerApp injects: dealer, faults, second wave) and
+`strategy_utils` the free functions they share. `spry` runs every local-epoch
+method (Spry, FedFGD, FedAvg/FedYogi, FedMeZO: they differ in engine, split and
+server step, see `spry.methods`); `fedsgd` the one-estimate-a-round family, with
+`baffle` and `fwdllm` on top of it.
 """
 
 from .baffle import Baffle
 from .fedsgd import FedSGD
 from .fwdllm import FwdLLM
-from .spry import RoundFailedError, Spry
+from .sliced import RoundFailedError, SlicedRounds
+from .spry import Spry
 
-STRATEGIES: dict[str, type[Spry]] = {
+STRATEGIES: dict[str, type[SlicedRounds]] = {
     "spry": Spry,
     "fedsgd": FedSGD,
     "baffle": Baffle,
     "fwdllm": FwdLLM,
 }
 
-__all__ = ["STRATEGIES", "Baffle", "FedSGD", "FwdLLM", "RoundFailedError", "Spry"]
+__all__ = [
+    "STRATEGIES",
+    "Baffle",
+    "FedSGD",
+    "FwdLLM",
+    "RoundFailedError",
+    "SlicedRounds",
+    "Spry",
+]

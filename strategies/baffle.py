@@ -23,6 +23,7 @@ from spry.config import RunConfig
 from spry.seeding import STREAM_TANGENTS, derive_seed
 
 from .fedsgd import FedSGD
+from .sliced import Contributions
 
 
 class Baffle(FedSGD):
@@ -34,7 +35,7 @@ class Baffle(FedSGD):
         The rebuilt gradient is scaled so its largest entry is at most `clip` in
         absolute value (torch's `clip_grad_norm_` with the inf norm); 0 turns it off.
     **kwargs
-        Spry's parameters.
+        `SlicedRounds`' parameters.
     """
 
     def __init__(self, *, clip: float = 0.3, **kwargs: Any) -> None:
@@ -57,9 +58,7 @@ class Baffle(FedSGD):
         del node_id
         return derive_seed(self.seed, STREAM_TANGENTS, server_round)
 
-    def _gradient(
-        self, contributions: list[tuple[dict[str, np.ndarray], float]]
-    ) -> dict[str, np.ndarray]:
+    def _gradient(self, contributions: Contributions) -> dict[str, np.ndarray]:
         gradient = super()._gradient(contributions)
         largest = max(float(np.abs(g).max()) for g in gradient.values())
         if self.clip and largest > self.clip:

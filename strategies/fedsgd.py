@@ -2,7 +2,7 @@
 
 The FedSGD family (McMahan et al.'s FedSGD with backprop; Spry's per-iteration
 communication; BAFFLE and FwdLLM in `baffle.py`, `fwdllm.py`) shares Spry's
-sampling, splitting and per-tensor aggregation, and differs from it in what a client
+sampled, sliced rounds (`sliced.py`), and differs from Spry in what a client
 does with its slice: no local optimizer, one estimate on one batch, uploaded as the
 gradient itself or (`upload_scalars`) as the K scalars of a directional engine, from
 which the server redraws the directions (it chose their seed) and rebuilds the
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Message, MetricRecord, RecordDict
 
 from spry import protocol
 from spry.aggregation import ServerOptimizer, merge_into, weighted_mean_per_tensor
@@ -25,13 +25,13 @@ from spry.engines import rebuild_from_scalars
 from spry.seeding import STREAM_TANGENTS, derive_seed
 
 from .replies import InvalidReply, checked_scalars, checked_update
-from .spry import Spry
+from .sliced import Contributions, SlicedRounds
 
 
-class FedSGD(Spry):
+class FedSGD(SlicedRounds):
     """One estimate per client per round, one server step on the mean gradient.
 
-    Takes Spry's parameters (`upload_scalars` here means one step's K scalars).
+    Takes `SlicedRounds`' parameters (`upload_scalars`: one step's K scalars).
     """
 
     def _direction_seed(self, server_round: int, node_id: int) -> int:
@@ -45,14 +45,9 @@ class FedSGD(Spry):
         return server_round
 
     def _train_content(
-        self,
-        server_round: int,
-        node_id: int,
-        owned: list[str],
-        names: list[str],
-        cfg: ConfigRecord,
+        self, server_round: int, node_id: int, owned: list[str]
     ) -> RecordDict:
-        content = super()._train_content(server_round, node_id, owned, names, cfg)
+        content = super()._train_content(server_round, node_id, owned)
         fields = content[protocol.CONFIG]
         fields[protocol.DIRECTION_SEED] = self._direction_seed(server_round, node_id)
         fields[protocol.DATA_ROUND] = self._data_round(server_round)
@@ -87,9 +82,7 @@ class FedSGD(Spry):
         grads = {name: g.numpy() for name, g in rebuilt.items()}
         return grads, weight, metrics, scalars.nbytes
 
-    def _gradient(
-        self, contributions: list[tuple[dict[str, np.ndarray], float]]
-    ) -> dict[str, np.ndarray]:
+    def _gradient(self, contributions: Contributions) -> dict[str, np.ndarray]:
         """The round's gradient: per-tensor weighted mean (0 for untrained tensors)."""
         mean = weighted_mean_per_tensor(contributions)
         return {
@@ -98,10 +91,9 @@ class FedSGD(Spry):
         }
 
     def _step(
-        self,
-        server_round: int,
-        contributions: list[tuple[dict[str, np.ndarray], float]],
+        self, server_round: int, contributions: Contributions
     ) -> dict[str, np.ndarray]:
+        """Propose w - G (G: the round's gradient); the server optimizer steps to it."""
         gradient = self._gradient(contributions)
         proposal = {name: self.current[name] - g for name, g in gradient.items()}
         assert self.optimizer_state is not None

@@ -29,7 +29,7 @@ from logging import INFO
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, RecordDict
+from flwr.app import RecordDict
 from flwr.common.logger import log
 
 from spry import protocol
@@ -39,6 +39,7 @@ from spry.seeding import STREAM_SELECTION, derive_seed
 
 from .fedsgd import FedSGD
 from .replies import slice_arrays
+from .sliced import Contributions
 
 
 def pool_variance(probes: Sequence[np.ndarray]) -> float:
@@ -69,7 +70,7 @@ class FwdLLM(FedSGD):
     num_tangents : int (default: 1)
         Directions per client per pass (to size the candidate pool).
     **kwargs
-        Spry's parameters; `optimizer` should be SGD (FwdLLM's).
+        `SlicedRounds`' parameters; `optimizer` should be SGD (FwdLLM's).
     """
 
     # Repeat passes go back to the round's own clients: no second wave.
@@ -109,17 +110,18 @@ class FwdLLM(FedSGD):
             "num_tangents": cfg.client.num_tangents,
         }
 
-    def checkpoint_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Spry's state and FwdLLM's own: steps, last gradient, pending pool.
+    def checkpoint_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The shared state and FwdLLM's own: steps, last gradient, pending pool.
 
-        A step's repeat passes go to the same clients: they are saved by
-        partition, since node ids change when a run is restarted.
+        Arrays under "fwdllm": "previous" and "pool" (by index). A step's repeat
+        passes go to the same clients: they are saved by partition, since node ids
+        change when a run is restarted.
         """
         arrays, state = super().checkpoint_state()
+        own: dict[str, Any] = {"pool": {str(i): g for i, g in enumerate(self.pool)}}
         if self.previous is not None:
-            arrays.update({f"fwdllm/previous/{k}": v for k, v in self.previous.items()})
-        for i, grads in enumerate(self.pool):
-            arrays.update({f"fwdllm/pool/{i}/{k}": v for k, v in grads.items()})
+            own["previous"] = self.previous
+        arrays["fwdllm"] = own
         state["fwdllm"] = {
             "steps": self.steps,
             "repeats": self.repeats,
@@ -132,22 +134,16 @@ class FwdLLM(FedSGD):
         return arrays, state
 
     def load_checkpoint_state(
-        self, arrays: Mapping[str, np.ndarray], state: Mapping[str, Any]
+        self, arrays: Mapping[str, Any], state: Mapping[str, Any]
     ) -> None:
         super().load_checkpoint_state(arrays, state)
         own = state["fwdllm"]
         self.steps, self.repeats = own["steps"], own["repeats"]
         self.step_data_round = own["step-data-round"]
-        previous: dict[str, np.ndarray] = {}
-        pool: list[dict[str, np.ndarray]] = [{} for _ in range(own["pool"])]
-        for key, value in arrays.items():
-            parts = key.split("/", 3)
-            if parts[:2] == ["fwdllm", "previous"]:
-                previous[key.split("/", 2)[2]] = value
-            elif parts[:2] == ["fwdllm", "pool"]:
-                pool[int(parts[2])][parts[3]] = value
-        self.previous = previous or None
-        self.pool = pool
+        saved = arrays.get("fwdllm", {})
+        self.previous = dict(saved.get("previous", {})) or None
+        pool = saved.get("pool", {})
+        self.pool = [dict(pool.get(str(i), {})) for i in range(own["pool"])]
         node_of = {p: n for n, p in self.partitions.items()}
         partitions = own["repeat-partitions"]
         self.repeat_nodes = (
@@ -168,14 +164,9 @@ class FwdLLM(FedSGD):
         return self.previous is not None and self.steps % 2 == 1
 
     def _train_content(
-        self,
-        server_round: int,
-        node_id: int,
-        owned: list[str],
-        names: list[str],
-        cfg: ConfigRecord,
+        self, server_round: int, node_id: int, owned: list[str]
     ) -> RecordDict:
-        content = super()._train_content(server_round, node_id, owned, names, cfg)
+        content = super()._train_content(server_round, node_id, owned)
         if self._selects():
             assert self.previous is not None
             position = list(self.assignment).index(node_id)
@@ -191,9 +182,7 @@ class FwdLLM(FedSGD):
         return content
 
     def _step(
-        self,
-        server_round: int,
-        contributions: list[tuple[dict[str, np.ndarray], float]],
+        self, server_round: int, contributions: Contributions
     ) -> dict[str, np.ndarray]:
         self.pool.extend(grads for grads, _ in contributions)
         probe = next(iter(self.current))
@@ -220,9 +209,7 @@ class FwdLLM(FedSGD):
         self.steps += 1
         return new
 
-    def _gradient(
-        self, contributions: list[tuple[dict[str, np.ndarray], float]]
-    ) -> dict[str, np.ndarray]:
+    def _gradient(self, contributions: Contributions) -> dict[str, np.ndarray]:
         gradient = super()._gradient(contributions)
         self.previous = gradient  # the next odd step's directions follow it
         return gradient

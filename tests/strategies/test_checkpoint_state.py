@@ -13,6 +13,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 
 from server import checkpoint
 from server.checkpoint import Checkpoint
+from server.resume import Resumed
 from spry.aggregation import ServerOptimizer
 from spry.config import RunConfig
 from strategies import FwdLLM, Spry
@@ -180,8 +181,8 @@ def test_start_from_a_later_round_skips_the_restored_ones():
         evaluated.append(server_round)
         return MetricRecord({"accuracy": 0.5})
 
-    strategy.start(
-        grid, _arrays(_initial()), num_rounds=3, evaluate_fn=evaluate, first_round=3
+    Resumed(strategy, first_round=3).start(
+        grid, _arrays(_initial()), num_rounds=3, evaluate_fn=evaluate
     )
 
     # Rounds 1 and 2 (train and evaluate each) sent nothing; round 3 trained

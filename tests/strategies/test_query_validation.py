@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from server.queries import estimate_feature_center, task_reports
 from spry import protocol
 from strategies import Spry
 from tests.helpers import reply
@@ -53,9 +54,7 @@ BAD_FEATURE_SUMS = {
 
 
 @pytest.mark.parametrize("kind", BAD_FEATURE_SUMS)
-def test_a_bad_feature_sum_is_dropped_and_the_center_is_the_honest_mean(
-    kind, caplog
-):
+def test_a_bad_feature_sum_is_dropped_and_the_center_is_the_honest_mean(kind, caplog):
     bad_total, bad_count, reason = BAD_FEATURE_SUMS[kind]
     strategy = Spry(partitions=NODES, clients_per_round=4, seed=0)
     bad_node = 1000
@@ -66,7 +65,7 @@ def test_a_bad_feature_sum_is_dropped_and_the_center_is_the_honest_mean(
         return _feature_reply(node, np.full(3, NODES[node], np.float32), 2)
 
     with caplog.at_level(logging.WARNING):
-        count = strategy.estimate_feature_center(_ReplyingGrid(answer), ConfigRecord())
+        count = estimate_feature_center(strategy, _ReplyingGrid(answer), ConfigRecord())
 
     # Three honest clients with sums 1, 2, 3 (2 examples each): the mean is 1.0
     assert count == 6
@@ -81,7 +80,7 @@ def test_feature_statistics_with_no_valid_reply_stop_before_training():
     strategy = Spry(partitions=NODES, clients_per_round=4, seed=0)
     grid = _ReplyingGrid(lambda n: _feature_reply(n, np.full(3, np.nan), 2))
     with pytest.raises(RuntimeError, match="no client returned feature statistics"):
-        strategy.estimate_feature_center(grid, ConfigRecord())
+        estimate_feature_center(strategy, grid, ConfigRecord())
 
 
 def _report_reply(node, values):
@@ -105,7 +104,7 @@ def test_a_bad_task_report_is_left_out_of_the_merge(values, reason, caplog):
         return _report_reply(node, {"correct": 1.0, protocol.PARTITION_ID: NODES[node]})
 
     with caplog.at_level(logging.WARNING):
-        reports = strategy.task_reports(_ReplyingGrid(answer), ArrayRecord())
+        reports = task_reports(strategy, _ReplyingGrid(answer), ArrayRecord())
 
     assert reports == [{"correct": 1.0}] * 3
     assert any(reason in r.message for r in caplog.records), [

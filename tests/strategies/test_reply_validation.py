@@ -50,7 +50,6 @@ def _spry(**kwargs):
         clients_per_round=3,
         seed=0,
         optimizer=ServerOptimizer(kind="avg"),
-        reassign_orphans=False,
         **kwargs,
     )
     _configure(strategy)
@@ -275,7 +274,6 @@ def _scalar_strategy():
         upload_scalars=True,
         client_cfg=ClientConfig(num_tangents=3),
         optimizer=ServerOptimizer(kind="sgd", eta=0.1),
-        reassign_orphans=False,
     )
     _configure(strategy)
     return strategy

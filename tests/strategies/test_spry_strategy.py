@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
+from server.budgets import BudgetDealer
+from server.faults import FaultInjection
 from spry.aggregation import ServerOptimizer
 from strategies import Spry
 from tests.helpers import error_reply, reply
@@ -248,7 +250,9 @@ def test_budgets_deal_only_what_fits_and_never_sample_a_device_that_fits_nothing
     # Partition 0 fits nothing, 1 fits one group, 2 two, 3 all three.
     fleet = _fleet([103, 108.5, 112.5, 1e6])
     for server_round in range(1, 6):
-        strategy = _strategy(clients=3, fleet=fleet, shared_names=["head.w", "head.b"])
+        strategy = _strategy(
+            clients=3, dealer=BudgetDealer(fleet), shared_names=["head.w", "head.b"]
+        )
         _configure(strategy, server_round)
         by_partition = {
             strategy.partitions[n]: o for n, o in strategy.assignment.items()
@@ -267,10 +271,8 @@ def test_a_straggler_past_the_deadline_is_dropped_as_late():
     fleet = _fleet([1e6] * 4, speeds=[0.5, 0.5, 0.5, 0.5])
     strategy = _strategy(
         clients=2,
-        fleet=fleet,
-        faults=FaultPlan(straggle=0.5, straggle_factor=4.0),
-        deadline=10.0,
-        reassign_orphans=False,
+        dealer=BudgetDealer(fleet),
+        faults=FaultInjection(FaultPlan(straggle=0.5, straggle_factor=4.0), 10.0),
     )
     _configure(strategy)
     (slow,) = [
@@ -293,7 +295,7 @@ def test_a_straggler_past_the_deadline_is_dropped_as_late():
 def test_injected_crashes_of_every_client_do_not_stop_the_run():
     from spry.faults import FaultPlan, InjectedFault
 
-    strategy = _strategy(clients=2, faults=FaultPlan(crash=1.0), reassign_orphans=False)
+    strategy = _strategy(clients=2, faults=FaultInjection(FaultPlan(crash=1.0)))
     messages = _configure(strategy)
     assert all(m.content["config"]["fault"] == "crash" for m in messages)
     replies = [
