@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test test-all lint clean
 
 setup: $(STAMP)
 
@@ -25,11 +25,17 @@ $(STAMP): pyproject.toml constraints.txt requirements-offline.txt
 run: setup
 	$(BIN)/spry run $(ARGS)
 
+# The default suite: everything but the tests marked slow (a few minutes).
 # pytest exits 5 when it collected nothing: a run that tests nothing is a failure.
 test: setup
 	@$(BIN)/python -m pytest $(ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$status
+
+# Every test, the slow end-to-end runs included (what CI runs; gpu tests skip
+# without CUDA). Further pytest options: make test-all ARGS="-x"
+test-all:
+	@$(MAKE) --no-print-directory test ARGS='-m "slow or not slow" $(ARGS)'
 
 lint: setup
 	$(BIN)/ruff check .
