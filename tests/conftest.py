@@ -1,4 +1,8 @@
-"""Shared fixtures: the real offline default model, built once per test session."""
+"""Shared fixtures: the real offline default model, built once per test session.
+
+The expensive end-to-end runs shared between test modules (one reference `spry
+run`) are in tests/integration/conftest.py.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,19 @@ import os
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the selected `gpu` tests where CUDA is missing (`make test-all`)."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs CUDA")
+        for item in gpu:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
