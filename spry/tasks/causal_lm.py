@@ -1,0 +1,181 @@
+"""The base of the language-model tasks: a causal LM with LoRA, trained on answers.
+
+Instruction tuning, answer extraction, theorem synthesis, code optimization: each
+fine-tunes a causal LM to write an answer after a prompt. What they share is here,
+so each task says only where its examples come from and how it scores them:
+
+- the model: `spry.models.causal_lm.build_causal_lm` on the run's `model` (the
+  offline SmolLM2-135M-Instruct by default, `run_defaults`), LoRA on `lora-targets`,
+  frozen weights in `frozen-dtype`, LoRA A drawn from the run's seed;
+- batches of (prompt, answer) pairs, `max-length` tokens at most, in which only the
+  answer's tokens (and the end-of-sequence after it) are predicted: the prompt's
+  labels are `IGNORE`, so it conditions the answer but is not learnt;
+- the loss: `spry.language_modeling.causal_lm_loss`, the mean next-token
+  cross-entropy over those positions, `chunk-tokens` positions through the output
+  layer at a time so the full logits (batch x tokens x vocabulary) never exist.
+
+A subclass defines `load_partition` and `test_data` (rows with `prompt` and
+`answer` columns, or its own `example`), and usually its paper's `evaluate`; the
+one here scores teacher-forced answer tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..config import ConfigError, ConfigValue
+from ..engines.base import Batch
+from ..language_modeling import IGNORE, causal_lm_loss, next_token_labels
+from ..models import TrainableModel
+from ..models.causal_lm import DEFAULT_CAUSAL_LM, DEFAULT_TARGETS, build_causal_lm
+from .base import Rows, Task, TaskOptions
+
+
+@dataclass(frozen=True)
+class CausalLMOptions(TaskOptions):
+    """Settings every language-model task has; a task's own Options extend these."""
+
+    chunk_tokens: int = field(
+        default=64,
+        metadata={"help": "positions per output-layer chunk of the loss (0: all)"},
+    )
+
+    def __post_init__(self) -> None:
+        if self.chunk_tokens < 0:
+            raise ConfigError(
+                f"`chunk-tokens` should be >= 0, got {self.chunk_tokens}"
+            )
+
+
+class CausalLMTask(Task):
+    """A causal LM with LoRA that learns to answer prompts (abstract: no data)."""
+
+    Options: ClassVar[type[TaskOptions]] = CausalLMOptions
+    run_defaults: ClassVar[Mapping[str, ConfigValue]] = {
+        "model": DEFAULT_CAUSAL_LM,
+        "lora-targets": ",".join(DEFAULT_TARGETS),
+    }
+
+    # -- the model and the loss --------------------------------------------------------
+
+    def build_model(self, device: str) -> TrainableModel:
+        cfg = self.run.model
+        return build_causal_lm(
+            cfg.model,
+            lora_r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            targets=cfg.target_modules,
+            seed=self.run.runtime.seed,
+            device=device,
+            dtype=cfg.frozen_dtype,
+        )
+
+    def loss(  # type: ignore[override]  (a method: it reads `chunk-tokens`)
+        self, model: nn.Module, batch: Batch
+    ) -> tuple[Tensor, Any]:
+        """Mean cross-entropy of the answer tokens; the side output is their count."""
+        chunk = self.options.chunk_tokens  # type: ignore[attr-defined]
+        return causal_lm_loss(model, batch, chunk_tokens=chunk)
+
+    # -- examples and batches ----------------------------------------------------------
+
+    def example(self, rows: Rows, index: int) -> tuple[str, str]:
+        """Row `index` of `rows` as (prompt, answer); default: those two columns."""
+        row = rows[index]  # type: ignore[index]
+        return str(row["prompt"]), str(row["answer"])
+
+    def encode(
+        self, tokenizer: Any, pairs: Sequence[tuple[str, str]]
+    ) -> dict[str, Tensor]:
+        """One right-padded batch; labels are `IGNORE` but on answer tokens.
+
+        Each sequence is prompt + answer + end-of-sequence, `max-length` tokens at
+        most: a long prompt loses its start, so the answer is always kept.
+        """
+        limit = self.run.model.max_length
+        eos = tokenizer.eos_token_id
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+        rows: list[tuple[list[int], list[int]]] = []
+        for prompt, answer in pairs:
+            asked = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            said = tokenizer(answer, add_special_tokens=False)["input_ids"]
+            said = [*said, eos][:limit]
+            room = limit - len(said)
+            asked = asked[-room:] if room > 0 else []
+            rows.append((asked, said))
+        width = max((len(a) + len(s) for a, s in rows), default=0)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        labels = torch.full_like(ids, IGNORE)
+        for i, (asked, said) in enumerate(rows):
+            n = len(asked) + len(said)
+            ids[i, :n] = torch.as_tensor(asked + said)
+            mask[i, :n] = 1
+            labels[i, len(asked) : n] = torch.as_tensor(said)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    def batches(
+        self,
+        trainable: TrainableModel,
+        rows: Rows,
+        *,
+        batch_size: int,
+        order: np.ndarray | None = None,
+    ) -> Iterator[Batch]:
+        index = np.arange(len(rows)) if order is None else order
+        for start in range(0, len(index), batch_size):
+            chosen = index[start : start + batch_size]
+            pairs = [self.example(rows, int(i)) for i in chosen]
+            yield self.encode(trainable.tokenizer, pairs)
+
+    # -- scoring -----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(
+        self, trainable: TrainableModel, rows: Rows, device: str = "cpu"
+    ) -> dict[str, float]:
+        """Teacher-forced answer tokens: `accuracy` (argmax right) and mean `loss`.
+
+        A second forward gives the argmax (the loss never holds all logits); tasks
+        with a metric of their own (exact match of a generated answer) override it.
+        """
+        total, correct, count = 0.0, 0, 0
+        batches = self.batches(
+            trainable, rows, batch_size=self.run.client.eval_batch_size
+        )
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss, n = self.loss(trainable.model, batch)
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            predicted = trainable.model(**inputs).logits[:, :-1].argmax(-1)
+            labels = next_token_labels(batch)
+            correct += int(((predicted == labels) & (labels != IGNORE)).sum())
+            total += float(loss) * int(n)
+            count += int(n)
+        if count == 0:
+            return {"accuracy": 0.0, "loss": 0.0, "num-examples": 0}
+        return {
+            "accuracy": correct / count,
+            "loss": total / count,
+            "num-examples": len(rows),
+            "answer-tokens": count,
+        }
+
+    # -- memory planning: every position an answer token, at full length ------------
+
+    def probe_inputs(
+        self, device: str, context: Mapping[str, ConfigValue]
+    ) -> tuple[TrainableModel, Batch]:
+        """The LoRA model and `batch-size` sequences of `max-length` answer tokens."""
+        trainable = self.build_model(device)
+        shape = (self.run.client.batch_size, self.run.model.max_length)
+        token = trainable.tokenizer.eos_token_id if trainable.tokenizer else 0
+        ids = torch.full(shape, int(token), dtype=torch.long, device=device)
+        mask = torch.ones_like(ids)
+        return trainable, {"input_ids": ids, "attention_mask": mask, "labels": ids}
