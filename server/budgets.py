@@ -19,7 +19,7 @@ from flwr.common.logger import log
 
 from spry.devices import Fleet
 from spry.splitting import assign_groups, assign_within_budgets
-from strategies.sliced import Params
+from strategies.parts import Params
 
 
 class BudgetDealer:

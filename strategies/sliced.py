@@ -9,9 +9,9 @@ the algorithm's own (`_train_content`, `_contribution`, `_step`: `spry.py`,
 `fedsgd.py`), as Flower's FedOpt builds on FedAvg.
 
 Three parts are injected by the ServerApp (`server/`), each behind a small
-protocol defined here with a do-nothing default, so a strategy built by hand is the
-plain algorithm: a `Dealer` (device budgets: who can train what, device time), a
-`Faults` policy (injected crashes, timeouts, stragglers, the deadline) and a
+protocol in `parts.py` with a do-nothing default, so a strategy built by hand is
+the plain algorithm: a `Dealer` (device budgets: who can train what, device time),
+a `Faults` policy (injected crashes, timeouts, stragglers, the deadline) and a
 `SecondWave` (groups whose clients all failed, dealt again). Resuming and the
 queries outside the rounds wrap or call a strategy from outside it
 (`server/resume.py`, `server/queries.py`).
@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from logging import INFO
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from flwr.app import (
@@ -45,8 +45,9 @@ from spry.aggregation import OptimizerState, ServerOptimizer
 from spry.config import ClientConfig, RunConfig
 from spry.faults import CRASH, InjectedFault
 from spry.seeding import SAMPLE_EVALUATE, SAMPLE_TRAIN
-from spry.splitting import assign_groups, coverage, group_tensors
+from spry.splitting import coverage, group_tensors
 
+from .parts import Dealer, Faults, NoFaults, RoundRobin, SecondWave
 from .replies import (
     EVALUATE_METRICS,
     InvalidReply,
@@ -64,116 +65,10 @@ from .strategy_utils import (
 from .waves import WaveResult
 
 Contributions = list[tuple[dict[str, np.ndarray], float]]
-Params = Callable[[Iterable[str]], int]  # parameters in the named tensors
 
 
 class RoundFailedError(RuntimeError):
     """Every client of a round failed; the run cannot make progress."""
-
-
-class Dealer(Protocol):
-    """Who can train which groups, and how long a client's device takes."""
-
-    def eligible(
-        self,
-        nodes: list[int],
-        partitions: Mapping[int, int],
-        groups: Sequence[tuple[str, ...]],
-        shared: Sequence[str],
-        params: Params,
-    ) -> list[int]:
-        """The `nodes` (partition order) that can train some slice."""
-        ...  # pragma: no cover
-
-    def deal(
-        self,
-        groups: Sequence[tuple[str, ...]],
-        nodes: list[int],
-        partitions: Mapping[int, int],
-        shared: Sequence[str],
-        params: Params,
-    ) -> dict[int, list[str]]:
-        """Node -> the names it trains (a node missing from it is sent nothing)."""
-        ...  # pragma: no cover
-
-    def device_seconds(self, partition: int, seconds: float) -> float:
-        """The host's `seconds` on `partition`'s device."""
-        ...  # pragma: no cover
-
-    def predicted_bytes(self, params: int) -> float | None:
-        """The predicted peak memory of training `params` (None: no model)."""
-        ...  # pragma: no cover
-
-
-class RoundRobin:
-    """The plain deal: every node trains, groups round-robin, device = host."""
-
-    def eligible(self, nodes: list[int], *args: Any) -> list[int]:
-        return nodes
-
-    def deal(
-        self,
-        groups: Sequence[tuple[str, ...]],
-        nodes: list[int],
-        partitions: Mapping[int, int],
-        shared: Sequence[str],
-        params: Params,
-    ) -> dict[int, list[str]]:
-        del partitions, params  # every node can hold anything
-        return assign_groups(groups, nodes, shared=shared)
-
-    def device_seconds(self, partition: int, seconds: float) -> float:
-        return seconds
-
-    def predicted_bytes(self, params: int) -> float | None:
-        return None
-
-
-class Faults(Protocol):
-    """Which clients of a wave fail, and the deadline the server waits."""
-
-    deadline: float
-
-    def draw(
-        self, seed: int, server_round: int, wave: int, partitions: Sequence[int]
-    ) -> dict[int, str]:
-        """Partition -> fault kind, for the faulty ones among `partitions`."""
-        ...  # pragma: no cover
-
-    def deliver(self, content: RecordDict, fault: str) -> RecordDict | None:
-        """What reaches a client told `fault` (None: the message is lost)."""
-        ...  # pragma: no cover
-
-    def device_seconds(self, seconds: float, fault: str) -> float:
-        """A client's device time, slowed if it straggles."""
-        ...  # pragma: no cover
-
-
-class NoFaults:
-    """Nobody fails and the server waits for every reply."""
-
-    deadline = float("inf")
-
-    def draw(self, *args: Any) -> dict[int, str]:
-        return {}
-
-    def deliver(self, content: RecordDict, fault: str) -> RecordDict | None:
-        return content
-
-    def device_seconds(self, seconds: float, fault: str) -> float:
-        return seconds
-
-
-class SecondWave(Protocol):
-    """Deals a round's orphaned groups again; None when it could not."""
-
-    def __call__(
-        self,
-        strategy: SlicedRounds,
-        server_round: int,
-        orphans: list[tuple[str, ...]],
-        failed: int,
-    ) -> WaveResult | None: ...  # pragma: no cover
 
 
 class SlicedRounds(Strategy):
