@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from spry.tasks.verix.explanation import Explanation, explain, verify
-from spry.tasks.verix.masks import save_mask_grid, save_mask_png
+from spry.tasks.verix.masks import overlay, save_mask_grid, save_mask_png
 from spry.tasks.verix.network import affine_layers, check_verifiable, forward
 from spry.tasks.verix.sensitivity import (
     logit_derivatives,
@@ -24,6 +24,7 @@ from spry.tasks.verix.sensitivity import (
     sensitivity_ranking,
 )
 from spry.tasks.verix.solvers import MarabouSolver, Z3Solver, input_box, make_solver
+from tests.verification.pictures import cells, highlighted, panels
 
 X_HALF = torch.tensor([0.5, 0.5])
 
@@ -339,30 +340,51 @@ def _explanation(n: int, seed: int) -> Explanation:
     )
 
 
-def _assert_png(path, height: int, width: int) -> None:
+def _assert_png(path, height: int, width: int) -> np.ndarray:
     with open(path, "rb") as file:
         assert file.read(8) == b"\x89PNG\r\n\x1a\n"
     pixels = matplotlib.image.imread(path)
     assert pixels.shape[:2] == (height, width)
     assert pixels.shape[2] in (3, 4)
+    return pixels[..., :3]
+
+
+def _assert_shows(rgb, image, explanation) -> None:
+    """Each drawn cell: red exactly at the explanation, else the image's grey."""
+    side = image.shape
+    drawn = cells(rgb, side)
+    shown = np.flatnonzero(highlighted(drawn)).tolist()
+    assert shown == explanation.features
+    grey = ~highlighted(drawn)
+    assert np.allclose(drawn[grey], image[grey][:, None], atol=0.01)
+    red = highlighted(drawn)  # blended: the pixel's own grey stays visible
+    assert np.allclose(drawn[red][:, 0], 0.35 * image[red] + 0.65, atol=0.01)
+    assert np.allclose(drawn[red][:, 1:], 0.35 * image[red][:, None], atol=0.01)
+    assert np.allclose(drawn, overlay(image, explanation), atol=0.01)
 
 
 @pytest.mark.parametrize("side", [8, 28])
-def test_mask_png_is_written(tmp_path, side):
+def test_mask_png_shows_the_image_with_the_explanation_in_red(tmp_path, side):
     image = np.random.default_rng(side).uniform(size=(side, side))
+    explanation = _explanation(side * side, 1)
 
-    path = save_mask_png(image, _explanation(side * side, 1), tmp_path / "m.png")
+    path = save_mask_png(image, explanation, tmp_path / "m.png")
 
-    _assert_png(path, 300, 300)  # figsize 3 in at 100 dpi
+    rgb = _assert_png(path, 300, 300)  # figsize 3 in at 100 dpi
+    _assert_shows(rgb, image, explanation)
 
 
-def test_mask_grid_is_written(tmp_path):
+def test_mask_grid_shows_each_image_in_its_panel(tmp_path):
     images = [np.random.default_rng(i).uniform(size=(8, 8)) for i in range(7)]
     explanations = [_explanation(64, i) for i in range(7)]
 
     path = save_mask_grid(images, explanations, tmp_path / "sub" / "grid.png")
 
-    _assert_png(path, 3 * 230, 3 * 220)  # 3 x 3 panels of 2.2 x 2.3 in
+    rgb = _assert_png(path, 3 * 230, 3 * 220)  # 3 x 3 panels of 2.2 x 2.3 in
+    grid = panels(rgb, 3, 3)
+    for panel, image, explanation in zip(grid, images, explanations, strict=False):
+        _assert_shows(panel, image, explanation)
+    assert all((panel > 0.99).all() for panel in grid[7:])  # the two spare: blank
 
 
 def test_mask_rejects_an_image_of_the_wrong_size(tmp_path):
