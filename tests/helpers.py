@@ -1,8 +1,12 @@
-"""Test helpers: Flower reply messages as a strategy receives them, a tiny model."""
+"""Test helpers: Flower reply messages as a strategy receives them, a tiny model,
+a strict JSON reader."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,3 +74,16 @@ def mlp_loss(model, batch):
     """Cross-entropy of TinyMLP's logits; the logits are the side output."""
     logits = model(batch["x"])
     return nn.functional.cross_entropy(logits, batch["labels"]), logits
+
+
+def _refuse(constant: str) -> Any:
+    raise ValueError(f"not valid JSON: {constant}")
+
+
+def strict_json(path: Path) -> Any:
+    """The JSON file at `path`, refusing Python's extensions Infinity and NaN.
+
+    Python's json module writes and reads them by default; most other readers
+    (browsers, jq, JSON.parse) reject the whole file.
+    """
+    return json.loads(path.read_text(), parse_constant=_refuse)

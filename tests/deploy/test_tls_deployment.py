@@ -3,7 +3,8 @@ node authentication, started by the scripts the README gives users.
 
 Run twice: on loopback, and across hosts made of Linux network namespaces (each
 SuperNode, the SuperLink and the operator running `flwr` on its own network host,
-the certificate naming the SuperLink's address there).
+the certificate naming the SuperLink's address there). The deployments are slow
+(`make test-all`); the checks of the scripts and of the namespace clean-up are not.
 """
 
 from __future__ import annotations
@@ -131,6 +132,7 @@ def _check_run(run_dir: Path) -> None:
     assert len(changed) == len(final), "every trainable tensor was trained"
 
 
+@pytest.mark.slow  # a SuperLink, two SuperNodes and a 2-round run, twice
 @pytest.mark.parametrize("network", ["loopback", "netns"])
 def test_superlink_and_two_supernodes_over_tls_with_node_auth(network, tmp_path):
     if network == "netns" and not _netns_available():

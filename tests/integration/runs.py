@@ -1,9 +1,32 @@
-"""What two runs of `spry run` must agree on: metrics.csv without its clock columns."""
+"""Running `spry run` from the tests, and what two runs must agree on.
+
+Every end-to-end test starts the real command line in a fresh process (Flower's
+simulation engine starts Ray, which must not outlive it), on the same small
+federation: three clients, all sampled, capped data. The uninterrupted 3-round run
+of it is the shared reference (tests/integration/conftest.py).
+"""
 
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+# The command line's module: `python -m CLI_MODULE run ...` is what `spry run` runs
+CLI_MODULE = "cli"
+REFERENCE_ROUNDS = 3
+# Three clients, all sampled and evaluated every round, on capped data
+SMALL_RUN = (
+    "--clients", "3", "--per-round", "3", "--set", "eval-clients-per-round=3",
+    "--set", "max-train-examples=96", "--set", "max-test-examples=64",
+    "--set", "lr=0.01",
+)  # fmt: skip
+REFERENCE_RUN = ("--rounds", str(REFERENCE_ROUNDS), *SMALL_RUN)
 
 # Wall-clock and memory readings differ between identical runs; the rest must not
 TIMING = {
@@ -15,6 +38,56 @@ TIMING = {
     "client-peak-mib",
     "client-peak-extra-mib",
 }
+
+
+def spry_command(*args: str) -> list[str]:
+    """`spry ARGS...` as a process the test starts (the same interpreter)."""
+    return [sys.executable, "-m", CLI_MODULE, *args]
+
+
+def run_spry(results: Path, *args: str, log: Path | None = None) -> Path:
+    """`spry run ARGS --results-dir RESULTS` to completion; its run folder.
+
+    The output goes to `log` when given (a long run's log, kept for failures).
+    """
+    command = spry_command("run", *args, "--results-dir", str(results))
+    if log is None:
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=600, env=ENV, cwd=ROOT
+        )
+        output = done.stderr
+    else:
+        with open(log, "w") as out:
+            done = subprocess.run(
+                command, stdout=out, stderr=subprocess.STDOUT, timeout=600, env=ENV,
+                cwd=ROOT,
+            )  # fmt: skip
+        output = log.read_text()
+    assert done.returncode == 0, output[-3000:]
+    (run_dir,) = results.iterdir()
+    return run_dir
+
+
+def ray_pids() -> set[int]:
+    """Every Ray process on the machine (daemons and workers)."""
+    out = subprocess.run(
+        ["pgrep", "-f", "raylet|gcs_server|ray::|default_worker.py"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    return {int(pid) for pid in out.split()}
+
+
+def new_ray_pids(before: set[int], grace: float = 30.0) -> set[int]:
+    """Ray processes started since `before` still alive after a grace period.
+
+    ray.shutdown() stops Ray's daemons at once; its workers notice and exit a moment
+    later, so allow them a few seconds.
+    """
+    deadline = time.monotonic() + grace
+    while (left := ray_pids() - before) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
 
 
 def metrics_rows(run_dir: Path) -> list[dict[str, str]]:

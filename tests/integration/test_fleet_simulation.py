@@ -3,19 +3,24 @@
 A population where 30% of the devices cannot hold any slice, and 40% of each
 round's sampled clients crash or never answer: the run must finish, never sample
 a device over its budget, reassign every group its clients lost, and say so in
-its results.
+its results. Slow (`make test-all`): the memory probes and two simulations.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import strict_json
+
+from .runs import CLI_MODULE, ROOT
+
+pytestmark = pytest.mark.slow
 
 CATALOG = "[tiny-256mb]\nbudget-mib = 256\nspeed = 0.1\n"
 
@@ -31,12 +36,14 @@ def _spry(env, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     catalog = tmp_path / "devices.toml"
     catalog.write_text(CATALOG)
     command = [
-        sys.executable, "-m", "spry.cli", "run", "--rounds", "2", "--clients", "10",
+        sys.executable, "-m", CLI_MODULE, "run", "--rounds", "2", "--clients", "10",
         "--per-round", "5", "--results-dir", str(tmp_path / "results"),
         "--set", "eval-clients-per-round=2", "--set", "max-train-examples=300",
         "--set", "max-test-examples=64", "--set", f"device-catalog={catalog}", *args,
     ]  # fmt: skip
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT
+    )
 
 
 def test_faults_and_budgets_in_the_real_engine(env, tmp_path):
@@ -48,7 +55,7 @@ def test_faults_and_budgets_in_the_real_engine(env, tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     (run_dir,) = (tmp_path / "results").iterdir()
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = strict_json(run_dir / "summary.json")
     assert summary["status"] == "completed"
     # One crash and one timeout among each round's 5 clients, and their groups
     # went to fresh clients in a second wave

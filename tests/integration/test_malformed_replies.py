@@ -10,7 +10,6 @@ round, apply the honest replies, and count the rejections in its results.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.helpers import strict_json
 from tests.integration.malformed_client_app import kind_for
 from tests.malformed import KINDS
 
@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[2]
 ROUNDS, CLIENTS = 3, 8
 # `spry run`, with the ClientApp swapped for the lying one
 MAIN = (
-    "import sys, spry.cli as cli; "
-    "cli.CLIENT_APP = 'tests.integration.malformed_client_app:app'; "
-    "sys.exit(cli.main(sys.argv[1:]))"
+    "import sys, cli.main, cli.run; "
+    "cli.run.CLIENT_APP = 'tests.integration.malformed_client_app:app'; "
+    "sys.exit(cli.main.main(sys.argv[1:]))"
 )
 
 
@@ -73,7 +73,7 @@ def test_twenty_kinds_of_malformed_replies_are_rejected_and_the_run_finishes(
         assert kind.reason in line, (kind.name, line)
     # Every round finished; the honest replies were aggregated
     (run_dir,) = (tmp_path / "results").iterdir()
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = strict_json(run_dir / "summary.json")
     assert summary["status"] == "completed"
     with open(run_dir / "metrics.csv") as fh:
         rows = list(csv.DictReader(fh))

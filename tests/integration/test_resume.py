@@ -6,45 +6,36 @@ resumed with `spry run --resume FOLDER`. Clients keep nothing between rounds and
 every draw is a function of (seed, round), so the resumed rounds compute exactly
 what the uninterrupted run's did.
 
-The kill-and-resume test runs `spry run` three times (about 2 minutes on two idle
-cores). The same exactness is also checked without processes, at the strategy level
+The uninterrupted run is the session's shared reference run (conftest.py); the
+kill-and-resume test adds two runs (slow: `make test-all`). The same exactness is
+also checked without processes, at the strategy level
 (tests/strategies/test_checkpoint_state.py).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import psutil
+import pytest
 
 from server.checkpoint import CHECKPOINT_FILE, load
+from tests.helpers import strict_json
 
-from .runs import metrics_rows
-
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-ROUNDS = 3
-SMALL_RUN = [
-    "--rounds", str(ROUNDS), "--clients", "3", "--per-round", "3",
-    "--set", "eval-clients-per-round=3", "--set", "max-train-examples=96",
-    "--set", "max-test-examples=64", "--set", "lr=0.01",
-]  # fmt: skip
-
-def _spry(*args: str) -> list[str]:
-    return [sys.executable, "-m", "spry.cli", "run", *args]
+from .runs import ENV, REFERENCE_ROUNDS, REFERENCE_RUN, ROOT, metrics_rows, spry_command
 
 
 def _finish(command: list[str], log: Path) -> None:
     with open(log, "w") as out:
         result = subprocess.run(
-            command, stdout=out, stderr=subprocess.STDOUT, timeout=600, env=ENV
-        )
+            command, stdout=out, stderr=subprocess.STDOUT, timeout=600, env=ENV,
+            cwd=ROOT,
+        )  # fmt: skip
     assert result.returncode == 0, log.read_text()[-3000:]
 
 
@@ -56,6 +47,7 @@ def _kill_after_first_checkpoint(command: list[str], results: Path, log: Path) -
             stdout=out,
             stderr=subprocess.STDOUT,
             env=ENV,
+            cwd=ROOT,
             start_new_session=True,  # its own process group, killed as a whole
         )
     try:
@@ -82,21 +74,24 @@ def _kill_after_first_checkpoint(command: list[str], results: Path, log: Path) -
     return found[0].parent
 
 
-def test_a_killed_run_resumes_to_the_uninterrupted_runs_final_weights(tmp_path):
+@pytest.mark.slow  # two more runs, one killed
+def test_a_killed_run_resumes_to_the_uninterrupted_runs_final_weights(
+    reference_run, tmp_path
+):
     # Prepare: the uninterrupted run, and the same run killed after its checkpoint
-    whole = tmp_path / "whole"
-    _finish(_spry(*SMALL_RUN, "--results-dir", str(whole)), tmp_path / "whole.log")
-    (whole_dir,) = whole.iterdir()
+    whole_dir = reference_run.run_dir
     killed = tmp_path / "killed"
     run_dir = _kill_after_first_checkpoint(
-        _spry(*SMALL_RUN, "--results-dir", str(killed)), killed, tmp_path / "kill.log"
+        spry_command("run", *REFERENCE_RUN, "--results-dir", str(killed)),
+        killed,
+        tmp_path / "kill.log",
     )
     saved = load(run_dir)
-    assert 1 <= saved.server_round < ROUNDS
+    assert 1 <= saved.server_round < REFERENCE_ROUNDS
     assert not (run_dir / "summary.json").exists()  # it never got to finish
 
     # Execute: resume with nothing but the folder (the config is the checkpoint's)
-    _finish(_spry("--resume", str(run_dir)), tmp_path / "resume.log")
+    _finish(spry_command("run", "--resume", str(run_dir)), tmp_path / "resume.log")
 
     # Assert: the same final weights, bit for bit, and the resume did train
     resumed_log = (tmp_path / "resume.log").read_text()
@@ -109,12 +104,12 @@ def test_a_killed_run_resumes_to_the_uninterrupted_runs_final_weights(tmp_path):
     assert any(not np.array_equal(final[n], saved.weights[n]) for n in final.files)
     # The resumed run's records are the uninterrupted run's, round 0 to the last
     assert metrics_rows(run_dir) == metrics_rows(whole_dir)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = strict_json(run_dir / "summary.json")
     assert summary["status"] == "completed"
     assert summary["resumed-from-rounds"] == [saved.server_round]
-    rounds = json.loads((run_dir / "rounds.json").read_text())
-    assert list(rounds) == [str(r) for r in range(1, ROUNDS + 1)]
-    assert load(run_dir).server_round == ROUNDS
+    rounds = strict_json(run_dir / "rounds.json")
+    assert list(rounds) == [str(r) for r in range(1, REFERENCE_ROUNDS + 1)]
+    assert load(run_dir).server_round == REFERENCE_ROUNDS
 
 
 def test_resuming_with_another_seed_is_refused_in_one_line_before_any_work(tmp_path):
@@ -127,11 +122,12 @@ def test_resuming_with_another_seed_is_refused_in_one_line_before_any_work(tmp_p
     )
 
     result = subprocess.run(
-        _spry("--resume", str(tmp_path), "--seed", "1"),
+        spry_command("run", "--resume", str(tmp_path), "--seed", "1"),
         capture_output=True,
         text=True,
         timeout=300,
         env=ENV,
+        cwd=ROOT,
     )
 
     assert result.returncode == 2
