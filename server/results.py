@@ -2,19 +2,24 @@
 
 Everything is written as the run goes (metrics appended and the plot redrawn after
 each round), so a run that crashes or is interrupted keeps what it measured.
+
+The JSON files are standard JSON that any reader accepts: no `Infinity` or `NaN`
+(Python's json module writes them by default). A quantity without a finite value is
+`null`, and its key names the unit (`"budget-mib": null`: no budget).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import platform
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
@@ -287,8 +292,10 @@ class RunRecorder:
         if round_log:
             # Every round's log, evaluated or not: sampled partitions, faults,
             # drops, coverage, per-client peaks, wall and device time
-            (self.directory / "rounds.json").write_text(
-                json.dumps({str(r): e for r, e in sorted(round_log.items())}, indent=1)
+            write_json(
+                self.directory / "rounds.json",
+                {str(r): e for r, e in sorted(round_log.items())},
+                indent=1,
             )
             summary["dropouts"] = _dropouts(round_log)
             # Round -> partition -> why its reply was rejected (rounds with any)
@@ -315,8 +322,32 @@ class RunRecorder:
                 }
             )
         path = self.directory / "summary.json"
-        path.write_text(json.dumps(summary, indent=2))
+        write_json(path, summary)
         return path
+
+
+def write_json(path: Path, value: Any, *, indent: int = 2) -> None:
+    """Write `value` to `path` as standard JSON.
+
+    A non-finite float has no JSON form: it is written as null, with a warning
+    naming where it was (those the results expect, such as an unbudgeted device's
+    budget, are None already). `allow_nan=False` keeps it so.
+    """
+    path.write_text(
+        json.dumps(_finite(value, path.name), indent=indent, allow_nan=False)
+    )
+
+
+def _finite(value: Any, where: str) -> Any:
+    """`value` with every non-finite float inside it replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        log(WARNING, "results: %s = %s has no JSON form; written as null", where, value)
+        return None
+    if isinstance(value, Mapping):
+        return {k: _finite(v, f"{where}/{k}") for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
 
 
 def _write_manifest(directory: Path, cfg: RunConfig) -> None:
@@ -328,7 +359,7 @@ def _write_manifest(directory: Path, cfg: RunConfig) -> None:
         "machine": platform.platform(),
         "started": datetime.now().isoformat(timespec="seconds"),
     }
-    (directory / "config.json").write_text(json.dumps(manifest, indent=2))
+    write_json(directory / "config.json", manifest)
 
 
 def _dropouts(round_log: Mapping[int, Mapping[str, Any]]) -> dict[str, int]:
@@ -350,7 +381,8 @@ def profile_summary(
         row = table.setdefault(
             profile.name,
             {
-                "budget-mib": profile.budget_mib,
+                # null: no budget (the host, or a catalogue entry without a limit)
+                "budget-mib": _finite_or_none(profile.budget_mib),
                 "speed": profile.speed,
                 "clients": 0,
                 "client-rounds-trained": 0,
@@ -381,11 +413,11 @@ def _log_profiles(table: Mapping[str, Mapping[str, Any]]) -> None:
     for name, row in table.items():
         log(
             INFO,
-            "[spry] %-12s budget %s MiB | %d clients | %d client-rounds | "
+            "[spry] %-12s budget %s | %d clients | %d client-rounds | "
             "slices up to %d tensors | predicted peak %s | measured step extra %s | "
             "worker RSS %s MiB",
             name,
-            f"{row['budget-mib']:.0f}",
+            "none" if row["budget-mib"] is None else f"{row['budget-mib']:.0f} MiB",
             row["clients"],
             row["client-rounds-trained"],
             row["slice-tensors-max"],
@@ -393,6 +425,10 @@ def _log_profiles(table: Mapping[str, Mapping[str, Any]]) -> None:
             _fmt(row["measured-extra-mib-max"]),
             _fmt(row["measured-worker-rss-mib-max"]),
         )
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def _fmt(value: float | None) -> str:

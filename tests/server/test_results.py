@@ -1,0 +1,65 @@
+"""A run's results files are standard JSON, whatever the run measured.
+
+Python's json module writes `Infinity` and `NaN` unless told not to, and most
+readers (jq, browsers, JSON.parse) then reject the whole file. The files are read
+back here with a parser that refuses them.
+"""
+
+from __future__ import annotations
+
+import math
+
+from server.results import RunRecorder, write_json
+from spry.config import RunConfig
+from spry.devices import CATALOG, HOST, Fleet
+from tests.helpers import strict_json
+
+MIB = 2**20
+
+
+def _round_log() -> dict[int, dict]:
+    """Two rounds of a strategy's log: one measured peak per round on partition 2."""
+    return {
+        r: {
+            "dropped": 0,
+            "device-seconds": 1.5,
+            "train-wall-seconds": 2.0,
+            # (partition, slice tensors, extra, worker RSS, predicted) in bytes
+            "peaks": [(2, 4, 100 * MIB, 900 * MIB, 800 * MIB)],
+        }
+        for r in (1, 2)
+    }
+
+
+def test_an_unbudgeted_device_is_null_budget_mib_not_infinity(tmp_path):
+    # Prepare: two host clients (no budget) and a phone
+    cfg = RunConfig.from_run_config({"results-dir": str(tmp_path)})
+    recorder = RunRecorder.create(cfg)
+    recorder.fleet = Fleet([HOST, HOST, CATALOG["phone-4gb"]])
+
+    # Execute
+    path = recorder.finish(round_log=_round_log())
+
+    # Assert: every file the run wrote parses strictly; the host has no budget
+    summary = strict_json(path)
+    strict_json(path.parent / "rounds.json")
+    strict_json(path.parent / "config.json")
+    profiles = summary["profiles"]
+    assert profiles["host"]["budget-mib"] is None
+    assert profiles["host"]["clients"] == 2
+    assert profiles["phone-4gb"]["budget-mib"] == 1536
+    assert profiles["phone-4gb"]["client-rounds-trained"] == 2
+    assert profiles["phone-4gb"]["measured-extra-mib-max"] == 100
+
+
+def test_a_non_finite_measurement_is_written_as_null(tmp_path):
+    # A diverged run: what has no finite value is null, the rest as measured
+    value = {"loss": math.nan, "rounds": [1.0, math.inf, -math.inf], "ok": 0.5}
+
+    write_json(tmp_path / "x.json", value)
+
+    assert strict_json(tmp_path / "x.json") == {
+        "loss": None,
+        "rounds": [1.0, None, None],
+        "ok": 0.5,
+    }
