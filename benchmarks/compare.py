@@ -57,7 +57,7 @@ def run_method(
     out.mkdir(parents=True, exist_ok=True)
     log = out / "run.log"
     command = [
-        sys.executable, "-m", "spry.cli", "run", "--method", method,
+        sys.executable, "-m", "cli", "run", "--method", method,
         "--rounds", str(rounds), "--seed", str(seed), "--results-dir", str(out),
     ]  # fmt: skip
     for item in extra:

@@ -47,7 +47,7 @@ def settings(args: argparse.Namespace, client_cpus: int) -> dict[str, Any]:
 
 def flower_rounds(overrides: dict[str, Any], results: Path) -> list[float]:
     """Per-round training wall seconds of a `spry run` with `overrides`."""
-    from spry.cli import run
+    from cli.run import run
 
     code = run({**overrides, "results-dir": str(results)})
     if code != 0:

@@ -38,7 +38,7 @@ def run_task(task: str, rounds: int, seed: int, extra: list[str], out: Path) -> 
     """`spry run --task` in a fresh process; its results folder."""
     out.mkdir(parents=True, exist_ok=True)
     command = [
-        sys.executable, "-m", "spry.cli", "run", "--task", task, "--rounds",
+        sys.executable, "-m", "cli", "run", "--task", task, "--rounds",
         str(rounds), "--seed", str(seed), "--results-dir", str(out),
     ]  # fmt: skip
     for item in [*SETTINGS[task], *extra]:

@@ -37,6 +37,7 @@ from spry import protocol
 from spry.config import ConfigError, ConfigValue, RunConfig
 from spry.devices import Fleet, plan_fleet
 from spry.models import TrainableModel
+from spry.resolve import resolve
 from spry.tasks import Task, load_task
 from strategies import STRATEGIES, SlicedRounds
 
@@ -249,7 +250,7 @@ def make_server_app(overrides: Mapping[str, ConfigValue] | None = None) -> Serve
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        cfg = RunConfig.from_run_config({**context.run_config, **(overrides or {})})
+        cfg = resolve({**context.run_config, **(overrides or {})})
         run_federation(grid, cfg)
 
     return server_app

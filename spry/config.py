@@ -5,6 +5,13 @@ A run is described by one flat mapping of kebab-case keys (Flower's run config, 
 speak it). The dataclasses below group those keys by concern and validate them, so a
 bad value fails before any process starts, with a message that names it.
 
+This module sits at the bottom of the library and imports nothing of it: it checks
+what a value is on its own (a type, a range, keys that do not go together). Whether
+a name names something (an engine, a server optimizer, a task and its options, a
+device profile) is asked of the registry that implements it, in one resolving step,
+`spry.resolve.resolve`; each name list is written there once. So importing the
+config costs no torch import, and a bad flag is reported at once.
+
 The server is the single source of truth at run time: it sends the whole config to
 every client in each message, so simulation (where Flower passes no run config to
 in-process apps) and deployment behave the same.
@@ -16,10 +23,6 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
-
-from .devices import load_catalog, parse_mix
-from .engines.directions import DISTRIBUTIONS
-from .faults import FaultPlan
 
 ConfigValue = bool | int | float | str
 
@@ -206,26 +209,14 @@ class DataConfig(_Section):
 class ClientConfig(_Section):
     """How a client trains the slice it receives."""
 
-    ENGINES: ClassVar[tuple[str, ...]] = (
-        "forward",
-        "backprop",
-        "backprop-checkpoint",
-        "mezo",
-        "baffle",
-        "fwdllm",
-        "baffle-plus",
-        "fwdllm-plus",
-    )
-    # Estimates made of K scalars along seeded directions (rebuildable from them).
-    DIRECTIONAL: ClassVar[tuple[str, ...]] = ("forward", "mezo", "baffle", "fwdllm")
     ZO_FORMATS: ClassVar[tuple[str, ...]] = ("auto", "forward", "center")
     HEAD_GRADIENTS: ClassVar[tuple[str, ...]] = ("shared", "exact")
 
     engine: str = field(
         default="forward",
         metadata={
-            "help": "forward|backprop|backprop-checkpoint|mezo|baffle|fwdllm"
-            "|baffle-plus|fwdllm-plus"
+            "help": "gradient engine: forward mode, backprop or zero-order "
+            "(spry.engines.ENGINES)"
         },
     )
     num_tangents: int = field(
@@ -244,7 +235,9 @@ class ClientConfig(_Section):
     )
     tangent_distribution: str = field(
         default="gaussian",
-        metadata={"help": "forward tangents: gaussian|rademacher|orthogonal"},
+        metadata={
+            "help": "how forward tangents are drawn (spry.engines.DISTRIBUTIONS)"
+        },
     )
     tangent_batch: int = field(
         default=0,
@@ -270,10 +263,6 @@ class ClientConfig(_Section):
 
     def __post_init__(self) -> None:
         _require(
-            self.engine in self.ENGINES,
-            f"`engine` should be one of {self.ENGINES}, got {self.engine!r}",
-        )
-        _require(
             self.num_tangents >= 1,
             f"`num-tangents` should be at least 1, got {self.num_tangents}",
         )
@@ -285,11 +274,6 @@ class ClientConfig(_Section):
         _require(
             self.zo_format != "forward" or self.engine == "baffle",
             f"`zo-format` 'forward' applies to baffle; {self.engine} is central",
-        )
-        _require(
-            self.tangent_distribution in DISTRIBUTIONS,
-            f"`tangent-distribution` should be one of {DISTRIBUTIONS}, "
-            f"got {self.tangent_distribution!r}",
         )
         _require(
             self.tangent_batch >= 0,
@@ -334,16 +318,14 @@ class ClientConfig(_Section):
 class StrategyConfig(_Section):
     """How the server samples, splits, aggregates and steps."""
 
-    SERVER_OPTIMIZERS: ClassVar[tuple[str, ...]] = ("yogi", "adam", "avg", "sgd")
-    STRATEGIES: ClassVar[tuple[str, ...]] = ("spry", "fedsgd", "baffle", "fwdllm")
     # Strategies whose clients make one estimate on one batch and upload it.
     ONE_STEP: ClassVar[tuple[str, ...]] = ("fedsgd", "baffle", "fwdllm")
 
     strategy: str = field(
         default="spry",
         metadata={
-            "help": "spry (local epochs, weights up) | fedsgd (one gradient per "
-            "round) | baffle | fwdllm"
+            "help": "a strategy of strategies/ (STRATEGIES): spry (local epochs, "
+            "weights up), fedsgd (one gradient per round), ..."
         },
     )
     clients_per_round: int = field(default=10, metadata={"help": "M sampled clients"})
@@ -368,7 +350,8 @@ class StrategyConfig(_Section):
         },
     )
     server_optimizer: str = field(
-        default="yogi", metadata={"help": "yogi|adam|avg|sgd"}
+        default="yogi",
+        metadata={"help": "server step (spry.aggregation.ServerOptimizer.KINDS)"},
     )
     eta: float = field(
         default=3e-2, metadata={"help": "server learning rate (paper: 1e-2)"}
@@ -400,10 +383,6 @@ class StrategyConfig(_Section):
 
     def __post_init__(self) -> None:
         _require(
-            self.strategy in self.STRATEGIES,
-            f"`strategy` should be one of {self.STRATEGIES}, got {self.strategy!r}",
-        )
-        _require(
             self.baffle_clip >= 0 and self.fwdllm_var_threshold >= 0,
             "`baffle-clip` and `fwdllm-var-threshold` should be >= 0",
         )
@@ -418,11 +397,6 @@ class StrategyConfig(_Section):
         _require(
             self.group_size >= 1,
             f"`group-size` should be at least 1, got {self.group_size}",
-        )
-        _require(
-            self.server_optimizer in self.SERVER_OPTIMIZERS,
-            f"`server-optimizer` should be one of {self.SERVER_OPTIMIZERS}, "
-            f"got {self.server_optimizer!r}",
         )
         _require(self.eta > 0, f"`eta` should be positive, got {self.eta}")
         _require(
@@ -510,7 +484,11 @@ class RuntimeConfig(_Section):
 
 @dataclass(frozen=True)
 class SimulationConfig(_Section):
-    """Simulated devices: memory budgets, speeds and faults (spry.devices, .faults)."""
+    """Simulated devices: memory budgets, speeds and faults.
+
+    The device mix and the fault shares are checked against `spry.devices`'
+    catalogue and `spry.faults.FaultPlan` by the resolving step.
+    """
 
     ORPHAN_SLICES: ClassVar[tuple[str, ...]] = ("reassign", "skip")
 
@@ -557,11 +535,6 @@ class SimulationConfig(_Section):
     )
 
     def __post_init__(self) -> None:
-        try:
-            parse_mix(self.device_profiles, load_catalog(self.device_catalog))
-            self.faults()
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
         _require(
             self.memory_margin >= 0,
             f"`memory-margin` should be >= 0, got {self.memory_margin}",
@@ -576,14 +549,6 @@ class SimulationConfig(_Section):
             f"got {self.orphan_slices!r}",
         )
 
-    def faults(self) -> FaultPlan:
-        return FaultPlan(
-            crash=self.fault_crash,
-            timeout=self.fault_timeout,
-            straggle=self.fault_straggle,
-            straggle_factor=self.straggle_factor,
-        )
-
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -596,7 +561,8 @@ class RunConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
-    # `<task>.<option>` keys of the selected task, validated by the task's Options
+    # The selected task's `<task>.<option>` values, sorted by option; typed and
+    # completed with the task's defaults by the resolving step (the task's Options)
     task_options: tuple[tuple[str, ConfigValue], ...] = ()
 
     SECTIONS: ClassVar[dict[str, type[_Section]]] = {
@@ -621,42 +587,20 @@ class RunConfig:
             f"should not exceed `num-clients` ({self.data.num_clients})",
         )
         self._check_combination()
-        self.task_spec()  # an unknown task or a bad option fails here
-
-    def task_spec(self) -> tuple[type, Any]:
-        """The selected task's class and its validated options."""
-        from .tasks.base import build_options
-        from .tasks.registry import get
-
-        task = get(self.task.task)
-        return task, build_options(task, dict(self.task_options))
 
     def _check_combination(self) -> None:
-        """Options that are each valid but do not go together, named before any work."""
+        """Options that are each valid but do not go together, named before any work.
+
+        Those that need to know which engines are directional are the resolving
+        step's (`spry.resolve`).
+        """
         engine, strategy = self.client.engine, self.strategy.strategy
-        directional = ClientConfig.DIRECTIONAL
-        _require(
-            not self.strategy.upload_scalars or engine in directional,
-            f"`upload-scalars` needs an engine whose estimate is K scalars along "
-            f"seeded directions ({', '.join(directional)}); {engine!r} returns a "
-            "gradient the server cannot rebuild from scalars",
-        )
         _require(
             not self.strategy.upload_scalars
             or engine != "forward"
             or self.client.head_gradient == "shared",
             "`upload-scalars` with `head-gradient` 'exact': the server rebuilds "
             "random directions only; use `head-gradient` 'shared'",
-        )
-        _require(
-            strategy != "baffle" or engine in directional,
-            f"the baffle strategy uploads K scalars along shared directions; "
-            f"engine {engine!r} is not one of {directional}",
-        )
-        _require(
-            strategy != "fwdllm" or engine in ("fwdllm", "mezo", "baffle"),
-            f"the fwdllm strategy chooses the directions of a finite-difference "
-            f"engine (fwdllm, mezo, baffle); got {engine!r}",
         )
         _require(
             strategy != "fwdllm" or not self.strategy.upload_scalars,
@@ -678,7 +622,10 @@ class RunConfig:
         """Build from Flower's `context.run_config` or a message's ConfigRecord.
 
         Unknown keys are an error (a typo must not silently fall back to a default);
-        keys Flower itself injects, such as `server-round`, are ignored.
+        keys Flower itself injects, such as `server-round`, are ignored. The
+        selected task's `<task>.<option>` keys are kept as given; other tasks' are
+        left out (a pyproject may carry several tasks' tables). Checking them
+        against the task registry is `spry.resolve.resolve`'s job.
         """
         known = set(cls.keys())
         unknown = sorted(
@@ -691,25 +638,13 @@ class RunConfig:
         sections = {
             name: section.from_mapping(values) for name, section in cls.SECTIONS.items()
         }
-        # Options of the selected task; other tasks' tables (a pyproject may carry
-        # several) are kept out; a dotted key naming no registered task is a typo.
-        from .tasks.base import build_options
-        from .tasks.registry import get
-
         selected = sections["task"].task  # type: ignore[attr-defined]
-        task = get(selected)  # an unknown task lists the registered ones
-        given = {}
-        for key in sorted(k for k in values if "." in k):
-            prefix, _, option = key.partition(".")
-            if prefix == selected:
-                given[option] = values[key]
-            elif prefix not in _registered_tasks():
-                raise ConfigError(
-                    f"config key {key!r} names no registered task "
-                    f"({', '.join(_registered_tasks())})"
-                )
-        options = build_options(task, given).to_mapping()  # every option, typed
-        return cls(**sections, task_options=tuple(options.items()))  # type: ignore[arg-type]
+        options = sorted(
+            (key.partition(".")[2], value)
+            for key, value in values.items()
+            if "." in key and key.partition(".")[0] == selected
+        )
+        return cls(**sections, task_options=tuple(options))  # type: ignore[arg-type]
 
     def to_mapping(self) -> dict[str, ConfigValue]:
         """The flat kebab-case mapping (round-trips through `from_run_config`)."""
@@ -723,12 +658,6 @@ class RunConfig:
 def default_values() -> dict[str, ConfigValue]:
     """Every key with its default: the table `[tool.flwr.app.config]` mirrors."""
     return RunConfig().to_mapping()
-
-
-def _registered_tasks() -> list[str]:
-    from .tasks.registry import available
-
-    return list(available())
 
 
 # Keys that travel in messages but are not part of a run's configuration.

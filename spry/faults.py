@@ -16,8 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .seeding import STREAM_FAULTS, numpy_rng
+
+if TYPE_CHECKING:
+    from .config import SimulationConfig
 
 CRASH = "crash"
 TIMEOUT = "timeout"
@@ -62,6 +66,16 @@ class FaultPlan:
             raise ValueError(
                 f"straggle factor should be >= 1, got {self.straggle_factor}"
             )
+
+    @classmethod
+    def from_config(cls, sim: SimulationConfig) -> FaultPlan:
+        """The plan of a run's `fault-*` and `straggle-factor` keys."""
+        return cls(
+            crash=sim.fault_crash,
+            timeout=sim.fault_timeout,
+            straggle=sim.fault_straggle,
+            straggle_factor=sim.straggle_factor,
+        )
 
     @property
     def active(self) -> bool:

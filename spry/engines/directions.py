@@ -14,17 +14,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from .distributions import DISTRIBUTIONS
+
 # A tensor's shape, dtype and device: all a direction needs to be redrawn.
 DirectionSpec = tuple[torch.Size, torch.dtype, torch.device]
-
-# How directions are distributed; each has E[v v^T] = I, so every estimate that
-# averages s_k v_k with s_k = <grad, v_k> stays unbiased.
-#   gaussian    v ~ N(0, I) (the paper's)
-#   rademacher  v with independent +-1 entries (the sign of the Gaussian draw)
-#   orthogonal  the K Gaussian draws orthonormalised jointly over the slice, in
-#               blocks of at most d, and scaled to norm sqrt(d): K = d gives the
-#               exact gradient, and no two directions of a block repeat work.
-DISTRIBUTIONS = ("gaussian", "rademacher", "orthogonal")
 
 
 def direction_specs(

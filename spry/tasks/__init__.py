@@ -7,15 +7,15 @@ registered ones. See `base.Task` for the interface and `registry` for adding one
 from functools import lru_cache
 
 from ..config import RunConfig
-from .base import ClientData, NoOptions, Task, TaskOptions, device_for
+from .base import ClientData, NoOptions, Task, TaskOptions, build_options, device_for
 from .registry import available, get, register
 
 
 @lru_cache(maxsize=2)
 def load_task(cfg: RunConfig) -> Task:
     """The run's task object; one per process and config, so caches are shared."""
-    task, options = cfg.task_spec()
-    return task(cfg, options)
+    task = get(cfg.task.task)
+    return task(cfg, build_options(task, dict(cfg.task_options)))
 
 
 __all__ = [

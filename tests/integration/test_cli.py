@@ -1,80 +1,153 @@
-"""The command line: bad input gets one clear line and a non-zero exit, fast."""
+"""The command line: bad input gets one clear line and a non-zero exit, fast.
+
+The checks run in this process (`cli.main.main` with an argv, stderr captured),
+with the apps' loader replaced by one that fails the test: bad input must be
+refused before anything that starts a worker. One subprocess run checks what only
+a fresh process shows: exactly one line on stderr, the exit code, and that neither
+torch nor Flower (so no Ray worker) was loaded and no results folder was written.
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+import cli.run
+from cli.main import main
+from tests.integration.runs import CLI_MODULE, ENV, ROOT
+
+BAD_INPUT = [
+    (["--alpha", "0"], "`alpha` should be > 0, got 0.0"),
+    (["--clients", "5", "--per-round", "10"], "should not exceed `num-clients` (5)"),
+    (["--set", "lr=fast"], "`lr` should be a float, got 'fast'"),
+    (["--set", "lr"], "--set expects key=value, got 'lr'"),
+    (["--set", "no-such-key=1"], "unknown config key(s) ['no-such-key']"),
+    (["--method", "fedprox"], "known methods: spry, spry-paper, spry-iter"),
+    (["--set", "orphan-slices=retry"], "`orphan-slices` should be one of"),
+    # The resolving step: names checked against their registries
+    (["--set", "engine=nope"], "`engine` should be one of ('forward', 'backprop'"),
+    (["--set", "server-optimizer=lamb"], "`server-optimizer` should be one of"),
+    (
+        ["--method", "spry-iter", "--set", "engine=backprop"],
+        "`upload-scalars` needs an engine whose estimate is K scalars",
+    ),
+    (["--set", "device-profiles=iphone:1"], "unknown device profile 'iphone'"),
+    (["--set", "fault-crash=0.8", "--set", "fault-timeout=0.3"], "sum to at most 1"),
+    (["--task", "nope"], "unknown task 'nope'; registered tasks: "),
+    (["--set", "verx.epsilon=0.1"], "'verx.epsilon' names no registered task"),
+    # Above the library: the strategies' registry, then the task's model and data
+    (["--set", "strategy=nope"], "`strategy` should be one of ('spry', 'fedsgd'"),
+    (["--model", "no-such/model-xyz"], "cannot load model 'no-such/model-xyz'"),
+    (["--dataset", "no-such/dataset-xyz"], "unknown dataset 'no-such/dataset-xyz'"),
+]
 
 
-def _spry(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "spry.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=ENV,
-    )
+@pytest.fixture()
+def no_worker_may_start(monkeypatch):
+    """Loading the ServerApp or ClientApp (what starts workers) fails the test."""
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.setenv(key, "1")
+
+    def refuse(component: str) -> object:
+        raise AssertionError(f"bad input reached the apps ({component})")
+
+    monkeypatch.setattr(cli.run, "_load", refuse)
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUT)
+def test_bad_input_is_one_line_and_exit_code_2(
+    args, message, capsys, no_worker_may_start, tmp_path
+):
+    results = tmp_path / "results"
+    code = main(["run", *args, "--results-dir", str(results)])
+    error = capsys.readouterr().err
+    assert code == 2, error
+    assert error.startswith("spry: error:") and message in error
+    assert error.count("\n") == 1, error
+    assert not results.exists()
 
 
 @pytest.mark.parametrize(
-    "args, message",
+    ("args", "message"),
     [
-        (["--alpha", "0"], "`alpha` should be > 0, got 0.0"),
-        (
-            ["--clients", "5", "--per-round", "10"],
-            "should not exceed `num-clients` (5)",
-        ),
-        (["--model", "no-such/model-xyz"], "cannot load model 'no-such/model-xyz'"),
-        (["--dataset", "no-such/dataset-xyz"], "unknown dataset 'no-such/dataset-xyz'"),
-        (["--set", "lr=fast"], "`lr` should be a float, got 'fast'"),
-        (["--set", "no-such-key=1"], "unknown config key(s) ['no-such-key']"),
-        (["--method", "fedprox"], "known methods: spry, spry-paper, spry-iter"),
-        (
-            ["--method", "spry-iter", "--set", "engine=backprop"],
-            "`upload-scalars` needs an engine whose estimate is K scalars",
-        ),
-        (["--set", "device-profiles=iphone:1"], "unknown device profile 'iphone'"),
-        (
-            ["--set", "fault-crash=0.8", "--set", "fault-timeout=0.3"],
-            "sum to at most 1",
-        ),
-        (["--set", "orphan-slices=retry"], "`orphan-slices` should be one of"),
+        (["--engine", "nope"], "argument --engine: invalid choice: 'nope'"),
+        (["--partitioner", "zipf"], "argument --partitioner: invalid choice: 'zipf'"),
+        (["--rounds", "two"], "argument --rounds: invalid int value: 'two'"),
+        (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_code_2(args, message):
-    result = _spry("run", *args)
-    assert result.returncode == 2
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
-    error_lines = [
-        line for line in result.stderr.splitlines() if line.startswith("spry: error:")
-    ]
-    assert len(error_lines) == 1
+def test_a_bad_flag_is_one_line_too(args, message, capsys, no_worker_may_start):
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", *args])
+    error = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert error.startswith(("spry: error:", "spry run: error:"))
+    assert message in error
+    assert error.count("\n") == 1, error
 
 
-def test_config_lists_every_key():
+def test_a_fresh_process_reports_a_bad_flag_in_one_line_before_loading_torch(
+    tmp_path,
+):
+    results = tmp_path / "results"
+    report = textwrap.dedent(
+        f"""
+        import runpy, sys
+        sys.argv = ["spry", "run", "--alpha", "0", "--results-dir", sys.argv[1]]
+        try:
+            runpy.run_module({CLI_MODULE!r}, run_name="__main__")
+        finally:  # what the process loaded by the time it exits
+            print(sorted(m for m in ("torch", "flwr", "ray") if m in sys.modules))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", report, str(results)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ENV,
+        cwd=ROOT,
+    )
+    assert done.returncode == 2
+    assert done.stderr == "spry: error: `alpha` should be > 0, got 0.0\n"
+    assert done.stdout.strip() == "[]"  # no torch, no Flower, no Ray worker
+    assert not results.exists()
+
+
+def test_config_lists_every_key_and_the_registered_names(capsys):
     from spry.config import default_values
 
-    result = _spry("config")
-    assert result.returncode == 0
+    assert main(["config"]) == 0
+    listing = capsys.readouterr().out
     for key in default_values():
-        assert key in result.stdout
+        assert key in listing
+    engine = next(line for line in listing.splitlines() if "engine " in line)
+    assert "[forward, backprop, backprop-checkpoint, mezo" in engine
+    strategy = next(line for line in listing.splitlines() if " strategy " in line)
+    assert "[spry, fedsgd, baffle, fwdllm]" in strategy
 
 
-def test_devices_lists_the_catalogue_and_a_file_adds_to_it(tmp_path):
+def test_devices_lists_the_catalogue_and_a_file_adds_to_it(tmp_path, capsys):
     catalog = tmp_path / "mine.toml"
     catalog.write_text("[watch-1gb]\nbudget-mib = 400\nspeed = 0.05\n")
-    result = _spry("devices", "--catalog", str(catalog))
-    assert result.returncode == 0
-    lines = (line.split() for line in result.stdout.splitlines()[1:])
+    assert main(["devices", "--catalog", str(catalog)]) == 0
+    lines = (line.split() for line in capsys.readouterr().out.splitlines()[1:])
     rows = {parts[0]: parts[1:] for parts in lines if len(parts) == 3}
     assert rows["phone-4gb"] == ["1536", "0.2"]
     assert rows["watch-1gb"] == ["400", "0.05"]
     catalog.write_text("[watch]\nram = 1\n")
-    bad = _spry("devices", "--catalog", str(catalog))
-    assert bad.returncode == 2 and "[watch] should hold `budget-mib`" in bad.stderr
+    assert main(["devices", "--catalog", str(catalog)]) == 2
+    error = capsys.readouterr().err
+    assert "[watch] should hold `budget-mib`" in error and error.count("\n") == 1
+
+
+def test_the_console_script_runs_the_cli_package():
+    script = os.path.join(os.path.dirname(sys.executable), "spry")
+    done = subprocess.run(
+        [script, "run", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and "--resume PATH" in done.stdout

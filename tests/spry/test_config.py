@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 
 from spry.config import ConfigError, RunConfig, default_values
+from spry.resolve import named_choices, resolve
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -17,6 +20,7 @@ def test_pyproject_app_config_mirrors_the_dataclass_defaults():
     parsed = RunConfig.from_run_config(table)
     assert parsed == RunConfig()
     assert set(table) == set(default_values())
+    assert resolve(table) == resolve({})  # and it passes the resolving step
 
 
 def test_round_trip_through_the_flat_mapping():
@@ -41,19 +45,65 @@ def test_round_trip_through_the_flat_mapping():
         ({"partitioner": "zipf"}, "`partitioner` should be one of"),
         ({"lr": "fast"}, "`lr` should be a float, got 'fast'"),
         ({"num-tangent": 2}, "unknown config key(s) ['num-tangent']"),
-        ({"server-optimizer": "lamb"}, "`server-optimizer` should be one of"),
     ],
 )
 def test_bad_values_name_the_key_and_the_value(values, message):
     with pytest.raises(ConfigError) as error:
         RunConfig.from_run_config(values)
     assert message in str(error.value)
+    with pytest.raises(ConfigError) as error:  # the resolving step checks them too
+        resolve(values)
+    assert message in str(error.value)
 
 
-def test_engine_names_match_the_engine_registry():
-    from spry.config import ClientConfig
-    from spry.engines import ENGINES
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"engine": "nope"}, "`engine` should be one of ('forward', 'backprop'"),
+        ({"server-optimizer": "lamb"}, "`server-optimizer` should be one of"),
+        ({"tangent-distribution": "cauchy"}, "`tangent-distribution` should be one"),
+        ({"device-profiles": "iphone:1"}, "unknown device profile 'iphone'"),
+        ({"fault-crash": 0.8, "fault-timeout": 0.3}, "sum to at most 1"),
+        ({"task": "nope"}, "unknown task 'nope'; registered tasks: "),
+        ({"verx.epsilon": 0.3}, "'verx.epsilon' names no registered task"),
+    ],
+)
+def test_names_are_checked_by_the_resolving_step_not_the_config(values, message):
+    RunConfig.from_run_config(values)  # the config alone knows no registry
+    with pytest.raises(ConfigError) as error:
+        resolve(values)
+    assert message in str(error.value)
 
-    assert set(ClientConfig.ENGINES) == set(ENGINES)
-    with pytest.raises(ConfigError, match="`engine` should be one of"):
-        RunConfig.from_run_config({"engine": "nope"})
+
+def test_each_name_list_is_the_registry_that_implements_it():
+    from spry.aggregation import ServerOptimizer
+    from spry.engines import DISTRIBUTIONS, ENGINES
+
+    choices = named_choices()
+    assert choices["engine"] == tuple(ENGINES)
+    assert choices["tangent-distribution"] is DISTRIBUTIONS
+    assert choices["server-optimizer"] is ServerOptimizer.KINDS
+
+
+def test_resolving_types_and_completes_the_selected_tasks_options():
+    given = {"task": "verix", "verix.epsilon": "0.1", "raee.k": 3}
+    raw = RunConfig.from_run_config(given)
+    assert raw.task_options == (("epsilon", "0.1"),)  # as given; raee's left out
+    cfg = resolve(given)
+    options = dict(cfg.task_options)
+    assert options["epsilon"] == 0.1 and len(options) > 1
+    assert [k for k, _ in cfg.task_options] == sorted(options)
+    assert RunConfig.from_run_config(cfg.to_mapping()) == cfg
+    assert resolve(cfg.to_mapping()) == cfg
+
+
+def test_importing_the_config_loads_no_torch_and_no_registry():
+    code = (
+        "import sys, spry.config, spry.methods, spry.resolve, spry.engines; "
+        "heavy = {'torch', 'flwr', 'transformers', 'spry.devices', 'spry.tasks'}; "
+        "print(sorted(heavy & set(sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"

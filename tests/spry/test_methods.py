@@ -4,11 +4,12 @@ import pytest
 
 from spry.config import ConfigError, RunConfig, default_values
 from spry.methods import METHODS, method_of, method_overrides
+from spry.resolve import resolve
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_method_is_a_valid_config_that_is_recognised(name):
-    cfg = RunConfig.from_run_config({**default_values(), **method_overrides(name)})
+    cfg = resolve({**default_values(), **method_overrides(name)})
     assert method_of(cfg) == name
 
 
@@ -53,9 +54,11 @@ def test_a_spry_run_with_scalar_uploads_is_not_reported_as_spry():
 )
 def test_incompatible_options_fail_with_a_message_naming_them(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        RunConfig.from_run_config(overrides)
+        resolve(overrides)
 
 
 def test_scalar_uploads_with_the_exact_head_fail_naming_the_fix():
     with pytest.raises(ConfigError, match="use `head-gradient` 'shared'"):
         RunConfig.from_run_config({"upload-scalars": True})
+    with pytest.raises(ConfigError, match="use `head-gradient` 'shared'"):
+        resolve({"upload-scalars": True})
