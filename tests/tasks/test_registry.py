@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from spry.config import ConfigError, RunConfig, default_values
+from spry.resolve import resolve
 from spry.tasks import Task, available, get, load_task, register
 from spry.tasks.registry import ENV_VAR
 
@@ -21,7 +22,7 @@ def test_an_unknown_task_lists_the_registered_ones():
     with pytest.raises(ConfigError, match="unknown task 'nope'; registered tasks: "):
         get("nope")
     with pytest.raises(ConfigError, match="classification, raee, .*verix"):
-        RunConfig.from_run_config({**default_values(), "task": "nope"})
+        resolve({**default_values(), "task": "nope"})
 
 
 def test_the_in_process_hook_registers_a_task_for_this_process_and_its_workers(
@@ -46,9 +47,7 @@ def test_a_target_that_is_not_a_task_is_refused(monkeypatch):
 
 
 def test_task_options_are_typed_defaulted_and_round_trip():
-    cfg = RunConfig.from_run_config(
-        {**default_values(), "task": "verix", "verix.epsilon": "0.1"}
-    )
+    cfg = resolve({**default_values(), "task": "verix", "verix.epsilon": "0.1"})
     options = dict(cfg.task_options)
     assert options["epsilon"] == 0.1 and options["explain-images"] == 20
     flat = cfg.to_mapping()
@@ -58,10 +57,10 @@ def test_task_options_are_typed_defaulted_and_round_trip():
 
 def test_another_tasks_options_are_ignored_and_a_typo_prefix_is_not():
     # A pyproject may carry several tasks' tables; only the selected task's count
-    cfg = RunConfig.from_run_config({**default_values(), "verix.epsilon": 0.3})
+    cfg = resolve({**default_values(), "verix.epsilon": 0.3})
     assert cfg.task.task == "classification" and cfg.task_options == ()
     with pytest.raises(ConfigError, match="'verx.epsilon' names no registered task"):
-        RunConfig.from_run_config({**default_values(), "verx.epsilon": 0.3})
+        resolve({**default_values(), "verx.epsilon": 0.3})
 
 
 @pytest.mark.parametrize(
@@ -78,5 +77,5 @@ def test_another_tasks_options_are_ignored_and_a_typo_prefix_is_not():
 def test_an_invalid_task_option_names_the_field(key, value, message):
     task = key.split(".")[0]
     with pytest.raises(ConfigError) as error:
-        RunConfig.from_run_config({**default_values(), "task": task, key: value})
+        resolve({**default_values(), "task": task, key: value})
     assert message in str(error.value)
