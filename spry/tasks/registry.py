@@ -11,6 +11,10 @@ driver, each Ray worker, each SuperNode) looks the name up the same way, so the
 package must be installed wherever clients run. For a task defined in a script or a
 notebook, `register(name, "module:Class")` is the in-process hook; it reaches Ray
 workers through the `SPRY_TASKS` environment variable it also sets.
+
+A task's own third-party packages are an install extra; its package checks them
+first (`spry.tasks.extras.require`), so loading a task whose extra is missing fails
+here with one line naming the pip command, before any process starts.
 """
 
 from __future__ import annotations
