@@ -8,8 +8,8 @@ bad value fails before any process starts, with a message that names it.
 This module sits at the bottom of the library and imports nothing of it: it checks
 what a value is on its own (a type, a range, keys that do not go together). Whether
 a name names something (an engine, a server optimizer, a task and its options, a
-device profile) is asked of the registry that implements it, in one resolving step,
-`spry.resolve.resolve`; each name list is written there once. So importing the
+device profile) is asked of the registry that implements it, where each name list
+is written once, in one resolving step (`spry.resolve.resolve`). So importing the
 config costs no torch import, and a bad flag is reported at once.
 
 The server is the single source of truth at run time: it sends the whole config to
