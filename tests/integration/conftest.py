@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .runs import REFERENCE_RUN, new_ray_pids, ray_pids, run_spry
+from .runs import REFERENCE_RUN, run_spry, survivors
 
 
 @dataclass(frozen=True)
@@ -24,18 +24,18 @@ class ReferenceRun:
     ----------
     run_dir : Path
         Its results folder (metrics.csv, summary.json, final-weights.npz, ...).
-    stray_ray_pids : set[int]
-        Ray processes it started that were still alive after it exited.
+    survivors : set[int]
+        Processes it started (Ray's included) still alive after it ended.
     """
 
     run_dir: Path
-    stray_ray_pids: set[int]
+    survivors: set[int]
 
 
 @pytest.fixture(scope="session")
 def reference_run(tmp_path_factory: pytest.TempPathFactory) -> ReferenceRun:
     """The uninterrupted 3-round run on three clients, once per session."""
     folder = tmp_path_factory.mktemp("reference")
-    before = ray_pids()
-    run_dir = run_spry(folder / "results", *REFERENCE_RUN, log=folder / "run.log")
-    return ReferenceRun(run_dir=run_dir, stray_ray_pids=new_ray_pids(before))
+    results = folder / "results"
+    run_dir = run_spry(results, *REFERENCE_RUN, log=folder / "run.log")
+    return ReferenceRun(run_dir=run_dir, survivors=survivors(results))

@@ -15,8 +15,12 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+# Environment variable marking a test run's processes: the run's results folder
+MARK = "SPRY_TEST_RESULTS"
 # The command line's module: `python -m CLI_MODULE run ...` is what `spry run` runs
 CLI_MODULE = "cli"
 REFERENCE_ROUNDS = 3
@@ -45,21 +49,28 @@ def spry_command(*args: str) -> list[str]:
     return [sys.executable, "-m", CLI_MODULE, *args]
 
 
+def marked_env(results: Path) -> dict[str, str]:
+    """ENV, plus a mark every process of the run to `results` inherits."""
+    return {**ENV, MARK: str(results)}
+
+
 def run_spry(results: Path, *args: str, log: Path | None = None) -> Path:
     """`spry run ARGS --results-dir RESULTS` to completion; its run folder.
 
     The output goes to `log` when given (a long run's log, kept for failures).
+    Its processes carry `results` as their mark (`survivors`).
     """
     command = spry_command("run", *args, "--results-dir", str(results))
+    env = marked_env(results)
     if log is None:
         done = subprocess.run(
-            command, capture_output=True, text=True, timeout=600, env=ENV, cwd=ROOT
+            command, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT
         )
         output = done.stderr
     else:
         with open(log, "w") as out:
             done = subprocess.run(
-                command, stdout=out, stderr=subprocess.STDOUT, timeout=600, env=ENV,
+                command, stdout=out, stderr=subprocess.STDOUT, timeout=600, env=env,
                 cwd=ROOT,
             )  # fmt: skip
         output = log.read_text()
@@ -68,24 +79,29 @@ def run_spry(results: Path, *args: str, log: Path | None = None) -> Path:
     return run_dir
 
 
-def ray_pids() -> set[int]:
-    """Every Ray process on the machine (daemons and workers)."""
-    out = subprocess.run(
-        ["pgrep", "-f", "raylet|gcs_server|ray::|default_worker.py"],
-        capture_output=True,
-        text=True,
-    ).stdout
-    return {int(pid) for pid in out.split()}
+def _marked(results: Path) -> set[int]:
+    """Processes whose environment carries the mark of the run to `results`."""
+    found = set()
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get(MARK) == str(results):
+                found.add(proc.pid)
+        except (psutil.Error, OSError):  # gone, a zombie, or not ours to read
+            continue
+    return found
 
 
-def new_ray_pids(before: set[int], grace: float = 30.0) -> set[int]:
-    """Ray processes started since `before` still alive after a grace period.
+def survivors(results: Path, grace: float = 30.0) -> set[int]:
+    """Processes of the run to `results` (Ray's daemons and workers included)
+    still alive after it ended and a grace period.
 
-    ray.shutdown() stops Ray's daemons at once; its workers notice and exit a moment
-    later, so allow them a few seconds.
+    They are found by the mark in their environment, which Ray passes on to every
+    process it starts, so other runs on the machine (other test sessions) do not
+    count. ray.shutdown() stops Ray's daemons at once; its workers notice and exit
+    a moment later, so allow them a few seconds.
     """
     deadline = time.monotonic() + grace
-    while (left := ray_pids() - before) and time.monotonic() < deadline:
+    while (left := _marked(results)) and time.monotonic() < deadline:
         time.sleep(0.5)
     return left
 

@@ -17,15 +17,14 @@ import pytest
 from tests.helpers import strict_json
 
 from .runs import (
-    ENV,
     REFERENCE_ROUNDS,
     REFERENCE_RUN,
     SMALL_RUN,
+    marked_env,
     metrics_rows,
-    new_ray_pids,
-    ray_pids,
     run_spry,
     spry_command,
+    survivors,
 )
 
 # The 2-round runs of every method
@@ -35,7 +34,6 @@ TWO_ROUNDS = ("--rounds", "2", *SMALL_RUN)
 def test_a_spry_run_is_complete_reproducible_and_leaves_nothing(
     reference_run, tmp_path
 ):
-    before = ray_pids()
     first = reference_run.run_dir
 
     second = run_spry(tmp_path, *REFERENCE_RUN)
@@ -64,13 +62,12 @@ def test_a_spry_run_is_complete_reproducible_and_leaves_nothing(
     assert sorted(final.files) == sorted(expected.files)
     assert all(np.array_equal(final[n], expected[n]) for n in expected.files)
     # Nothing left behind, by either run
-    assert reference_run.stray_ray_pids == set()
-    assert new_ray_pids(before) == set()
+    assert reference_run.survivors == set()
+    assert survivors(tmp_path) == set()
 
 
 @pytest.mark.slow  # a third simulation
 def test_ctrl_c_stops_the_run_and_every_worker(tmp_path):
-    before = ray_pids()
     proc = subprocess.Popen(
         spry_command(
             "run", "--rounds", "50", *SMALL_RUN, "--results-dir", str(tmp_path)
@@ -78,7 +75,7 @@ def test_ctrl_c_stops_the_run_and_every_worker(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=ENV,
+        env=marked_env(tmp_path),
     )
     try:
         # Interrupt once the first training round has started on the Ray workers
@@ -94,7 +91,7 @@ def test_ctrl_c_stops_the_run_and_every_worker(tmp_path):
             proc.kill()
     assert proc.returncode == 130, rest[-2000:]
     assert "interrupted" in rest
-    assert new_ray_pids(before) == set()
+    assert survivors(tmp_path) == set()
     # What was measured before the interrupt is on disk
     (run_dir,) = tmp_path.iterdir()
     assert (run_dir / "metrics.csv").read_text().count("\n") >= 2
