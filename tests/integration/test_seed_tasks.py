@@ -1,4 +1,8 @@
-"""The seed tasks end to end in Flower's simulation engine, cut down to seconds."""
+"""The seed tasks end to end in Flower's simulation engine, cut down to seconds.
+
+Slow (`make test-all`): each is a simulation; the tasks' own tests cover them
+without one (tests/tasks/).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 SMALL = ["--rounds", "1", "--clients", "4", "--per-round", "2",
@@ -16,7 +24,7 @@ SMALL = ["--rounds", "1", "--clients", "4", "--per-round", "2",
 
 def _run(tmp_path: Path, *args: str) -> Path:
     result = subprocess.run(
-        [sys.executable, "-m", "spry.cli", "run", *SMALL, *args,
+        [sys.executable, "-m", "cli", "run", *SMALL, *args,
          "--results-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=600, env=ENV, cwd=ROOT,
     )  # fmt: skip

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -39,7 +41,7 @@ def _spry(tmp_path: Path, *args: str, timeout: float = 600):
         "PYTHONPATH": os.pathsep.join([str(_plugin_path(tmp_path)), str(ROOT)]),
     }
     return subprocess.run(
-        [sys.executable, "-m", "spry.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -48,6 +50,7 @@ def _spry(tmp_path: Path, *args: str, timeout: float = 600):
     )
 
 
+@pytest.mark.slow  # a simulation
 def test_a_task_registered_by_entry_point_runs_two_rounds_in_the_simulation(
     tmp_path,
 ):
