@@ -5,6 +5,7 @@ source file's syntax tree (module-level and function-level imports alike; import
 under `if TYPE_CHECKING:` never run and are left out) and fails on:
 
 - `spry/` importing `server/`, `clients/`, `strategies/` or `cli/`;
+- `spry/config.py` importing any of `spry/` (the config is the bottom layer);
 - `strategies/` importing `server/`, `clients/` or `cli/` (it builds on `spry/`);
 - `server/` and `clients/` importing each other;
 - anything importing `cli/` (the composition root: it imports, nothing imports it;
@@ -32,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # The layers' packages; tests/ and benchmarks/ drive them from above, unread.
 SOURCES = ("spry", "strategies", "server", "clients", "cli")
 TASKS = "spry.tasks"
+CONFIG = "spry.config"
 # Who must not import whom: importer's package -> packages it must not import.
 FORBIDDEN = {
     "spry": (
@@ -160,6 +162,8 @@ def layer_violations(root: Path) -> list[str]:
             above, why = FORBIDDEN.get(name.partition(".")[0], ((), ""))
             if any(_under(target, top) for top in above):
                 broken.append(f"{imp} ({why})")
+            elif name == CONFIG and _under(target, "spry"):
+                broken.append(f"{imp} (the config imports nothing of the library)")
             elif _under(target, "cli") and not _under(name, "cli"):
                 broken.append(f"{imp} (nothing imports the composition root)")
             for task in tasks:
@@ -263,6 +267,7 @@ BAD_IMPORTS = [
     ),
     ("spry/engines/forward.py", "import strategies\n", "imports nothing above"),
     ("spry/config.py", "import cli.main\n", "imports nothing above"),
+    ("spry/config.py", "def f():\n    from .engines import x\n", "nothing of the"),
     ("strategies/__init__.py", "from server.app import x\n", "build on spry/ only"),
     ("server/app.py", "from clients import app\n", "meet only by messages"),
     ("clients/app.py", "def f():\n    import server.app\n", "meet only by messages"),
