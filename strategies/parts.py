@@ -13,7 +13,7 @@ as Flower composes a strategy with `dp_fixed_clipping`. The protocols sit in
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from flwr.app import RecordDict
 
@@ -64,7 +64,14 @@ class Dealer(Protocol):
 class RoundRobin:
     """The plain deal: every node trains, groups round-robin, device = host."""
 
-    def eligible(self, nodes: list[int], *args: Any) -> list[int]:
+    def eligible(
+        self,
+        nodes: list[int],
+        partitions: Mapping[int, int],
+        groups: Sequence[tuple[str, ...]],
+        shared: Sequence[str],
+        params: Params,
+    ) -> list[int]:
         return nodes
 
     def deal(
@@ -110,7 +117,9 @@ class NoFaults:
 
     deadline = float("inf")
 
-    def draw(self, *args: Any) -> dict[int, str]:
+    def draw(
+        self, seed: int, server_round: int, wave: int, partitions: Sequence[int]
+    ) -> dict[int, str]:
         return {}
 
     def deliver(self, content: RecordDict, fault: str) -> RecordDict | None:
