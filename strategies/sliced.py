@@ -183,13 +183,17 @@ class SlicedRounds(Strategy):
         cfg: RunConfig,
         partitions: Mapping[int, int],
         head: Sequence[str],
-        **parts: Any,
+        *,
+        dealer: Dealer | None = None,
+        faults: Faults | None = None,
+        second_wave: SecondWave | None = None,
     ) -> SlicedRounds:
         """The strategy `cfg` describes (`head`: the task head's tensor names).
 
-        `parts`: the injected `dealer`, `faults` and `second_wave`, if any.
+        The parts are the ServerApp's to inject (`server/server_app.py`).
         """
-        return cls(**cls._options(cfg, partitions, head), **parts)
+        options = cls._options(cfg, partitions, head)
+        return cls(**options, dealer=dealer, faults=faults, second_wave=second_wave)
 
     @classmethod
     def _options(
