@@ -3,7 +3,7 @@
 A part of its own (not the strategy's) because only the ServerApp knows the fleet:
 each partition's device (memory budget, speed) and the clients' memory model
 (`spry.devices.plan_fleet`). Composed in as the strategy's `dealer`
-(`strategies.sliced.Dealer`), it decides which clients can train at all, deals
+(`strategies.parts.Dealer`), it decides which clients can train at all, deals
 each sampled client only the groups its device can hold, turns the host's
 measured seconds into the device's, and predicts each client's peak memory for the
 round log. It lives in `server/` beside the other parts the ServerApp composes; a

@@ -4,9 +4,10 @@ A part of its own so that the strategies hold only their algorithm: the run's
 `FaultPlan` (shares of each wave's clients that crash, time out or straggle,
 drawn from (seed, round, wave) in `spry.faults`) and the deadline in device-seconds
 the server waits for a wave. Composed in as the strategy's `faults`
-(`strategies.sliced.Faults`): it marks a crashing client's message, drops a timing-
-out client's (lost on the way: the server hears nothing back), and slows a
-straggler's device time, which the strategy compares with the deadline.
+(`strategies.parts.Faults`): it marks a crashing client's message, drops the
+message of a client that times out (lost on the way: the server hears nothing
+back), and slows a straggler's device time, which the strategy compares with the
+deadline.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from strategies.replies import (
     checked_report,
     log_dropped,
 )
-from strategies.sliced import SlicedRounds
+from strategies.sliced_rounds import SlicedRounds
 from strategies.strategy_utils import by_partition, in_partition_order
 
 

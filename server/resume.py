@@ -23,7 +23,7 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from spry.config import RunConfig
 from spry.models import TrainableModel
-from strategies.sliced import SlicedRounds
+from strategies.sliced_rounds import SlicedRounds
 
 from . import checkpoint
 from .results import RunRecorder

@@ -3,7 +3,7 @@
 A part of its own because it is a recovery policy, not the algorithm: when every
 client holding a group crashed, timed out, came late or sent an invalid reply, the
 round would leave that group untrained. Composed in as the strategy's
-`second_wave` (`strategies.sliced.SecondWave`, when the run's `orphan-slices` is
+`second_wave` (`strategies.parts.SecondWave`, when the run's `orphan-slices` is
 "reassign"), it samples as many fresh eligible clients as failed, from the
 SAMPLE_REASSIGN draw of (seed, round), deals them the orphans, sends the wave (its
 own faults drawn as wave 1) and classifies the replies the same way.
@@ -18,7 +18,7 @@ from flwr.common.logger import log
 
 from spry.config import RunConfig
 from spry.seeding import SAMPLE_REASSIGN
-from strategies.sliced import SlicedRounds
+from strategies.sliced_rounds import SlicedRounds
 from strategies.waves import WaveResult
 
 

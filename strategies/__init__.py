@@ -1,6 +1,6 @@
 """Flower strategies, one algorithm a file, sharing splitting/aggregation in `spry`.
 
-`sliced` holds the sampled, sliced round both families build on (with the
+`sliced_rounds` holds the sampled, sliced round both families build on (with the
 protocols of the parts the ServerApp injects: dealer, faults, second wave) and
 `strategy_utils` the free functions they share. `spry` runs every local-epoch
 method (Spry, FedFGD, FedAvg/FedYogi, FedMeZO: they differ in engine, split and
@@ -11,7 +11,7 @@ server step, see `spry.methods`); `fedsgd` the one-estimate-a-round family, with
 from .baffle import Baffle
 from .fedsgd import FedSGD
 from .fwdllm import FwdLLM
-from .sliced import RoundFailedError, SlicedRounds
+from .sliced_rounds import RoundFailedError, SlicedRounds
 from .spry import Spry
 
 STRATEGIES: dict[str, type[SlicedRounds]] = {

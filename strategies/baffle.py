@@ -23,7 +23,7 @@ from spry.config import RunConfig
 from spry.seeding import STREAM_TANGENTS, derive_seed
 
 from .fedsgd import FedSGD
-from .sliced import Contributions
+from .sliced_rounds import Contributions
 
 
 class Baffle(FedSGD):

@@ -2,7 +2,7 @@
 
 The FedSGD family (McMahan et al.'s FedSGD with backprop; Spry's per-iteration
 communication; BAFFLE and FwdLLM in `baffle.py`, `fwdllm.py`) shares Spry's
-sampled, sliced rounds (`sliced.py`), and differs from Spry in what a client
+sampled, sliced rounds (`sliced_rounds.py`), and differs from Spry in what a client
 does with its slice: no local optimizer, one estimate on one batch, uploaded as the
 gradient itself or (`upload_scalars`) as the K scalars of a directional engine, from
 which the server redraws the directions (it chose their seed) and rebuilds the
@@ -25,7 +25,7 @@ from spry.engines import rebuild_from_scalars
 from spry.seeding import STREAM_TANGENTS, derive_seed
 
 from .replies import InvalidReply, checked_scalars, checked_update
-from .sliced import Contributions, SlicedRounds
+from .sliced_rounds import Contributions, SlicedRounds
 
 
 class FedSGD(SlicedRounds):

@@ -39,7 +39,7 @@ from spry.seeding import STREAM_SELECTION, derive_seed
 
 from .fedsgd import FedSGD
 from .replies import slice_arrays
-from .sliced import Contributions
+from .sliced_rounds import Contributions
 
 
 def pool_variance(probes: Sequence[np.ndarray]) -> float:

@@ -21,8 +21,8 @@ from spry.splitting import assign_groups
 
 from .waves import WaveResult
 
-if TYPE_CHECKING:  # (sliced.py imports this module)
-    from .sliced import SlicedRounds
+if TYPE_CHECKING:  # (sliced_rounds.py imports this module)
+    from .sliced_rounds import SlicedRounds
 
 Params = Callable[[Iterable[str]], int]  # parameters in the named tensors
 

@@ -10,7 +10,7 @@ per tensor over the clients that trained it, weighted by examples; the server ta
 a FedYogi step (FedAdam / plain averaging selectable) on the pseudo-gradient.
 
 The round itself (sample, group, deal, send; check; evaluate) is the one the FedSGD
-family shares, in `sliced.py`; this file holds what makes it Spry: what a reply
+family shares, in `sliced_rounds.py`; this file holds what makes it Spry: what a reply
 contributes (the trained slice, or its replay from uploaded scalars) and the server
 step on the per-tensor mean. Device budgets, faults, the second wave, resuming and
 the queries outside the rounds are parts the ServerApp composes in (`server/`).
@@ -29,7 +29,7 @@ from spry.aggregation import merge_into, weighted_mean_per_tensor
 from spry.training import replay_local_training, step_generator
 
 from .replies import checked_scalars, checked_update
-from .sliced import Contributions, RoundFailedError, SlicedRounds
+from .sliced_rounds import Contributions, RoundFailedError, SlicedRounds
 
 __all__ = ["RoundFailedError", "Spry"]
 
