@@ -5,6 +5,8 @@ with the apps' loader replaced by one that fails the test: bad input must be
 refused before anything that starts a worker. One subprocess run checks what only
 a fresh process shows: exactly one line on stderr, the exit code, and that neither
 torch nor Flower (so no Ray worker) was loaded and no results folder was written.
+A missing model or dataset is looked up on the Hub, whose offline switch is read
+at import: those two run in a fresh process started offline.
 """
 
 from __future__ import annotations
@@ -39,8 +41,12 @@ BAD_INPUT = [
     (["--set", "fault-crash=0.8", "--set", "fault-timeout=0.3"], "sum to at most 1"),
     (["--task", "nope"], "unknown task 'nope'; registered tasks: "),
     (["--set", "verx.epsilon=0.1"], "'verx.epsilon' names no registered task"),
-    # Above the library: the strategies' registry, then the task's model and data
+    # Above the library: the strategies' registry
     (["--set", "strategy=nope"], "`strategy` should be one of ('spry', 'fedsgd'"),
+]
+# The task's model and data: the Hub's libraries read the offline switch when they
+# load, so these run in a fresh process started offline
+HUB_INPUT = [
     (["--model", "no-such/model-xyz"], "cannot load model 'no-such/model-xyz'"),
     (["--dataset", "no-such/dataset-xyz"], "unknown dataset 'no-such/dataset-xyz'"),
 ]
@@ -56,6 +62,10 @@ def no_worker_may_start(monkeypatch):
         raise AssertionError(f"bad input reached the apps ({component})")
 
     monkeypatch.setattr(cli.run, "_load", refuse)
+    saved = dict(os.environ)  # `run` sets Ray's and the tokenizers' variables
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.mark.parametrize(("args", "message"), BAD_INPUT)
@@ -88,6 +98,23 @@ def test_a_bad_flag_is_one_line_too(args, message, capsys, no_worker_may_start):
     assert error.startswith(("spry: error:", "spry run: error:"))
     assert message in error
     assert error.count("\n") == 1, error
+
+
+@pytest.mark.parametrize(("args", "message"), HUB_INPUT)
+def test_a_missing_model_or_dataset_is_one_line(args, message, tmp_path):
+    results = tmp_path / "results"
+    done = subprocess.run(
+        [sys.executable, "-m", CLI_MODULE, "run", *args, "--results-dir", results],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+        cwd=ROOT,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("spry: error:") and message in done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert not results.exists()
 
 
 def test_a_fresh_process_reports_a_bad_flag_in_one_line_before_loading_torch(
