@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from spry.config import ConfigError, ConfigValue, RunConfig, default_values
+from spry.config import ConfigValue, RunConfig, default_values
 from spry.resolve import resolve
 
 SERVER_APP_FACTORY = "server.server_app:make_server_app"
@@ -31,23 +31,13 @@ def _load(component: str) -> object:
     return getattr(importlib.import_module(module), attr)
 
 
-def check_strategy(cfg: RunConfig) -> None:
-    """The strategy is one of `strategies.STRATEGIES` (above the library's resolve)."""
-    from strategies import STRATEGIES
-
-    if cfg.strategy.strategy not in STRATEGIES:
-        raise ConfigError(
-            f"`strategy` should be one of {tuple(STRATEGIES)}, "
-            f"got {cfg.strategy.strategy!r}"
-        )
-
-
 def preflight(cfg: RunConfig) -> None:
     """Build the task's model and test data once, so bad names fail here."""
+    import strategies
     from spry.devices import plan_fleet
     from spry.tasks import load_task
 
-    check_strategy(cfg)
+    strategies.get(cfg.strategy.strategy)  # above the library's resolving step
     if cfg.runtime.resume:  # a config the checkpoint's run did not have fails here
         from server.checkpoint import load
 

@@ -33,13 +33,14 @@ from flwr.app import (
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
+import strategies
 from spry import protocol
-from spry.config import ConfigError, ConfigValue, RunConfig
+from spry.config import ConfigValue, RunConfig
 from spry.devices import Fleet, plan_fleet
 from spry.models import TrainableModel
 from spry.resolve import resolve
 from spry.tasks import Task, load_task
-from strategies import STRATEGIES, SlicedRounds
+from strategies import SlicedRounds
 
 from . import checkpoint, queries, resume
 from .budgets import BudgetDealer
@@ -163,13 +164,7 @@ def compose_strategy(
     cfg: RunConfig, partitions: Mapping[int, int], head: Sequence[str], fleet: Fleet
 ) -> SlicedRounds:
     """The run's strategy with its parts: budgets, faults, the second wave."""
-    strategy_cls = STRATEGIES.get(cfg.strategy.strategy)
-    if strategy_cls is None:
-        raise ConfigError(
-            f"unknown strategy {cfg.strategy.strategy!r}; "
-            f"available: {sorted(STRATEGIES)}"
-        )
-    return strategy_cls.from_run(
+    return strategies.get(cfg.strategy.strategy).from_run(
         cfg,
         partitions,
         head,

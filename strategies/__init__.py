@@ -8,6 +8,8 @@ server step, see `spry.methods`); `fedsgd` the one-estimate-a-round family, with
 `baffle` and `fwdllm` on top of it.
 """
 
+from spry.config import ConfigError
+
 from .baffle import Baffle
 from .fedsgd import FedSGD
 from .fwdllm import FwdLLM
@@ -21,6 +23,17 @@ STRATEGIES: dict[str, type[SlicedRounds]] = {
     "fwdllm": FwdLLM,
 }
 
+
+def get(name: str) -> type[SlicedRounds]:
+    """The strategy called `name`; an unknown name lists the known ones."""
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown strategy {name!r}; available: {sorted(STRATEGIES)}"
+        ) from None
+
+
 __all__ = [
     "STRATEGIES",
     "Baffle",
@@ -29,4 +42,5 @@ __all__ = [
     "RoundFailedError",
     "SlicedRounds",
     "Spry",
+    "get",
 ]

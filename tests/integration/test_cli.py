@@ -42,7 +42,7 @@ BAD_INPUT = [
     (["--task", "nope"], "unknown task 'nope'; registered tasks: "),
     (["--set", "verx.epsilon=0.1"], "'verx.epsilon' names no registered task"),
     # Above the library: the strategies' registry
-    (["--set", "strategy=nope"], "`strategy` should be one of ('spry', 'fedsgd'"),
+    (["--set", "strategy=nope"], "unknown strategy 'nope'; available: ['baffle'"),
 ]
 # The task's model and data: the Hub's libraries read the offline switch when they
 # load, so these run in a fresh process started offline
