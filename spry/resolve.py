@@ -7,7 +7,7 @@ optimizers (`spry.aggregation`), the device catalogue (`spry.devices`), the faul
 plan (`spry.faults`), and the tasks with their options (`spry.tasks`). The command
 line resolves before it starts anything, and the ServerApp resolves what
 `flwr run .` gives it. Strategies sit above the library, so a strategy's name is
-checked by their own registry (`strategies.STRATEGIES`), in those two places.
+checked by their own registry (`strategies.get`), in those two places.
 
 The cheap checks come first and the registries that load torch, models and data
 (devices, faults, tasks) are imported only after them, so a misspelt engine or
