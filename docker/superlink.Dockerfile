@@ -52,6 +52,7 @@ COPY --chown=app:app spry ./spry
 COPY --chown=app:app strategies ./strategies
 COPY --chown=app:app server ./server
 COPY --chown=app:app clients ./clients
+COPY --chown=app:app cli ./cli
 # /app/results: where the ServerApp writes (results-dir); compose mounts a volume there
 RUN pip install --no-cache-dir --no-deps . \
     && mkdir -p /app/results

@@ -50,6 +50,7 @@ COPY --chown=app:app spry ./spry
 COPY --chown=app:app strategies ./strategies
 COPY --chown=app:app server ./server
 COPY --chown=app:app clients ./clients
+COPY --chown=app:app cli ./cli
 RUN python3 -m pip install --no-cache-dir --no-deps .
 
 USER 49999:49999

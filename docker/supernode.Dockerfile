@@ -55,6 +55,7 @@ COPY --chown=app:app spry ./spry
 COPY --chown=app:app strategies ./strategies
 COPY --chown=app:app server ./server
 COPY --chown=app:app clients ./clients
+COPY --chown=app:app cli ./cli
 RUN pip install --no-cache-dir --no-deps .
 
 # flower-supernode is the base image's entrypoint; compose.yml passes the flags
