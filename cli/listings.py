@@ -2,7 +2,9 @@
 
 `spry config` lists each key with its default and help, and for a key whose value
 names something registered, the names, read from the registries themselves (the
-resolving step's, the strategies', the tasks'), so no list is written twice.
+resolving step's, the strategies', the tasks'), so no list is written twice; then
+each strategy's own options (`<strategy>.<option>`), read from its `Options`.
+`spry tasks` lists each task's options.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ def _registered_names() -> dict[str, tuple[str, ...]]:
 
 
 def print_config() -> None:
+    """Every key by section, then each strategy's own options (`spry tasks`: tasks')."""
+    from strategies import STRATEGIES
+
     names = _registered_names()
     for name, section in RunConfig.SECTIONS.items():
         print(f"[{name}]")
@@ -34,6 +39,11 @@ def print_config() -> None:
             if key in names:
                 help_text += f" [{', '.join(names[key])}]"
             print(f"  {key:24} = {f.default!r:22} {help_text}")
+    print("[strategy options]  (`<strategy>.<option>`; `spry tasks` lists tasks')")
+    for strategy, cls in STRATEGIES.items():
+        for f in dataclasses.fields(cls.Options):
+            key = f"{strategy}.{f.name.replace('_', '-')}"
+            print(f"  {key:24} = {f.default!r:22} {f.metadata.get('help', '')}")
 
 
 def print_devices(catalog_path: str = "") -> None:

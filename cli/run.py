@@ -5,9 +5,9 @@ names in pyproject.toml) in Flower's simulation engine, in this process, and sto
 every worker it started on the way out, also on Ctrl-C and on errors.
 
 Order matters for how fast bad input is reported: `spry.resolve` checks the values
-first (no torch), then the registries; the strategy, the task's model and data and
-the device plan come next; Flower starts last. The heavy imports are therefore
-inside the functions, after the checks that need none of them.
+first (no torch), then the registries; the strategy and its options, the task's
+model and data and the device plan come next; Flower starts last. The heavy imports
+are therefore inside the functions, after the checks that need none of them.
 """
 
 from __future__ import annotations
@@ -31,13 +31,17 @@ def _load(component: str) -> object:
     return getattr(importlib.import_module(module), attr)
 
 
-def preflight(cfg: RunConfig) -> None:
-    """Build the task's model and test data once, so bad names fail here."""
+def preflight(cfg: RunConfig) -> RunConfig:
+    """Check what the library cannot, build the task's model and test data once.
+
+    Returns `cfg` with the strategy's options typed and completed (the config the
+    ServerApp is given), so a bad strategy name or option fails here, in one line.
+    """
     import strategies
     from spry.devices import plan_fleet
     from spry.tasks import load_task
 
-    strategies.get(cfg.strategy.strategy)  # above the library's resolving step
+    cfg = strategies.resolve(cfg)  # the strategy and its options: above the library
     if cfg.runtime.resume:  # a config the checkpoint's run did not have fails here
         from server.checkpoint import load
 
@@ -47,6 +51,7 @@ def preflight(cfg: RunConfig) -> None:
     task.test_data()
     head = task.head_names(trainable.names)
     plan_fleet(cfg, list(trainable.names), head, task)  # fits somewhere?
+    return cfg
 
 
 def run(overrides: dict[str, ConfigValue]) -> int:
@@ -55,7 +60,7 @@ def run(overrides: dict[str, ConfigValue]) -> int:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     cfg = resolve({**_base_values(overrides), **overrides})
-    preflight(cfg)
+    cfg = preflight(cfg)
 
     from flwr.simulation import run_simulation
 

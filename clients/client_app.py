@@ -16,7 +16,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 from flwr.clientapp import ClientApp
 
 from spry import protocol
-from spry.config import RunConfig, StrategyConfig
+from spry.config import RunConfig
 from spry.engines import FiniteDifference, GradientEngine
 from spry.engines.selection import CosineRankedDirections
 from spry.faults import CRASH, InjectedFault
@@ -45,7 +45,7 @@ def _run_config(msg: Message) -> RunConfig:
     values = {
         k: v
         for k, v in msg.content[protocol.CONFIG].items()
-        if k in known or "." in k  # `<task>.<option>`
+        if k in known or "." in k  # `<task>.<option>`, `<strategy>.<option>`
     }
     cfg = RunConfig.from_run_config(values)
     torch.set_num_threads(cfg.runtime.client_num_cpus)
@@ -97,10 +97,13 @@ def feature_stats(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train (or, one-step strategies, estimate on one batch) the received slice.
+    """Train (or, when the message says one step, estimate on one batch) the slice.
 
-    The reply carries only the slice: its trained weights, its gradient, or, with
-    `upload-scalars`, each step's K scalars, from which the server rebuilds either.
+    The client knows no strategy: a one-estimate-a-round strategy (the FedSGD
+    family) marks its messages `protocol.ONE_STEP`; otherwise it trains local
+    epochs. The reply carries only the slice: its trained weights, its gradient,
+    or, with `upload-scalars`, each step's K scalars, from which the server
+    rebuilds either.
     """
     cfg = _run_config(msg)
     partition_id, _ = _partition(context)
@@ -121,9 +124,8 @@ def train(msg: Message, context: Context) -> Message:
     engine = make_client_engine(cfg.client)
     task.partition(partition_id)  # build the partition outside the measured block
     client = _Client(task, partition_id, device)
-    one_step = cfg.strategy.strategy in StrategyConfig.ONE_STEP
     with track_peak_memory(device) as memory:
-        if one_step:
+        if fields.get(protocol.ONE_STEP, False):
             tensors, report = _estimate(msg, cfg, client, trainable, names, engine)
         else:
             tensors, report = _train(

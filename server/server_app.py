@@ -163,7 +163,10 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
 def compose_strategy(
     cfg: RunConfig, partitions: Mapping[int, int], head: Sequence[str], fleet: Fleet
 ) -> SlicedRounds:
-    """The run's strategy with its parts: budgets, faults, the second wave."""
+    """The run's strategy with its parts: budgets, faults, the second wave.
+
+    The strategy builds its own options from `cfg` (`<strategy>.<option>` keys).
+    """
     return strategies.get(cfg.strategy.strategy).from_run(
         cfg,
         partitions,
@@ -245,7 +248,8 @@ def make_server_app(overrides: Mapping[str, ConfigValue] | None = None) -> Serve
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        cfg = resolve({**context.run_config, **(overrides or {})})
+        # the library's resolving step, then the strategy's options (above it)
+        cfg = strategies.resolve(resolve({**context.run_config, **(overrides or {})}))
         run_federation(grid, cfg)
 
     return server_app

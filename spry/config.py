@@ -88,6 +88,53 @@ def _require(condition: bool, message: str) -> None:
 
 
 @dataclass(frozen=True)
+class Options(_Section):
+    """A pluggable part's own settings (a task's, a strategy's): no config keys.
+
+    A part declares a frozen subclass with every default and a `help` in each
+    field's metadata, and validates in `__post_init__` with `ConfigError` naming
+    the option and echoing the value. The run config carries them as
+    `<name>.<option>` keys (`verix.epsilon`, `fwdllm.max-repeats`), which the part's
+    registry builds with `build_options`. This class itself is "no options".
+    """
+
+
+OptionsT = TypeVar("OptionsT", bound=Options)
+
+
+def build_options(
+    kind: str, name: str, options: type[OptionsT], values: Mapping[str, ConfigValue]
+) -> OptionsT:
+    """`options` from `<option>` keys; errors name `<name>.<option>`.
+
+    Parameters
+    ----------
+    kind : str
+        What owns the options, for the messages ("task", "strategy").
+    name : str
+        Its registered name, the keys' prefix.
+    options : type[Options]
+        Its options class.
+    values : Mapping[str, ConfigValue]
+        Option (without the prefix) -> value, as given (coerced here).
+    """
+    known = set(options.keys())
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(
+            f"{kind} {name!r} has no option(s) "
+            f"{[f'{name}.{k}' for k in unknown]}; its options: "
+            f"{sorted(f'{name}.{k}' for k in known) or 'none'}"
+        )
+    try:
+        return options.from_mapping(values)
+    except ConfigError as error:
+        raise ConfigError(
+            f"{kind} {name!r}: {error} (set as `{name}.<option>`)"
+        ) from None
+
+
+@dataclass(frozen=True)
 class ModelConfig(_Section):
     """Which network trains, and which of its weights are trainable."""
 
@@ -316,16 +363,18 @@ class ClientConfig(_Section):
 
 @dataclass(frozen=True)
 class StrategyConfig(_Section):
-    """How the server samples, splits, aggregates and steps."""
+    """How the server samples, splits, aggregates and steps.
 
-    # Strategies whose clients make one estimate on one batch and upload it.
-    ONE_STEP: ClassVar[tuple[str, ...]] = ("fedsgd", "baffle", "fwdllm")
+    What only one strategy uses is that strategy's `Options` (`<strategy>.<option>`
+    keys, e.g. `baffle.clip`), built and checked by the strategies' registry.
+    """
 
     strategy: str = field(
         default="spry",
         metadata={
             "help": "a strategy of strategies/ (STRATEGIES): spry (local epochs, "
-            "weights up), fedsgd (one gradient per round), ..."
+            "weights up), fedsgd (one gradient per round), ...; its own options "
+            "are `<strategy>.<option>` keys"
         },
     )
     clients_per_round: int = field(default=10, metadata={"help": "M sampled clients"})
@@ -362,34 +411,8 @@ class StrategyConfig(_Section):
     eval_clients_per_round: int = field(
         default=10, metadata={"help": "clients in federated evaluation (0: off)"}
     )
-    baffle_clip: float = field(
-        default=0.3,
-        metadata={"help": "baffle: inf-norm clip of the rebuilt gradient (0: off)"},
-    )
-    fwdllm_var_threshold: float = field(
-        default=0.1,
-        metadata={
-            "help": "fwdllm: ask for more directions while the probe "
-            "variance is above this"
-        },
-    )
-    fwdllm_max_repeats: int = field(
-        default=4, metadata={"help": "fwdllm: most extra direction passes a step"}
-    )
-    fwdllm_candidates: int = field(
-        default=10,
-        metadata={"help": "fwdllm: candidates per selected direction (x clients)"},
-    )
 
     def __post_init__(self) -> None:
-        _require(
-            self.baffle_clip >= 0 and self.fwdllm_var_threshold >= 0,
-            "`baffle-clip` and `fwdllm-var-threshold` should be >= 0",
-        )
-        _require(
-            self.fwdllm_max_repeats >= 0 and self.fwdllm_candidates >= 1,
-            "`fwdllm-max-repeats` should be >= 0 and `fwdllm-candidates` >= 1",
-        )
         _require(
             self.clients_per_round >= 1,
             f"`clients-per-round` should be at least 1, got {self.clients_per_round}",
@@ -564,6 +587,10 @@ class RunConfig:
     # The selected task's `<task>.<option>` values, sorted by option; typed and
     # completed with the task's defaults by the resolving step (the task's Options)
     task_options: tuple[tuple[str, ConfigValue], ...] = ()
+    # The selected strategy's `<strategy>.<option>` values, sorted by option; typed
+    # and completed with the strategy's defaults above the library, by the
+    # strategies' registry (`strategies.resolve`), which knows its Options
+    strategy_options: tuple[tuple[str, ConfigValue], ...] = ()
 
     SECTIONS: ClassVar[dict[str, type[_Section]]] = {
         "model": ModelConfig,
@@ -607,11 +634,6 @@ class RunConfig:
             "the fwdllm strategy uploads dense gradients (its directions are "
             "chosen, not redrawn from a seed); drop `upload-scalars`",
         )
-        _require(
-            strategy not in StrategyConfig.ONE_STEP or self.client.local_epochs == 1,
-            f"the {strategy} strategy takes one batch per client per round; "
-            f"`local-epochs` ({self.client.local_epochs}) applies to spry only",
-        )
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -623,9 +645,10 @@ class RunConfig:
 
         Unknown keys are an error (a typo must not silently fall back to a default);
         keys Flower itself injects, such as `server-round`, are ignored. The
-        selected task's `<task>.<option>` keys are kept as given; other tasks' are
-        left out (a pyproject may carry several tasks' tables). Checking them
-        against the task registry is `spry.resolve.resolve`'s job.
+        selected task's `<task>.<option>` keys and the selected strategy's
+        `<strategy>.<option>` keys are kept as given; other tasks' are left out (a
+        pyproject may carry several tasks' tables). Checking a task's options is
+        `spry.resolve.resolve`'s job, a strategy's the strategies' registry's.
         """
         known = set(cls.keys())
         unknown = sorted(
@@ -638,13 +661,13 @@ class RunConfig:
         sections = {
             name: section.from_mapping(values) for name, section in cls.SECTIONS.items()
         }
-        selected = sections["task"].task  # type: ignore[attr-defined]
-        options = sorted(
-            (key.partition(".")[2], value)
-            for key, value in values.items()
-            if "." in key and key.partition(".")[0] == selected
+        task = sections["task"].task  # type: ignore[attr-defined]
+        strategy = sections["strategy"].strategy  # type: ignore[attr-defined]
+        return cls(
+            **sections,  # type: ignore[arg-type]
+            task_options=_prefixed(values, task),
+            strategy_options=_prefixed(values, strategy),
         )
-        return cls(**sections, task_options=tuple(options))  # type: ignore[arg-type]
 
     def to_mapping(self) -> dict[str, ConfigValue]:
         """The flat kebab-case mapping (round-trips through `from_run_config`)."""
@@ -652,7 +675,23 @@ class RunConfig:
         for name in self.SECTIONS:
             flat.update(getattr(self, name).to_mapping())
         flat.update({f"{self.task.task}.{k}": v for k, v in self.task_options})
+        flat.update(
+            {f"{self.strategy.strategy}.{k}": v for k, v in self.strategy_options}
+        )
         return flat
+
+
+def _prefixed(
+    values: Mapping[str, ConfigValue], name: str
+) -> tuple[tuple[str, ConfigValue], ...]:
+    """The `<name>.<option>` values of `values` as sorted (option, value) pairs."""
+    return tuple(
+        sorted(
+            (key.partition(".")[2], value)
+            for key, value in values.items()
+            if key.partition(".")[0] == name and "." in key
+        )
+    )
 
 
 def default_values() -> dict[str, ConfigValue]:

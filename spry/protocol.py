@@ -39,6 +39,7 @@ FEATURE_CENTER = "feature-center"  # list[float]: the mean pooled feature
 FEATURE_SUM = "feature-sum"  # ArrayRecord key in a FEATURE_STATS reply
 
 # Fields of one-estimate-a-round strategies (fedsgd, baffle, fwdllm)
+ONE_STEP = "one-step"  # bool: make one estimate on one batch (no local epochs)
 SCALARS = "scalars"  # ArrayRecord {"scalars": (steps, K) float64}: instead of tensors
 DIRECTION_SEED = "direction-seed"  # int: seed of the directions' CPU generator
 DATA_ROUND = "data-round"  # int: the round whose batch order to use

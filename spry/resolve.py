@@ -6,8 +6,9 @@ implements it: the engines (`spry.engines`), the tangent distributions, the serv
 optimizers (`spry.aggregation`), the device catalogue (`spry.devices`), the fault
 plan (`spry.faults`), and the tasks with their options (`spry.tasks`). The command
 line resolves before it starts anything, and the ServerApp resolves what
-`flwr run .` gives it. Strategies sit above the library, so a strategy's name is
-checked by their own registry (`strategies.get`), in those two places.
+`flwr run .` gives it. Strategies sit above the library, so a strategy's name and
+its options (`<strategy>.<option>` keys, kept here as given) are checked by their
+own registry (`strategies.resolve`), in those two places.
 
 The cheap checks come first and the registries that load torch, models and data
 (devices, faults, tasks) are imported only after them, so a misspelt engine or
@@ -45,7 +46,7 @@ def resolve(values: Mapping[str, ConfigValue]) -> RunConfig:
         if flat[key] not in names:
             raise ConfigError(f"`{key}` should be one of {names}, got {flat[key]!r}")
     _check_directional(cfg)
-    _check_task_prefixes(values)
+    _check_prefixes(values, cfg.strategy.strategy)
     _check_simulation(cfg)
     return dataclasses.replace(cfg, task_options=_task_options(cfg))
 
@@ -85,15 +86,19 @@ def _check_simulation(cfg: RunConfig) -> None:
         raise ConfigError(str(error)) from None
 
 
-def _check_task_prefixes(values: Mapping[str, ConfigValue]) -> None:
-    """A `<task>.<option>` key naming no registered task is a typo."""
+def _check_prefixes(values: Mapping[str, ConfigValue], strategy: str) -> None:
+    """A `<name>.<option>` key naming no registered task nor the strategy is a typo.
+
+    The run's strategy's own keys are its registry's to check (above the library).
+    """
     from .tasks.registry import available  # loads torch: after the cheap checks
 
     registered = available()
     for key in sorted(k for k in values if "." in k):
-        if key.partition(".")[0] not in registered:
+        if key.partition(".")[0] not in (*registered, strategy):
             raise ConfigError(
-                f"config key {key!r} names no registered task ({', '.join(registered)})"
+                f"config key {key!r} names no registered task "
+                f"({', '.join(registered)}) nor the run's strategy ({strategy!r})"
             )
 
 

@@ -15,15 +15,30 @@ and shared directions give K directions a round in all, not C * K.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from spry.config import RunConfig
+from spry.config import ConfigError, Options, RunConfig
 from spry.seeding import STREAM_TANGENTS, derive_seed
 
 from .fedsgd import FedSGD
 from .sliced_rounds import Contributions
+
+
+@dataclass(frozen=True)
+class BaffleOptions(Options):
+    """BAFFLE's own settings: `baffle.<option>` keys of the run config."""
+
+    clip: float = field(
+        default=0.3,
+        metadata={"help": "inf-norm clip of the rebuilt gradient (0: off)"},
+    )
+
+    def __post_init__(self) -> None:
+        if self.clip < 0:
+            raise ConfigError(f"`clip` should be >= 0, got {self.clip}")
 
 
 class Baffle(FedSGD):
@@ -38,6 +53,8 @@ class Baffle(FedSGD):
         `SlicedRounds`' parameters.
     """
 
+    Options = BaffleOptions
+
     def __init__(self, *, clip: float = 0.3, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if clip < 0:
@@ -48,10 +65,9 @@ class Baffle(FedSGD):
     def _options(
         cls, cfg: RunConfig, partitions: Mapping[int, int], head: Sequence[str]
     ) -> dict[str, Any]:
-        return {
-            **super()._options(cfg, partitions, head),
-            "clip": cfg.strategy.baffle_clip,
-        }
+        options = cls.options(cfg)
+        assert isinstance(options, BaffleOptions)
+        return {**super()._options(cfg, partitions, head), "clip": options.clip}
 
     def _direction_seed(self, server_round: int, node_id: int) -> int:
         """One seed for every client of the round: shared perturbations."""

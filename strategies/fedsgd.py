@@ -34,6 +34,8 @@ class FedSGD(SlicedRounds):
     Takes `SlicedRounds`' parameters (`upload_scalars`: one step's K scalars).
     """
 
+    one_step = True
+
     def _direction_seed(self, server_round: int, node_id: int) -> int:
         """The seed of a client's directions this round (its own, by partition)."""
         return derive_seed(
@@ -49,6 +51,7 @@ class FedSGD(SlicedRounds):
     ) -> RecordDict:
         content = super()._train_content(server_round, node_id, owned)
         fields = content[protocol.CONFIG]
+        fields[protocol.ONE_STEP] = True  # one estimate on one batch, no epochs
         fields[protocol.DIRECTION_SEED] = self._direction_seed(server_round, node_id)
         fields[protocol.DATA_ROUND] = self._data_round(server_round)
         return content

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from logging import INFO
 from typing import Any
 
@@ -34,7 +35,7 @@ from flwr.common.logger import log
 
 from spry import protocol
 from spry.aggregation import ServerOptimizer
-from spry.config import RunConfig
+from spry.config import ConfigError, Options, RunConfig
 from spry.seeding import STREAM_SELECTION, derive_seed
 
 from .fedsgd import FedSGD
@@ -56,6 +57,37 @@ def pool_variance(probes: Sequence[np.ndarray]) -> float:
     return float(np.mean(np.var(np.stack([first, second]), axis=0, ddof=1)))
 
 
+@dataclass(frozen=True)
+class FwdLLMOptions(Options):
+    """FwdLLM's own settings: `fwdllm.<option>` keys of the run config."""
+
+    var_threshold: float = field(
+        default=0.1,
+        metadata={
+            "help": "ask for more directions while the probe variance is above this"
+        },
+    )
+    max_repeats: int = field(
+        default=4, metadata={"help": "most extra direction passes a step"}
+    )
+    candidates: int = field(
+        default=10,
+        metadata={"help": "candidates per selected direction (x clients)"},
+    )
+
+    def __post_init__(self) -> None:
+        if self.var_threshold < 0:
+            raise ConfigError(
+                f"`var-threshold` should be >= 0, got {self.var_threshold}"
+            )
+        if self.max_repeats < 0:
+            raise ConfigError(f"`max-repeats` should be >= 0, got {self.max_repeats}")
+        if self.candidates < 1:
+            raise ConfigError(
+                f"`candidates` should be at least 1, got {self.candidates}"
+            )
+
+
 class FwdLLM(FedSGD):
     """FedSGD with cosine-selected directions and variance-controlled pacing.
 
@@ -73,6 +105,7 @@ class FwdLLM(FedSGD):
         `SlicedRounds`' parameters; `optimizer` should be SGD (FwdLLM's).
     """
 
+    Options = FwdLLMOptions
     # Repeat passes go back to the round's own clients: no second wave.
     reassigns = False
 
@@ -101,12 +134,13 @@ class FwdLLM(FedSGD):
     def _options(
         cls, cfg: RunConfig, partitions: Mapping[int, int], head: Sequence[str]
     ) -> dict[str, Any]:
-        s = cfg.strategy
+        options = cls.options(cfg)
+        assert isinstance(options, FwdLLMOptions)
         return {
             **super()._options(cfg, partitions, head),
-            "var_threshold": s.fwdllm_var_threshold,
-            "max_repeats": s.fwdllm_max_repeats,
-            "candidates": s.fwdllm_candidates,
+            "var_threshold": options.var_threshold,
+            "max_repeats": options.max_repeats,
+            "candidates": options.candidates,
             "num_tangents": cfg.client.num_tangents,
         }
 

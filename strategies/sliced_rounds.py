@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from logging import INFO
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from flwr.app import (
@@ -42,7 +42,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from spry import protocol
 from spry.aggregation import OptimizerState, ServerOptimizer
-from spry.config import ClientConfig, RunConfig
+from spry.config import ClientConfig, ConfigError, Options, RunConfig, build_options
 from spry.faults import CRASH, InjectedFault
 from spry.seeding import SAMPLE_EVALUATE, SAMPLE_TRAIN
 from spry.splitting import coverage, group_tensors
@@ -117,6 +117,10 @@ class SlicedRounds(Strategy):
     """
 
     reassigns: bool = True  # whether the strategy can take a second wave
+    # Its own settings, `<strategy>.<option>` keys of the run config (none here)
+    Options: ClassVar[type[Options]] = Options
+    # Whether a client makes one estimate on one batch a round (no local epochs)
+    one_step: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -190,10 +194,28 @@ class SlicedRounds(Strategy):
     ) -> SlicedRounds:
         """The strategy `cfg` describes (`head`: the task head's tensor names).
 
-        The parts are the ServerApp's to inject (`server/server_app.py`).
+        The parts are the ServerApp's to inject (`server/server_app.py`). Raises
+        `ConfigError` on options or run settings the strategy cannot take.
         """
+        cls.options(cfg)
         options = cls._options(cfg, partitions, head)
         return cls(**options, dealer=dealer, faults=faults, second_wave=second_wave)
+
+    @classmethod
+    def options(cls, cfg: RunConfig) -> Options:
+        """The strategy's `Options` from `cfg`'s `<strategy>.<option>` keys.
+
+        Checks them, and the run settings the strategy cannot take, before anything
+        starts (`strategies.resolve`); raises `ConfigError` naming the key.
+        """
+        name = cfg.strategy.strategy
+        if cls.one_step and cfg.client.local_epochs != 1:
+            raise ConfigError(
+                f"the {name} strategy takes one batch per client per round; "
+                f"`local-epochs` ({cfg.client.local_epochs}) applies to local-epoch "
+                "strategies (spry) only"
+            )
+        return build_options("strategy", name, cls.Options, dict(cfg.strategy_options))
 
     @classmethod
     def _options(

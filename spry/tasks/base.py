@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..config import ConfigError, ConfigValue, _Section
+from ..config import ConfigError, ConfigValue, Options
+from ..config import build_options as _build_options
 from ..engines.base import Batch
 from ..models import TrainableModel, is_head
 from ..seeding import STREAM_DATA, STREAM_INIT, derive_seed, numpy_rng
@@ -45,7 +46,7 @@ Rows = Sized  # a client's examples: anything with a length that `batches` can r
 
 
 @dataclass(frozen=True)
-class TaskOptions(_Section):
+class TaskOptions(Options):
     """A task's own settings: a frozen dataclass with every default in one place.
 
     Set from the run config as `<task>.<option>` (`--set verix.epsilon=0.05`, or a
@@ -276,20 +277,7 @@ def device_for(run: RunConfig) -> str:
 
 def build_options(task: type[Task], values: Mapping[str, ConfigValue]) -> TaskOptions:
     """The task's options from `<option>` keys; errors name `<task>.<option>`."""
-    known = set(task.Options.keys())
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(
-            f"task {task.name!r} has no option(s) "
-            f"{[f'{task.name}.{k}' for k in unknown]}; its options: "
-            f"{sorted(f'{task.name}.{k}' for k in known) or 'none'}"
-        )
-    try:
-        return task.Options.from_mapping(values)
-    except ConfigError as error:
-        raise ConfigError(
-            f"task {task.name!r}: {error} (set as `{task.name}.<option>`)"
-        ) from None
+    return _build_options("task", task.name, task.Options, values)
 
 
 class LabelledDataTask(Task):
