@@ -20,6 +20,7 @@ import pytest
 
 import cli.run
 from cli.main import main
+from spry.resolve import resolve
 from tests.integration.runs import CLI_MODULE, ENV, ROOT
 
 BAD_INPUT = [
@@ -41,8 +42,21 @@ BAD_INPUT = [
     (["--set", "fault-crash=0.8", "--set", "fault-timeout=0.3"], "sum to at most 1"),
     (["--task", "nope"], "unknown task 'nope'; registered tasks: "),
     (["--set", "verx.epsilon=0.1"], "'verx.epsilon' names no registered task"),
-    # Above the library: the strategies' registry
+    (["--set", "baffle.clip=0.5"], "nor the run's strategy ('spry')"),
+    # Above the library: the strategies' registry, the strategy's own options
     (["--set", "strategy=nope"], "unknown strategy 'nope'; available: ['baffle'"),
+    (
+        ["--method", "fwdllm", "--set", "fwdllm.candidates=0"],
+        "strategy 'fwdllm': `candidates` should be at least 1, got 0",
+    ),
+    (
+        ["--method", "fwdllm", "--set", "fwdllm.candidate=3"],
+        "strategy 'fwdllm' has no option(s) ['fwdllm.candidate']",
+    ),
+    (
+        ["--method", "baffle", "--set", "local-epochs=2"],
+        "the baffle strategy takes one batch per client per round",
+    ),
 ]
 # The task's model and data: the Hub's libraries read the offline switch when they
 # load, so these run in a fresh process started offline
@@ -156,6 +170,52 @@ def test_config_lists_every_key_and_the_registered_names(capsys):
     assert "[forward, backprop, backprop-checkpoint, mezo" in engine
     strategy = next(line for line in listing.splitlines() if " strategy " in line)
     assert "[spry, fedsgd, baffle, fwdllm]" in strategy
+
+
+def test_config_lists_each_strategys_options_with_default_and_help(capsys):
+    assert main(["config"]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    max_repeats = next(line for line in listing if "fwdllm.max-repeats" in line)
+    assert max_repeats.split()[:3] == ["fwdllm.max-repeats", "=", "4"]
+    assert "most extra direction passes a step" in max_repeats
+    clip = next(line for line in listing if "baffle.clip" in line)
+    assert clip.split()[:3] == ["baffle.clip", "=", "0.3"]
+
+
+def test_a_strategy_option_set_on_the_command_line_reaches_the_strategy(
+    monkeypatch, no_worker_may_start, capsys
+):
+    import strategies
+    from server.server_app import compose_strategy
+    from spry.devices import DeviceProfile, Fleet
+
+    given: dict = {}
+
+    def server_app_factory(overrides):  # what `run` hands the ServerApp
+        given.update(overrides)
+        raise RuntimeError("stop before Flower starts")
+
+    monkeypatch.setattr(cli.run, "_load", lambda component: server_app_factory)
+    args = ["--method", "fwdllm", "--set", "fwdllm.max-repeats=2"]
+    assert main(["run", *args]) == 1  # stopped, as planned, at the ServerApp
+    assert "stop before Flower starts" in capsys.readouterr().err
+    assert given["fwdllm.max-repeats"] == 2  # typed, with the other defaults
+    assert given["fwdllm.candidates"] == 10
+
+    # The ServerApp resolves what it is given, then composes the strategy
+    cfg = strategies.resolve(
+        resolve(
+            {
+                **given,
+                "num-clients": 4,
+                "clients-per-round": 2,
+                "eval-clients-per-round": 2,
+            }
+        )
+    )
+    fleet = Fleet([DeviceProfile("host", float("inf"), 1.0)] * 4)
+    strategy = compose_strategy(cfg, {10 + p: p for p in range(4)}, [], fleet)
+    assert type(strategy).__name__ == "FwdLLM" and strategy.max_repeats == 2
 
 
 def test_devices_lists_the_catalogue_and_a_file_adds_to_it(tmp_path, capsys):

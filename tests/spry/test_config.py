@@ -66,6 +66,7 @@ def test_bad_values_name_the_key_and_the_value(values, message):
         ({"fault-crash": 0.8, "fault-timeout": 0.3}, "sum to at most 1"),
         ({"task": "nope"}, "unknown task 'nope'; registered tasks: "),
         ({"verx.epsilon": 0.3}, "'verx.epsilon' names no registered task"),
+        ({"baffle.clip": 0.3}, "nor the run's strategy ('spry')"),
     ],
 )
 def test_names_are_checked_by_the_resolving_step_not_the_config(values, message):
@@ -95,6 +96,16 @@ def test_resolving_types_and_completes_the_selected_tasks_options():
     assert [k for k, _ in cfg.task_options] == sorted(options)
     assert RunConfig.from_run_config(cfg.to_mapping()) == cfg
     assert resolve(cfg.to_mapping()) == cfg
+
+
+def test_the_run_strategys_keys_are_kept_as_given_for_the_strategies_to_check():
+    given = {"strategy": "fwdllm", "engine": "fwdllm", "fwdllm.max-repeats": "2"}
+    cfg = resolve({**given, "fwdllm.no-such-option": 1, "verix.epsilon": 0.2})
+    # the library cannot know a strategy's options: `strategies.resolve` checks them
+    assert cfg.strategy_options == (("max-repeats", "2"), ("no-such-option", 1))
+    assert cfg.task_options == resolve({}).task_options  # verix's left out
+    assert cfg.to_mapping()["fwdllm.max-repeats"] == "2"
+    assert RunConfig.from_run_config(cfg.to_mapping()) == cfg
 
 
 def test_importing_the_config_loads_no_torch_and_no_registry():
