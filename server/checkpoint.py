@@ -37,6 +37,15 @@ FORMAT = 1  # bump when the layout changes; older files are refused, not misread
 # of the rounds still to run, so a difference there is refused.
 RESUME_FREE_KEYS = frozenset({"resume", "checkpoint-every", "results-dir"})
 
+# Keys a strategy's `Options` took over (`<strategy>.<option>`): a checkpoint written
+# before keeps resuming, with the value its own strategy used.
+RETIRED_KEYS = {
+    "baffle-clip": "baffle.clip",
+    "fwdllm-var-threshold": "fwdllm.var-threshold",
+    "fwdllm-max-repeats": "fwdllm.max-repeats",
+    "fwdllm-candidates": "fwdllm.candidates",
+}
+
 # Entries: "meta" (the JSON), "weights/<tensor>", "strategy/<its own keys>" (e.g.
 # "strategy/optimizer/m/<tensor>"), packed by `spry.flatten`.
 _META = "meta"
@@ -188,7 +197,20 @@ def _read(
             f"resume: {path} has checkpoint format {meta.get('format')}, "
             f"this version reads {FORMAT}"
         )
+    meta["config"] = _renamed(meta["config"])
     return path, meta, tree.get(_WEIGHTS, {}), tree.get(_STRATEGY, {})
+
+
+def _renamed(config: dict[str, ConfigValue]) -> dict[str, ConfigValue]:
+    """`config` with its retired keys under their new names.
+
+    Only the run's strategy's are kept: the others' never applied to the run.
+    """
+    renamed = {k: v for k, v in config.items() if k not in RETIRED_KEYS}
+    for old, new in RETIRED_KEYS.items():
+        if old in config and new.partition(".")[0] == config.get("strategy"):
+            renamed.setdefault(new, config[old])
+    return renamed
 
 
 def _plain(value: Any) -> Any:

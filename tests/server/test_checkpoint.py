@@ -152,3 +152,33 @@ def test_a_key_the_checkpoint_lacks_counts_as_its_default():
     saved.check_config(RunConfig())  # no error
     with pytest.raises(ConfigError, match="eval-every 1 -> 2"):
         saved.check_config(RunConfig.from_run_config({"eval-every": 2}))
+
+
+def test_a_checkpoint_from_before_strategy_options_resumes_under_their_new_keys(
+    tmp_path,
+):
+    import strategies
+    from spry.resolve import resolve
+
+    fwdllm = {"strategy": "fwdllm", "engine": "fwdllm", "num-tangents": 1}
+    cfg = strategies.resolve(resolve(fwdllm))
+    old = _checkpoint(cfg=cfg)
+    old.config = {k: v for k, v in old.config.items() if "." not in k}
+    old.config.update(  # the flat keys StrategyConfig used to carry
+        {
+            "baffle-clip": 0.3,
+            "fwdllm-var-threshold": 0.1,
+            "fwdllm-max-repeats": 2,
+            "fwdllm-candidates": 10,
+        }
+    )
+    checkpoint.save(tmp_path / CHECKPOINT_FILE, old)
+
+    config = checkpoint.read_config(tmp_path)
+    assert config["fwdllm.max-repeats"] == 2 and "fwdllm-max-repeats" not in config
+    assert not {k for k in config if k.startswith("baffle")}  # not the run's
+    resumed = strategies.resolve(resolve(config))  # what `spry run --resume` does
+    assert dict(resumed.strategy_options)["max-repeats"] == 2
+    checkpoint.load(tmp_path).check_config(resumed)  # no error
+    with pytest.raises(ConfigError, match="fwdllm.max-repeats 2 -> 4"):
+        checkpoint.load(tmp_path).check_config(cfg)
