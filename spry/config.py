@@ -619,20 +619,16 @@ class RunConfig:
         """Options that are each valid but do not go together, named before any work.
 
         Those that need to know which engines are directional are the resolving
-        step's (`spry.resolve`).
+        step's (`spry.resolve`); what a strategy cannot take (an engine, local
+        epochs) is the strategy's own check (`strategies.resolve`).
         """
-        engine, strategy = self.client.engine, self.strategy.strategy
+        engine = self.client.engine
         _require(
             not self.strategy.upload_scalars
             or engine != "forward"
             or self.client.head_gradient == "shared",
             "`upload-scalars` with `head-gradient` 'exact': the server rebuilds "
             "random directions only; use `head-gradient` 'shared'",
-        )
-        _require(
-            strategy != "fwdllm" or not self.strategy.upload_scalars,
-            "the fwdllm strategy uploads dense gradients (its directions are "
-            "chosen, not redrawn from a seed); drop `upload-scalars`",
         )
 
     @classmethod

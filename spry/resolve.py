@@ -52,24 +52,16 @@ def resolve(values: Mapping[str, ConfigValue]) -> RunConfig:
 
 
 def _check_directional(cfg: RunConfig) -> None:
-    """Scalar uploads and the strategies that rebuild or choose directions."""
-    engine, strategy = cfg.client.engine, cfg.strategy.strategy
-    finite_difference = tuple(e for e in DIRECTIONAL if e != "forward")
+    """Scalar uploads need an engine the server can rebuild from K scalars.
+
+    Which engines a strategy takes is the strategy's check (`strategies.resolve`).
+    """
+    engine = cfg.client.engine
     if cfg.strategy.upload_scalars and engine not in DIRECTIONAL:
         raise ConfigError(
             f"`upload-scalars` needs an engine whose estimate is K scalars along "
             f"seeded directions ({', '.join(DIRECTIONAL)}); {engine!r} returns a "
             "gradient the server cannot rebuild from scalars"
-        )
-    if strategy == "baffle" and engine not in DIRECTIONAL:
-        raise ConfigError(
-            f"the baffle strategy uploads K scalars along shared directions; "
-            f"engine {engine!r} is not one of {DIRECTIONAL}"
-        )
-    if strategy == "fwdllm" and engine not in finite_difference:
-        raise ConfigError(
-            f"the fwdllm strategy chooses the directions of a finite-difference "
-            f"engine ({', '.join(finite_difference)}); got {engine!r}"
         )
 
 

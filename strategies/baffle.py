@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from spry.config import ConfigError, Options, RunConfig
+from spry.engines import DIRECTIONAL
 from spry.seeding import STREAM_TANGENTS, derive_seed
 
 from .fedsgd import FedSGD
@@ -60,6 +61,16 @@ class Baffle(FedSGD):
         if clip < 0:
             raise ValueError(f"`clip` should be >= 0, got {clip}")
         self.clip = clip
+
+    @classmethod
+    def check_run(cls, cfg: RunConfig) -> None:
+        """Clients upload K scalars along shared directions: a directional engine."""
+        super().check_run(cfg)
+        if cfg.client.engine not in DIRECTIONAL:
+            raise ConfigError(
+                f"the baffle strategy uploads K scalars along shared directions; "
+                f"engine {cfg.client.engine!r} is not one of {DIRECTIONAL}"
+            )
 
     @classmethod
     def _options(

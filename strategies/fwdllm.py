@@ -36,6 +36,7 @@ from flwr.common.logger import log
 from spry import protocol
 from spry.aggregation import ServerOptimizer
 from spry.config import ConfigError, Options, RunConfig
+from spry.engines import DIRECTIONAL
 from spry.seeding import STREAM_SELECTION, derive_seed
 
 from .fedsgd import FedSGD
@@ -129,6 +130,22 @@ class FwdLLM(FedSGD):
         self.repeats = 0
         self.repeat_nodes: list[int] | None = None
         self.step_data_round = 1
+
+    @classmethod
+    def check_run(cls, cfg: RunConfig) -> None:
+        """A finite-difference engine (it chooses directions), dense uploads."""
+        super().check_run(cfg)
+        finite_difference = tuple(e for e in DIRECTIONAL if e != "forward")
+        if cfg.client.engine not in finite_difference:
+            raise ConfigError(
+                f"the fwdllm strategy chooses the directions of a finite-difference "
+                f"engine ({', '.join(finite_difference)}); got {cfg.client.engine!r}"
+            )
+        if cfg.strategy.upload_scalars:
+            raise ConfigError(
+                "the fwdllm strategy uploads dense gradients (its directions are "
+                "chosen, not redrawn from a seed); drop `upload-scalars`"
+            )
 
     @classmethod
     def _options(

@@ -208,14 +208,19 @@ class SlicedRounds(Strategy):
         Checks them, and the run settings the strategy cannot take, before anything
         starts (`strategies.resolve`); raises `ConfigError` naming the key.
         """
+        cls.check_run(cfg)
         name = cfg.strategy.strategy
+        return build_options("strategy", name, cls.Options, dict(cfg.strategy_options))
+
+    @classmethod
+    def check_run(cls, cfg: RunConfig) -> None:
+        """Refuse run settings the strategy cannot take (`ConfigError` names them)."""
         if cls.one_step and cfg.client.local_epochs != 1:
             raise ConfigError(
-                f"the {name} strategy takes one batch per client per round; "
-                f"`local-epochs` ({cfg.client.local_epochs}) applies to local-epoch "
-                "strategies (spry) only"
+                f"the {cfg.strategy.strategy} strategy takes one batch per client "
+                f"per round; `local-epochs` ({cfg.client.local_epochs}) applies to "
+                "local-epoch strategies (spry) only"
             )
-        return build_options("strategy", name, cls.Options, dict(cfg.strategy_options))
 
     @classmethod
     def _options(

@@ -104,6 +104,19 @@ def test_an_option_set_by_key_reaches_the_constructed_strategy():
             {"strategy": "fedsgd", "fedsgd.clip": 1},
             "strategy 'fedsgd' has no option(s) ['fedsgd.clip']; its options: none",
         ),
+        # What the strategy cannot take from the rest of the run: its own check
+        (
+            {**FWDLLM, "upload-scalars": True},
+            "the fwdllm strategy uploads dense gradients",
+        ),
+        (
+            {**FWDLLM, "engine": "forward"},
+            "the fwdllm strategy chooses the directions of a finite-difference",
+        ),
+        (
+            {**BAFFLE, "engine": "backprop"},
+            "the baffle strategy uploads K scalars along shared directions",
+        ),
         (
             {"strategy": "fedsgd", "local-epochs": 2},
             "the fedsgd strategy takes one batch per client per round; "
