@@ -56,7 +56,7 @@ class Baffle(FedSGD):
 
     Options = BaffleOptions
 
-    def __init__(self, *, clip: float = 0.3, **kwargs: Any) -> None:
+    def __init__(self, *, clip: float = BaffleOptions.clip, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if clip < 0:
             raise ValueError(f"`clip` should be >= 0, got {clip}")

@@ -113,9 +113,9 @@ class FwdLLM(FedSGD):
     def __init__(
         self,
         *,
-        var_threshold: float = 0.1,
-        max_repeats: int = 4,
-        candidates: int = 10,
+        var_threshold: float = FwdLLMOptions.var_threshold,
+        max_repeats: int = FwdLLMOptions.max_repeats,
+        candidates: int = FwdLLMOptions.candidates,
         num_tangents: int = 1,
         **kwargs: Any,
     ) -> None:
