@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from spry.jsonfile import write_json
 from spry.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -317,13 +318,11 @@ def write_report(
     per_method = per_method or {}
     summaries = [summarize(m, rows, target, rounds) for m, rows in curves.items()]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "compare.json").write_text(
-        json.dumps(
-            {"rounds": rounds, "seed": seed, "extra": extra,
-             "per-method": per_method, "reference": reference,
-             "methods": summaries, "curves": curves},
-            indent=2,
-        )
+    write_json(
+        out / "compare.json",
+        {"rounds": rounds, "seed": seed, "extra": extra,
+         "per-method": per_method, "reference": reference,
+         "methods": summaries, "curves": curves},
     )  # fmt: skip
     report = markdown(summaries, rounds, reference, extra, per_method)
     (out / "compare.md").write_text(report)

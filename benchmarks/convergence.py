@@ -19,13 +19,13 @@ method can run twice with different settings:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.compare import plot, read_rows, run_method
+from spry.jsonfile import write_json
 from spry.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,12 +203,10 @@ def write_report(
     """Write convergence.{json,md,png} under `out`."""
     summaries = [summarize(s, curves[s.label], targets) for s in specs]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "convergence.json").write_text(
-        json.dumps(
-            {"targets": targets, "common-settings": common, "reference": reference,
-             "runs": summaries, "curves": curves},
-            indent=2,
-        )
+    write_json(
+        out / "convergence.json",
+        {"targets": targets, "common-settings": common, "reference": reference,
+         "runs": summaries, "curves": curves},
     )  # fmt: skip
     report = markdown(summaries, targets, reference)
     (out / "convergence.md").write_text(report)

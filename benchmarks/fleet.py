@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.compare import read_rows, run_method
+from spry.jsonfile import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         results.append(summarize(label, run_dir))
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+        write_json(args.out.with_suffix(".json"), results)
         args.out.with_suffix(".md").write_text(markdown(results))
     print(markdown(results))
     return 0

@@ -46,7 +46,6 @@ averaged over `--bias-rounds` rounds' client samples. FedFGD's expectation is G.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -60,6 +59,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from spry.jsonfile import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -687,7 +688,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     res = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gradient_quality.json").write_text(json.dumps(res, indent=2) + "\n")
+    write_json(args.out / "gradient_quality.json", res)
     (args.out / "gradient_quality.md").write_text(text := markdown(res))
     plot(res, args.out / "gradient_quality.png")
     print(text)

@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from spry.jsonfile import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -184,7 +186,7 @@ def main() -> None:
         "layouts": [compare(args, c) for c in layouts],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    write_json(args.out.with_suffix(".json"), result)
     args.out.with_suffix(".md").write_text(markdown(result))
     print(markdown(result))
 

@@ -37,6 +37,7 @@ import torch
 from benchmarks.memory.models import CLASSIFIER, bench_model
 from benchmarks.memory.worker import random_batch as _random_batch
 from benchmarks.memory.worker import timed
+from spry.jsonfile import write_json
 from spry.memory import LIVE_ENV, make_resident, release_free_memory
 
 
@@ -269,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> None:
               f"{1000 * records[-1]['step_seconds']:.0f} ms, "
               f"{records[-1]['extra_mib']:.1f} MiB", flush=True)  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "tangents.json").write_text(json.dumps(records, indent=2))
+    write_json(args.out / "tangents.json", records)
     report = markdown(records)
     (args.out / "tangents.md").write_text(report)
     plot(records, args.out / "tangents.png")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.compare import read_rows
+from spry.jsonfile import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -127,10 +128,10 @@ def main() -> None:
             [f"# Task {task}", "", f"`spry run {command}` (2-core CPU)", "", *table, ""]
         )
         (RESULTS / f"task_{task}.md").write_text(text)
-        (RESULTS / f"task_{task}.json").write_text(
-            json.dumps(
-                {"command": command, "summary": summary, "rounds": rows}, indent=1
-            )
+        write_json(
+            RESULTS / f"task_{task}.json",
+            {"command": command, "summary": summary, "rounds": rows},
+            indent=1,
         )
         if (run_dir / "explanations.png").exists():
             shutil.copy(

@@ -11,7 +11,6 @@ The JSON files are standard JSON that any reader accepts: no `Infinity` or `NaN`
 from __future__ import annotations
 
 import csv
-import json
 import math
 import platform
 import time
@@ -19,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
-from logging import INFO, WARNING
+from logging import INFO
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from flwr.common.logger import log
 
 from spry.config import RunConfig
 from spry.devices import Fleet
+from spry.jsonfile import write_json
 from spry.memory import cpu_peak_bytes
 from spry.methods import method_of
 
@@ -324,30 +324,6 @@ class RunRecorder:
         path = self.directory / "summary.json"
         write_json(path, summary)
         return path
-
-
-def write_json(path: Path, value: Any, *, indent: int = 2) -> None:
-    """Write `value` to `path` as standard JSON.
-
-    A non-finite float has no JSON form: it is written as null, with a warning
-    naming where it was (those the results expect, such as an unbudgeted device's
-    budget, are None already). `allow_nan=False` keeps it so.
-    """
-    path.write_text(
-        json.dumps(_finite(value, path.name), indent=indent, allow_nan=False)
-    )
-
-
-def _finite(value: Any, where: str) -> Any:
-    """`value` with every non-finite float inside it replaced by None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        log(WARNING, "results: %s = %s has no JSON form; written as null", where, value)
-        return None
-    if isinstance(value, Mapping):
-        return {k: _finite(v, f"{where}/{k}") for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    return value
 
 
 def _write_manifest(directory: Path, cfg: RunConfig) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from spry.jsonfile import write_json
 
 from .worker import ENGINES, Record
 
@@ -385,7 +386,7 @@ def write_all(records: Sequence[Record], out: Path, stem: str,
     """Write STEM.json, .csv, .md and the plots under `out`; return the markdown."""
     out.mkdir(parents=True, exist_ok=True)
     saved = {"records": list(records), "agreement": list(agreement)}
-    (out / f"{stem}.json").write_text(json.dumps(saved, indent=1) + "\n")
+    write_json(out / f"{stem}.json", saved, indent=1)
     write_csv(records, out / f"{stem}.csv")
     text = markdown(records, agreement)
     (out / f"{stem}.md").write_text(text)

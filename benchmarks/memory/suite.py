@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from spry.jsonfile import write_json
 from spry.memory import LIVE_ENV
 
 from .models import CAUSAL_LM, bench_model
@@ -214,7 +215,7 @@ def run_points(
     for i, point in enumerate(todo, 1):
         record = measure(point, timeout=timeout)
         records.append(record)
-        results.write_text(json.dumps(records, indent=1) + "\n")
+        write_json(results, records, indent=1)
         elapsed = time.perf_counter() - started
         eta = elapsed / i * (len(todo) - i)
         what = (

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 
-from server.results import RunRecorder, write_json
+from server.results import RunRecorder
 from spry.config import RunConfig
 from spry.devices import CATALOG, HOST, Fleet
+from spry.jsonfile import write_json
 from tests.helpers import strict_json
 
 MIB = 2**20

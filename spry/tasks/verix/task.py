@@ -18,7 +18,6 @@ Metrics (the paper's): explanation size, seconds per explanation, soundness.
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -33,6 +32,7 @@ from torch import Tensor, nn
 
 from ...config import ConfigError
 from ...engines.base import Batch
+from ...jsonfile import write_json
 from ...models import TrainableModel
 from ..base import LabelledDataTask, TaskOptions
 from .images import ImageDataset, load_image_dataset
@@ -235,7 +235,7 @@ class VerixTask(LabelledDataTask):
             )
         if images:
             save_mask_grid(images[:25], explanations[:25], results / "explanations.png")
-        (out / "explanations.json").write_text(json.dumps(records, indent=1))
+        write_json(out / "explanations.json", records, indent=1)
         sizes = [len(e.features) for e in explanations]
         seconds = [e.seconds for e in explanations]
         return {
