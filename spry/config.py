@@ -210,7 +210,17 @@ class DataConfig(_Section):
 
     dataset: str = field(
         default="rotten-tomatoes",
-        metadata={"help": "offline dataset name or Hugging Face dataset id"},
+        metadata={
+            "help": "offline dataset name, a local CSV/JSONL/Parquet file or a "
+            "folder of them, or a Hugging Face dataset id"
+        },
+    )
+    text_column: str = field(
+        default="",
+        metadata={"help": "the dataset's text column ('': text, sentence, ...)"},
+    )
+    label_column: str = field(
+        default="", metadata={"help": "the dataset's label column ('': label)"}
     )
     num_clients: int = field(default=100, metadata={"help": "number of partitions"})
     partitioner: str = field(default="dirichlet", metadata={"help": "dirichlet|iid"})
