@@ -47,6 +47,8 @@ COLUMNS = (
     "round",
     "test-accuracy",
     "test-loss",
+    "test-macro-f1",
+    "test-balanced-accuracy",
     "majority-rate",
     "federated-accuracy",
     "federated-loss",
@@ -142,7 +144,7 @@ class RunRecorder:
             writer = csv.writer(fh)
             writer.writerow(COLUMNS)
             for row in recorder.rows:
-                writer.writerow(["" if row[c] is None else row[c] for c in COLUMNS])
+                writer.writerow(["" if row.get(c) is None else row[c] for c in COLUMNS])
         log(INFO, "Results folder (resumed): %s", directory)
         return recorder
 
@@ -168,6 +170,9 @@ class RunRecorder:
             "round": server_round,
             "test-accuracy": central["accuracy"],
             "test-loss": central["loss"],
+            # Imbalanced data: scores that a majority-class guess cannot inflate
+            "test-macro-f1": central.get("macro-f1"),
+            "test-balanced-accuracy": central.get("balanced-accuracy"),
             "majority-rate": self.majority_rate,
             "federated-accuracy": federated.get("accuracy"),
             "federated-loss": federated.get("loss"),
@@ -207,8 +212,10 @@ class RunRecorder:
         parts = [
             f"round {done}/{self.num_rounds}",
             accuracy,
-            f"test loss {row['test-loss']:.4f}",
         ]
+        if row.get("test-macro-f1") is not None:
+            parts.append(f"macro-F1 {100 * row['test-macro-f1']:.1f}%")
+        parts.append(f"test loss {row['test-loss']:.4f}")
         if row["federated-accuracy"] is not None:
             parts.append(f"fed acc {100 * row['federated-accuracy']:.1f}%")
         if row["train-loss"] is not None:
@@ -239,6 +246,13 @@ class RunRecorder:
             "o-",
             label="test (central)",
         )
+        f1 = [
+            (r["round"], 100 * r["test-macro-f1"])
+            for r in self.rows
+            if r.get("test-macro-f1") is not None
+        ]
+        if f1:
+            acc.plot(*zip(*f1, strict=True), "^-", label="test macro-F1")
         fed = [
             (r["round"], 100 * r["federated-accuracy"])
             for r in self.rows
@@ -252,7 +266,7 @@ class RunRecorder:
             acc.axhline(
                 100 * self.majority_rate, color="grey", ls=":", label="majority class"
             )
-        acc.set(xlabel="round", ylabel="accuracy (%)", title="Accuracy")
+        acc.set(xlabel="round", ylabel="%", title="Accuracy (and macro-F1)")
         acc.legend()
         loss.plot(rounds, [r["test-loss"] for r in self.rows], "o-", label="test loss")
         train = [
@@ -317,6 +331,8 @@ class RunRecorder:
                     "final-test-accuracy": final["test-accuracy"],
                     "best-test-accuracy": max(r["test-accuracy"] for r in self.rows),
                     "initial-test-accuracy": self.rows[0]["test-accuracy"],
+                    "final-test-macro-f1": final.get("test-macro-f1"),
+                    "final-test-balanced-accuracy": final.get("test-balanced-accuracy"),
                     "majority-rate": self.majority_rate,
                     "wall-seconds": final["elapsed-seconds"],
                 }

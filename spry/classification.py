@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .class_metrics import class_scores, confusion
 from .engines.base import Batch
 
 
@@ -73,13 +74,16 @@ def evaluate(
     max_length: int,
     device: torch.device | str = "cpu",
 ) -> dict[str, float]:
-    """Accuracy and mean loss over `data` (empty data gives zero examples).
+    """Accuracy, macro-F1, balanced accuracy and mean loss over `data`.
+
+    Empty data gives zero examples and no class scores.
 
     Examples are batched in order of length, so a batch pads to a similar length
     (2-3x less compute than random order on short sentences); metrics do not depend
     on the order.
     """
     correct, total_loss, count = 0, 0.0, 0
+    matrix: np.ndarray | None = None
     by_length = np.argsort([len(text) for text in data["text"]], kind="stable")
     for batch in iterate_batches(
         data, tokenizer, batch_size=batch_size, max_length=max_length, order=by_length
@@ -87,13 +91,19 @@ def evaluate(
         batch = move(batch, device)
         loss, logits = classification_loss(model, batch)
         n = len(batch["labels"])
-        correct += int((logits.argmax(-1) == batch["labels"]).sum())
+        predicted = logits.argmax(-1)
+        correct += int((predicted == batch["labels"]).sum())
+        part = confusion(
+            batch["labels"].cpu().numpy(), predicted.cpu().numpy(), logits.shape[-1]
+        )
+        matrix = part if matrix is None else matrix + part
         total_loss += float(loss) * n
         count += n
-    if count == 0:
+    if count == 0 or matrix is None:
         return {"accuracy": 0.0, "loss": 0.0, "num-examples": 0}
     return {
         "accuracy": correct / count,
         "loss": total_loss / count,
         "num-examples": count,
+        **class_scores(matrix),
     }

@@ -44,6 +44,11 @@ def test_a_spry_run_is_complete_reproducible_and_leaves_nothing(
     assert all(r["federated-accuracy"] for r in rows[1:])
     assert all(r["dropped"] == "0" and r["clients"] == "3" for r in rows[1:])
     assert float(rows[1]["coverage-trained"]) == 1.0
+    # Class scores beside accuracy, every round; balanced accuracy of two classes
+    # is the mean recall, so it lies in [0, 1] and so does macro-F1
+    for row in rows:
+        assert 0.0 <= float(row["test-macro-f1"]) <= 1.0
+        assert 0.0 <= float(row["test-balanced-accuracy"]) <= 1.0
     # Valid JSON for any reader: no Infinity (the unbudgeted host) or NaN
     summary = strict_json(first / "summary.json")
     strict_json(first / "rounds.json")
