@@ -16,7 +16,8 @@ from .config import ConfigError, ConfigValue, RunConfig, default_values
 METHODS: dict[str, dict[str, ConfigValue]] = {
     # Spry (Panchal et al., arXiv 2405.15551): forward-mode on a slice, FedYogi,
     # with this project's tuned defaults (config.py: a centred mean-pooled head that
-    # every client trains with its exact forward-mode gradient).
+    # every client trains with its exact gradient: reverse mode over the head
+    # alone, nested inside the slice's jvp; the LoRA slices get forward gradients).
     "spry": {
         "strategy": "spry",
         "engine": "forward",

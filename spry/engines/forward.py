@@ -223,12 +223,13 @@ class ForwardGradient(GradientEngine):
         Tangents carried by one vmapped pass (1: one jvp per tangent, as in the
         paper; 0: all of a block's tangents in one pass).
     exact : (parameter name) -> bool, optional
-        Tensors whose gradient is computed exactly, by forward mode over their
-        standard basis (meant for the task head: it sits on top, so its tangents
-        run through the head alone). With other tensors in the slice this rides
-        in the same pass (`derivatives_with_exact`), so the exact head costs no
-        extra forward pass. The gradient's entries follow the K scalars in
-        `projected`.
+        Tensors whose gradient is computed exactly (meant for the task head: it
+        sits on top). With other tensors in the slice, by reverse mode
+        (`torch.func.grad`) over them alone, nested inside the slice's jvp
+        (`derivatives_with_exact`): no extra forward pass, only the head and the
+        loss recorded. Alone in the slice, by forward mode over their standard
+        basis in one vmapped pass. The gradient's entries follow the K scalars
+        in `projected`.
     """
 
     name = "forward"
