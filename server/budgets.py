@@ -18,11 +18,11 @@ from logging import INFO
 from flwr.common.logger import log
 
 from spry.devices import Fleet
-from spry.splitting import assign_groups, assign_within_budgets
-from strategies.parts import Params
+from spry.splitting import assign_within_budgets
+from strategies.parts import Params, RoundRobin
 
 
-class BudgetDealer:
+class BudgetDealer(RoundRobin):
     """Deals within each device's memory budget; device time = host time / speed.
 
     Parameters
@@ -44,7 +44,7 @@ class BudgetDealer:
     ) -> list[int]:
         """Nodes whose device can hold the shared tensors and the cheapest group."""
         if not self.fleet.budgeted:
-            return nodes
+            return super().eligible(nodes, partitions, groups, shared, params)
         needs = params(shared)
         cheapest = min((self.fleet.cost(params(g)) for g in groups), default=0.0)
         fit = [n for n in nodes if self.fleet.room(partitions[n], needs) >= cheapest]
@@ -65,8 +65,8 @@ class BudgetDealer:
         params: Params,
     ) -> dict[int, list[str]]:
         """Deal `groups` to `nodes`, never past a device's room (when budgeted)."""
-        if not self.fleet.budgeted:
-            return assign_groups(groups, nodes, shared=shared)
+        if not self.fleet.budgeted:  # every device holds anything: round-robin
+            return super().deal(groups, nodes, partitions, shared, params)
         needs = params(shared)
         room = {n: self.fleet.room(partitions[n], needs) for n in nodes}
         cost = [self.fleet.cost(params(g)) for g in groups]

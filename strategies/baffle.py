@@ -74,11 +74,15 @@ class Baffle(FedSGD):
 
     @classmethod
     def _options(
-        cls, cfg: RunConfig, partitions: Mapping[int, int], head: Sequence[str]
+        cls,
+        cfg: RunConfig,
+        partitions: Mapping[int, int],
+        head: Sequence[str],
+        options: Options,
     ) -> dict[str, Any]:
-        options = cls.options(cfg)
         assert isinstance(options, BaffleOptions)
-        return {**super()._options(cfg, partitions, head), "clip": options.clip}
+        shared = super()._options(cfg, partitions, head, options)
+        return {**shared, "clip": options.clip}
 
     def _direction_seed(self, server_round: int, node_id: int) -> int:
         """One seed for every client of the round: shared perturbations."""

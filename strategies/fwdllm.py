@@ -149,12 +149,15 @@ class FwdLLM(FedSGD):
 
     @classmethod
     def _options(
-        cls, cfg: RunConfig, partitions: Mapping[int, int], head: Sequence[str]
+        cls,
+        cfg: RunConfig,
+        partitions: Mapping[int, int],
+        head: Sequence[str],
+        options: Options,
     ) -> dict[str, Any]:
-        options = cls.options(cfg)
         assert isinstance(options, FwdLLMOptions)
         return {
-            **super()._options(cfg, partitions, head),
+            **super()._options(cfg, partitions, head, options),
             "var_threshold": options.var_threshold,
             "max_repeats": options.max_repeats,
             "candidates": options.candidates,

@@ -197,9 +197,8 @@ class SlicedRounds(Strategy):
         The parts are the ServerApp's to inject (`server/server_app.py`). Raises
         `ConfigError` on options or run settings the strategy cannot take.
         """
-        cls.options(cfg)
-        options = cls._options(cfg, partitions, head)
-        return cls(**options, dealer=dealer, faults=faults, second_wave=second_wave)
+        kwargs = cls._options(cfg, partitions, head, cls.options(cfg))
+        return cls(**kwargs, dealer=dealer, faults=faults, second_wave=second_wave)
 
     @classmethod
     def options(cls, cfg: RunConfig) -> Options:
@@ -224,8 +223,14 @@ class SlicedRounds(Strategy):
 
     @classmethod
     def _options(
-        cls, cfg: RunConfig, partitions: Mapping[int, int], head: Sequence[str]
+        cls,
+        cfg: RunConfig,
+        partitions: Mapping[int, int],
+        head: Sequence[str],
+        options: Options,
     ) -> dict[str, Any]:
+        """Constructor keywords from `cfg` and the strategy's built `options`."""
+        del options  # the shared round has none; BAFFLE and FwdLLM read theirs
         s = cfg.strategy
         return {
             "partitions": partitions,
