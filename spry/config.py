@@ -172,6 +172,32 @@ class ModelConfig(_Section):
         },
     )
 
+    train_lora: bool = field(
+        default=True,
+        metadata={
+            "help": "LoRA trains (false: LoRA stays at its initial values and only "
+            "the head trains, the head-only reference)"
+        },
+    )
+    lora_dropout: float = field(
+        default=0.0,
+        metadata={"help": "LoRA dropout, active with `dropout` (paper: 0.1)"},
+    )
+    lora_fa: bool = field(
+        default=False,
+        metadata={
+            "help": "LoRA-FA: A stays at its random init, only B trains (half the "
+            "dimension, a gradient from the first step)"
+        },
+    )
+    lora_b_init: float = field(
+        default=0.0,
+        metadata={
+            "help": "standard deviation of LoRA B's init (0: zeros, as PEFT; "
+            "non-zero gives A a gradient from the first step)"
+        },
+    )
+
     POOLINGS: ClassVar[tuple[str, ...]] = ("mean", "cls", "model")
     FROZEN_DTYPES: ClassVar[tuple[str, ...]] = ("float32", "bfloat16", "float16")
 
@@ -191,6 +217,14 @@ class ModelConfig(_Section):
             f"got {self.frozen_dtype!r}",
         )
         _require(self.lora_r > 0, f"`lora-r` should be positive, got {self.lora_r}")
+        _require(
+            0 <= self.lora_dropout < 1,
+            f"`lora-dropout` should be in [0, 1), got {self.lora_dropout}",
+        )
+        _require(
+            self.lora_b_init >= 0,
+            f"`lora-b-init` should be >= 0, got {self.lora_b_init}",
+        )
         _require(bool(self.target_modules), "`lora-targets` should name a module")
         _require(
             self.max_length > 0,
@@ -314,7 +348,17 @@ class ClientConfig(_Section):
     lr: float = field(
         default=1e-3, metadata={"help": "client AdamW learning rate (paper: 1e-4)"}
     )
-    weight_decay: float = field(default=0.0, metadata={"help": "client AdamW decay"})
+    weight_decay: float = field(
+        default=0.0, metadata={"help": "client AdamW decay (paper: torch's 0.01)"}
+    )
+    dropout: bool = field(
+        default=False,
+        metadata={
+            "help": "train with dropout on (the model in train mode; paper: on); "
+            "each step's masks come from its seed, so every pass of a step, and a "
+            "backprop check, sees the same masks"
+        },
+    )
     batch_size: int = field(default=8, metadata={"help": "client batch size"})
     eval_batch_size: int = field(default=64, metadata={"help": "evaluation batch"})
 
@@ -351,6 +395,10 @@ class ClientConfig(_Section):
             f"`local-epochs` should be at least 1, got {self.local_epochs}",
         )
         _require(self.lr > 0, f"`lr` should be positive, got {self.lr}")
+        _require(
+            self.weight_decay >= 0,
+            f"`weight-decay` should be >= 0, got {self.weight_decay}",
+        )
         _require(
             self.batch_size >= 1,
             f"`batch-size` should be at least 1, got {self.batch_size}",
@@ -421,6 +469,14 @@ class StrategyConfig(_Section):
     eval_clients_per_round: int = field(
         default=10, metadata={"help": "clients in federated evaluation (0: off)"}
     )
+    eval_finetune_epochs: int = field(
+        default=0,
+        metadata={
+            "help": "the paper's metric: each federated evaluation client first "
+            "fine-tunes a copy for this many local epochs with the run's engine, "
+            "then scores its held-out part (0: score the global model as sent)"
+        },
+    )
 
     def __post_init__(self) -> None:
         _require(
@@ -436,6 +492,10 @@ class StrategyConfig(_Section):
             self.eval_clients_per_round >= 0,
             f"`eval-clients-per-round` should be >= 0, "
             f"got {self.eval_clients_per_round}",
+        )
+        _require(
+            self.eval_finetune_epochs >= 0,
+            f"`eval-finetune-epochs` should be >= 0, got {self.eval_finetune_epochs}",
         )
 
 
