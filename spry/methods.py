@@ -26,7 +26,10 @@ METHODS: dict[str, dict[str, ConfigValue]] = {
     },
     # Spry exactly as the paper configures it: the model's own head (BERT: on the
     # untrained pooler), dealt to one client like any other group, K = 1 tangent,
-    # client AdamW lr 1e-4, FedYogi eta 1e-2.
+    # client AdamW lr 1e-4 with torch's default weight decay 0.01 (the official
+    # code's AdamW), FedYogi eta 1e-2, and training in train mode: dropout on, LoRA
+    # dropout 0.1 (each step's masks from its seed, so the jvp differentiates one
+    # function).
     "spry-paper": {
         "strategy": "spry",
         "engine": "forward",
@@ -39,6 +42,20 @@ METHODS: dict[str, dict[str, ConfigValue]] = {
         "center-features": False,
         "share-head": False,
         "head-gradient": "shared",
+        "weight-decay": 0.01,
+        "dropout": True,
+        "lora-dropout": 0.1,
+    },
+    # Spry's reference: the same run with LoRA frozen at its initial values, so only
+    # the head trains (every client, exactly, as in `spry`): a federated linear
+    # probe. What Spry gains over it is what its forward gradients add.
+    "head-only": {
+        "strategy": "spry",
+        "engine": "forward",
+        "split": True,
+        "server-optimizer": "yogi",
+        "head-gradient": "exact",
+        "train-lora": False,
     },
     # Spry with per-iteration communication: each round a client uploads the jvp
     # scalars of one batch; the server redraws the tangents and steps on the result.
@@ -150,10 +167,14 @@ def method_overrides(name: str) -> dict[str, ConfigValue]:
         ) from None
 
 
-# Settings a method's presets give as defaults a user may tune (Spry with K = 4 is
-# still Spry); every other key a preset sets defines the method.
+# Settings a method's presets give as defaults a user may tune (Spry with K = 4, or
+# with dropout, is still Spry); every other key a preset sets defines the method
+# (`train-lora`: with LoRA frozen, Spry is its head-only reference).
 HYPERPARAMETERS = frozenset(
     {
+        "dropout",
+        "lora-dropout",
+        "weight-decay",
         "num-tangents",
         "eta",
         "lr",

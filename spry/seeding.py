@@ -22,6 +22,10 @@ STREAM_SELECTION = 5
 # statistics are a sample (SAMPLE_STATISTICS below), so it is retired, not reused.
 STREAM_DEVICES = 7
 STREAM_FAULTS = 8
+STREAM_DROPOUT = 9  # a training step's dropout masks (`client.dropout`)
+# An evaluation client's fine-tuning (`eval-finetune-epochs`): its batch order and
+# directions, apart from the training draws of the same round and client.
+STREAM_EVAL_FINETUNE = 10
 
 # The server's client samples are all draws of STREAM_SAMPLING:
 # `spry.splitting.sample_clients(seed, offset + round, ...)`. The offsets keep the

@@ -4,12 +4,21 @@ The loop sees only a loss, batches, the names of the tensors it may change, and 
 engine. Each step's randomness comes from a generator seeded by (seed, round,
 client, step), so a client's work is a pure function of its inputs, whatever order
 Flower runs clients in.
+
+Dropout (`client.dropout`, the paper's setting) puts the model in train mode for
+local training only. Its masks are part of the step's loss, not noise between the
+passes of one estimate: every evaluation of the step's loss (each of K tangents'
+passes, one vmapped pass, a zero-order probe's +eps and -eps passes, a backprop
+check) draws them from the step's own seed (`STREAM_DROPOUT`), so all of them
+differentiate the same function. That stream is apart from the tangents', so the
+tangents, and every result with dropout off, are what they were without it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +34,7 @@ from .engines import (
 )
 from .engines.base import Batch
 from .models import TrainableModel, is_head
-from .seeding import STREAM_TANGENTS, torch_generator
+from .seeding import STREAM_DROPOUT, STREAM_TANGENTS, derive_seed, torch_generator
 
 
 @dataclass(frozen=True)
@@ -69,29 +78,42 @@ def train_slice(
 
     `batches(epoch)` yields that epoch's batches (already on the model's device).
     Tensors outside the slice keep their values: they are not in the optimizer and
-    the engine does not differentiate them.
+    the engine does not differentiate them. With `cfg.dropout` the model trains in
+    train mode, each step's masks drawn from `mask_seed` (`with_seeded_masks`); it
+    is back in eval mode on return either way.
     """
     params = slice_params(trainable, slice_names)
     optimizer = make_optimizer(params.values(), cfg)
-    trainable.model.eval()  # dropout off for every engine: one loss, one function
+    # Dropout off (eval mode) unless asked: then every engine sees one loss.
+    trainable.model.train(cfg.dropout)
     steps, examples, loss_sum, passes = 0, 0, 0.0, 0
     scalars: list[tuple[float, ...]] = []
-    for epoch in range(cfg.local_epochs):
-        for batch in batches(epoch):
-            generator = step_generator(seed, server_round, partition_id, steps)
-            estimate = engine.estimate(
-                trainable.model, loss, batch, params, generator=generator
-            )
-            for name, param in params.items():
-                param.grad = estimate.grads[name]
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            n = len(next(iter(batch.values())))  # examples in this batch
-            steps += 1
-            passes += estimate.forward_passes
-            examples += n
-            loss_sum += float(estimate.loss) * n
-            scalars.append(estimate.projected)
+    try:
+        for epoch in range(cfg.local_epochs):
+            for batch in batches(epoch):
+                generator = step_generator(seed, server_round, partition_id, steps)
+                step_loss = (
+                    with_seeded_masks(
+                        loss, mask_seed(seed, server_round, partition_id, steps)
+                    )
+                    if cfg.dropout
+                    else loss
+                )
+                estimate = engine.estimate(
+                    trainable.model, step_loss, batch, params, generator=generator
+                )
+                for name, param in params.items():
+                    param.grad = estimate.grads[name]
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                n = len(next(iter(batch.values())))  # examples in this batch
+                steps += 1
+                passes += estimate.forward_passes
+                examples += n
+                loss_sum += float(estimate.loss) * n
+                scalars.append(estimate.projected)
+    finally:
+        trainable.model.eval()  # evaluation always runs without dropout
     return TrainReport(
         num_examples=examples // cfg.local_epochs,
         steps=steps,
@@ -110,6 +132,36 @@ def step_generator(
     step) redraws exactly the directions a client used (`replay_local_training`).
     """
     return torch_generator(seed, STREAM_TANGENTS, server_round, partition_id, step)
+
+
+def mask_seed(seed: int, server_round: int, partition_id: int, step: int) -> int:
+    """The seed of a local step's dropout masks (its own stream, not the tangents')."""
+    return derive_seed(seed, STREAM_DROPOUT, server_round, partition_id, step)
+
+
+def with_seeded_masks(loss: TaskLoss, seed: int) -> TaskLoss:
+    """`loss` whose random draws (dropout masks) come from `seed` at every call.
+
+    Each call runs under `torch.random.fork_rng`, seeded with `seed`, so two calls
+    on one batch draw the same masks, whichever engine makes them and however it
+    batches them (vmapped tangents draw once for all, `randomness="same"`), and the
+    global generators are left as they were.
+    """
+
+    def masked(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, Any]:
+        accelerators = {
+            t.device
+            for t in batch.values()
+            if isinstance(t, torch.Tensor) and t.device.type != "cpu"
+        }
+        kind = next(iter(accelerators)).type if accelerators else "cuda"
+        with torch.random.fork_rng(
+            devices=[d.index or 0 for d in accelerators], device_type=kind
+        ):
+            torch.manual_seed(seed)
+            return loss(model, batch)
+
+    return masked
 
 
 def make_client_engine(cfg: ClientConfig) -> GradientEngine:

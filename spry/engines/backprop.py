@@ -31,7 +31,10 @@ def activation_checkpointing(model: nn.Module) -> Iterator[None]:
 
     transformers checkpoints a layer only while that layer's own `training` flag is
     set; we set the flag on those layer modules alone (not their children), so
-    dropout stays off and the loss is the one every other engine differentiates.
+    dropout stays as the model's mode sets it (off in eval mode) and the loss is
+    the one every other engine differentiates. With dropout on, the recomputed
+    layer redraws its masks from the generator state the forward pass saved
+    (`torch.utils.checkpoint` preserves RNG state by default), so they match.
     """
     from transformers import PreTrainedModel
     from transformers.modeling_layers import GradientCheckpointingLayer

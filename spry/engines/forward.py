@@ -15,6 +15,12 @@ tangents through one pass, in which the primal computation runs once and only th
 tangent computation is batched, and only from the first perturbed layer upwards
 (below it nothing carries a tangent). A slice near the output, such as the task
 head, gets many tangents for little more than the price of one forward pass.
+
+Dropout (a model in train mode) makes the loss random; the masks must then be part
+of the function, the same in every pass of one estimate. The caller seeds them per
+step (`spry.training.with_seeded_masks`), and a vmapped pass draws them once for all
+its tangents (`randomness="same"`), so K tangents, one pass each or batched, see
+one mask, the one a backprop pass under the same seed sees.
 """
 
 from __future__ import annotations
@@ -110,7 +116,9 @@ def directional_derivatives(
 
     `stacked` holds the K tangents as name -> (K, *shape) (`stack`). `chunk`
     tangents go through one pass (0: all K at once); memory above the primal pass
-    grows with it, time per tangent falls.
+    grows with it, time per tangent falls. Random operations in the loss (dropout
+    in train mode) draw once for all K (`randomness="same"`): the K tangents
+    differentiate one function, as K separate passes under one seed would.
     """
     f = functional_loss(model, loss, batch)
     primals = {name: value.detach() for name, value in params.items()}
@@ -120,9 +128,9 @@ def directional_derivatives(
 
     with forward_mode(model):
         try:
-            values, derivatives, aux = torch.func.vmap(one, chunk_size=chunk or None)(
-                stacked
-            )
+            values, derivatives, aux = torch.func.vmap(
+                one, chunk_size=chunk or None, randomness="same"
+            )(stacked)
         except NotImplementedError as error:
             raise ForwardADUnsupportedError(
                 f"batched forward-mode AD failed inside {type(model).__name__}: "
@@ -194,7 +202,7 @@ def derivatives_with_exact(
                 derivatives = torch.stack([r[1] for r in results])
             else:
                 values, derivatives, grads, aux = torch.func.vmap(
-                    per_tangent, chunk_size=chunk or None
+                    per_tangent, chunk_size=chunk or None, randomness="same"
                 )(stack(tangents))
                 value, exact_grad = values[0], grads[0]
                 aux = tree_map(lambda x: x[0], aux)

@@ -49,9 +49,11 @@ Choices, and why:
   restore copy would cost anyway.
 - Probes need fp32 or wider: at eps = 1e-4, w + eps v rounds back to w in bf16/fp16
   and the difference is noise. Half-precision `params` are refused.
-- Probes run in the mode the caller set; callers use `model.eval()`, because dropout
-  noise divided by eps swamps the signal (BAFFLE and Spry's baselines run in train
-  mode; BASELINES.md section 2).
+- Probes run in the mode the caller set; callers use `model.eval()`, because fresh
+  dropout noise in each probe, divided by eps, swamps the signal (BAFFLE and Spry's
+  baselines run in train mode; BASELINES.md section 2). With `client.dropout` the
+  caller seeds the masks per step (`spry.training.with_seeded_masks`): the +eps and
+  -eps probes then see the same masks and their difference is the signal again.
 - Directions come from `generator` only, drawn tensor by tensor in the order of
   `params`, the stream `ForwardGradient`'s tangents uses: one seed gives the
   same directions to every engine, and `rebuild_from_scalars` regenerates them from

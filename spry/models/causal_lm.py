@@ -28,6 +28,7 @@ from .classifier import (
     load_error,
     stable_name,
 )
+from .lora import freeze_lora, init_lora_b
 from .precision import cast_frozen, frozen_dtype
 
 # Offline causal LM name (lower case) -> (package holding the file, GGUF file name).
@@ -110,12 +111,24 @@ def build_causal_lm(
     dtype: str = "float32",
     random_weights: Any = None,
     with_tokenizer: bool = True,
+    lora_dropout: float = 0.0,
+    train_lora: bool = True,
+    lora_fa: bool = False,
+    lora_b_init: float = 0.0,
 ) -> TrainableModel:
     """A causal LM with LoRA on `targets`; frozen weights stored in `dtype`.
 
-    LoRA A is initialised from `seed` (B starts at zero, as PEFT does), so every
-    party builds the same starting point.
+    LoRA A is initialised from `seed` (B starts at zero, as PEFT does, or from
+    N(0, `lora_b_init`^2) drawn from `seed`), so every party builds the same
+    starting point. `lora_dropout` drops in train mode only; `lora_fa` freezes A
+    (`spry.models.lora`). A causal LM has no head: LoRA is all that trains, so
+    `train_lora=False` is refused.
     """
+    if not train_lora:
+        raise ModelError(
+            "train-lora=false leaves nothing to train in a causal LM: it has no "
+            "head, LoRA is all that trains"
+        )
     _quiet_transformers()
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -140,7 +153,7 @@ def build_causal_lm(
                 task_type="CAUSAL_LM",
                 r=lora_r,
                 lora_alpha=lora_alpha,
-                lora_dropout=0.0,
+                lora_dropout=lora_dropout,  # drops only in train mode
                 target_modules=list(targets),
             )
             with warnings.catch_warnings():
@@ -148,7 +161,11 @@ def build_causal_lm(
                 model = get_peft_model(base, lora)
     except (OSError, ValueError) as error:
         raise load_error("causal LM", name, OFFLINE_GGUF, error) from error
+    if lora_b_init > 0:
+        init_lora_b(model, lora_b_init, seed)
     cast_frozen(model, frozen_dtype(dtype))
+    # After the cast: a frozen A stays float32, as its input is.
+    freeze_lora(model, train_lora=train_lora, lora_fa=lora_fa)
     model.to(device).eval()
     names = {stable_name(n): n for n, p in model.named_parameters() if p.requires_grad}
     if not names:

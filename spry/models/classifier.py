@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from ..config import ModelConfig
 from ..engines.base import Batch
 from ..seeding import STREAM_INIT, derive_seed
+from .lora import freeze_lora, init_lora_b
 from .precision import cast_frozen, frozen_dtype
 
 # Offline model name (lower case) -> (package, function returning the weights folder).
@@ -177,7 +178,8 @@ class TrainableModel:
     Parameters
     ----------
     model : nn.Module
-        The PEFT-wrapped model (eval mode: dropout is off for every engine).
+        The PEFT-wrapped model, in eval mode (local training with `dropout` puts
+        it in train mode and back).
     tokenizer : Any
         The model's tokenizer.
     names : dict[str, str]
@@ -267,8 +269,10 @@ def build_classifier(
 ) -> TrainableModel:
     """Pretrained encoder + classification head + LoRA, initialised from `seed`.
 
-    The randomly initialised tensors (LoRA A, the head) depend only on `seed`, so the
-    server and every client build the same starting point. `random_weights`, a
+    The randomly initialised tensors (LoRA A, the head, B with `lora-b-init`) depend
+    only on `seed`, so the server and every client build the same starting point.
+    `train-lora` and `lora-fa` freeze LoRA tensors (`spry.models.lora`); the names
+    of what trains leave them out. `random_weights`, a
     transformers config, builds that shape with random weights and no tokenizer
     instead of loading `cfg.model` (memory and speed do not depend on the values).
     """
@@ -318,7 +322,7 @@ def build_classifier(
                 task_type="SEQ_CLS" if cfg.pooling == "model" else None,
                 r=cfg.lora_r,
                 lora_alpha=cfg.lora_alpha,
-                lora_dropout=0.0,
+                lora_dropout=cfg.lora_dropout,  # drops only in train mode
                 target_modules=cfg.target_modules,
                 modules_to_save=None if cfg.pooling == "model" else ["classifier"],
             )
@@ -327,7 +331,11 @@ def build_classifier(
                 model = get_peft_model(base, lora)
     except (OSError, ValueError) as error:
         raise load_error("model", cfg.model, OFFLINE_MODELS, error) from error
+    if cfg.lora_b_init > 0:
+        init_lora_b(model, cfg.lora_b_init, seed)
     cast_frozen(model, frozen_dtype(cfg.frozen_dtype))
+    # After the cast: adapters frozen here stay float32, as their inputs are.
+    freeze_lora(model, train_lora=cfg.train_lora, lora_fa=cfg.lora_fa)
     model.to(device)
     model.eval()
     names = {

@@ -74,6 +74,10 @@ class CausalLMTask(Task):
             seed=self.run.runtime.seed,
             device=device,
             dtype=cfg.frozen_dtype,
+            lora_dropout=cfg.lora_dropout,
+            train_lora=cfg.train_lora,
+            lora_fa=cfg.lora_fa,
+            lora_b_init=cfg.lora_b_init,
         )
 
     def loss(  # type: ignore[override]  (a method: it reads `chunk-tokens`)

@@ -23,6 +23,33 @@ def test_defaults_are_spry_and_a_changed_setting_is_custom():
     assert method_of(RunConfig.from_run_config({"engine": "baffle"})) == "custom"
 
 
+def test_head_only_is_spry_with_lora_frozen_and_is_named_so():
+    # Spry's every defining setting, LoRA frozen: told from Spry by `train-lora`
+    spry, head_only = METHODS["spry"], METHODS["head-only"]
+    assert head_only == {**spry, "head-gradient": "exact", "train-lora": False}
+    frozen = RunConfig.from_run_config({"train-lora": False})
+    assert method_of(frozen) == "head-only"
+    tuned = {"train-lora": False, "num-tangents": 4, "lr": 1e-4}
+    assert method_of(RunConfig.from_run_config(tuned)) == "head-only"
+    # LoRA frozen under another method's engine is no named method
+    fedavg = {**method_overrides("fedavg"), "train-lora": False}
+    assert method_of(RunConfig.from_run_config(fedavg)) == "custom"
+
+
+def test_spry_paper_trains_with_dropout_and_weight_decay_as_the_authors_ran_it():
+    paper = RunConfig.from_run_config(method_overrides("spry-paper"))
+    assert paper.client.dropout and paper.client.weight_decay == 0.01
+    assert paper.model.lora_dropout == 0.1 and paper.model.train_lora
+    # Training settings, not the method: Spry with dropout or decay is still Spry
+    for tuned in ({"dropout": True}, {"weight-decay": 0.01}, {"lora-dropout": 0.1}):
+        assert method_of(RunConfig.from_run_config(tuned)) == "spry"
+    # The paper's Spry with dropout off is a tuned form of Spry, as with any of its
+    # other training settings changed
+    assert method_of(paper) == "spry-paper"
+    off = {**method_overrides("spry-paper"), "dropout": False}
+    assert method_of(RunConfig.from_run_config(off)) == "spry"
+
+
 def test_backprop_baselines_do_not_split_and_spry_does():
     assert (
         METHODS["fedavg"]["split"] is False
@@ -32,7 +59,7 @@ def test_backprop_baselines_do_not_split_and_spry_does():
 
 
 def test_unknown_method_lists_the_known_ones():
-    known = "known methods: spry, spry-paper, spry-iter, fedfgd"
+    known = "known methods: spry, spry-paper, head-only, spry-iter, fedfgd"
     with pytest.raises(ConfigError, match=known):
         method_overrides("fedprox")
 
