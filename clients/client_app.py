@@ -19,6 +19,7 @@ from spry import protocol
 from spry.config import RunConfig
 from spry.engines import FiniteDifference, GradientEngine
 from spry.engines.selection import CosineRankedDirections
+from spry.eval_finetune import finetune_and_score
 from spry.faults import CRASH, InjectedFault
 from spry.memory import track_peak_memory
 from spry.models import TrainableModel
@@ -237,11 +238,18 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Score the received model on this client's held-out examples."""
+    """Score the received model on this client's held-out examples.
+
+    With `eval-finetune-epochs` N > 0 the reply also carries the paper's metric:
+    the held-out scores after N local epochs of fine-tuning on the client's own
+    training part (`spry.eval_finetune`). The fine-tuning changes the process's
+    model only for this call: it is reset to the received arrays before returning.
+    """
     cfg = _run_config(msg)
     partition_id, _ = _partition(context)
     task, device = load_task(cfg), device_for(cfg)
-    trainable = task.model(device, _arrays(msg, protocol.ARRAYS), _feature_center(msg))
+    arrays, center = _arrays(msg, protocol.ARRAYS), _feature_center(msg)
+    trainable = task.model(device, arrays, center)
     scores = task.evaluate(trainable, task.partition(partition_id).held_out, device)
     metrics = MetricRecord(
         {
@@ -250,6 +258,22 @@ def evaluate(msg: Message, context: Context) -> Message:
             protocol.NUM_EXAMPLES: int(scores["num-examples"]),
         }
     )
+    epochs = cfg.strategy.eval_finetune_epochs
+    if epochs and scores["num-examples"]:  # nothing held out: nothing to score
+        server_round = int(msg.content[protocol.CONFIG][protocol.SERVER_ROUND])
+        try:
+            tuned, _ = finetune_and_score(
+                task,
+                trainable,
+                partition_id,
+                epochs=epochs,
+                server_round=server_round,
+                device=device,
+            )
+        finally:
+            task.model(device, arrays, center)  # the global model again, as sent
+        metrics[protocol.FINETUNED_ACCURACY] = tuned["accuracy"]
+        metrics[protocol.FINETUNED_LOSS] = tuned["loss"]
     return Message(RecordDict({protocol.METRICS: metrics}), reply_to=msg)
 
 

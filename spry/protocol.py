@@ -23,6 +23,9 @@ NUM_PARTITIONS = "num-partitions"
 TRAIN_LOSS = "train-loss"
 ACCURACY = "accuracy"
 LOSS = "loss"
+# With `eval-finetune-epochs` > 0: the held-out scores after fine-tuning a copy
+FINETUNED_ACCURACY = "finetuned-accuracy"
+FINETUNED_LOSS = "finetuned-loss"
 PEAK_MEM_BYTES = "peak-mem-bytes"  # peak above the client's baseline during training
 PEAK_MEM_TOTAL_BYTES = "peak-mem-total-bytes"
 TRAIN_SECONDS = "train-seconds"

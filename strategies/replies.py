@@ -53,7 +53,16 @@ TRAIN_METRICS = frozenset(
         *NON_NEGATIVE_METRICS,
     }
 )
-EVALUATE_METRICS = frozenset({protocol.NUM_EXAMPLES, protocol.ACCURACY, protocol.LOSS})
+# An evaluation reply's; the fine-tuned scores only with `eval-finetune-epochs` > 0.
+EVALUATE_METRICS = frozenset(
+    {
+        protocol.NUM_EXAMPLES,
+        protocol.ACCURACY,
+        protocol.LOSS,
+        protocol.FINETUNED_ACCURACY,
+        protocol.FINETUNED_LOSS,
+    }
+)
 
 
 class InvalidReply(ValueError):

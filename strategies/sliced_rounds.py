@@ -38,7 +38,6 @@ from flwr.app import (
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from spry import protocol
 from spry.aggregation import OptimizerState, ServerOptimizer
@@ -57,6 +56,7 @@ from .replies import (
 )
 from .strategy_utils import (
     by_partition,
+    evaluate_metrics,
     gist,
     in_partition_order,
     sample_nodes,
@@ -648,7 +648,7 @@ class SlicedRounds(Strategy):
             usable.append(RecordDict({protocol.METRICS: metrics}))
         if not usable:
             return None
-        metrics = aggregate_metricrecords(usable, protocol.NUM_EXAMPLES)
+        metrics = evaluate_metrics(usable)
         entry = self.round_log.setdefault(server_round, {})
         entry["federated-evaluate"] = dict(metrics)
         return metrics

@@ -47,6 +47,28 @@ def gist(reason: str) -> str:
     return lines[-1][:300] if lines else "(no reason given)"
 
 
+def evaluate_metrics(records: list[RecordDict]) -> MetricRecord:
+    """Each metric's example-weighted mean over the replies that report it.
+
+    With every key in every reply this is Flower's `aggregate_metricrecords`,
+    number for number (same order of operations); a key some replies leave out
+    (the fine-tuned scores, when a client has none) is averaged over the others,
+    not diluted by them.
+    """
+    metrics = [next(iter(r.metric_records.values())) for r in records]
+    keys = [k for m in metrics for k in m if k != protocol.NUM_EXAMPLES]
+    aggregated = MetricRecord()
+    for key in dict.fromkeys(keys):  # first-seen order
+        having = [m for m in metrics if key in m]
+        total = sum(float(m[protocol.NUM_EXAMPLES]) for m in having)
+        value = 0.0
+        for i, m in enumerate(having):
+            term = m[key] * (float(m[protocol.NUM_EXAMPLES]) / total)
+            value = term if i == 0 else value + term
+        aggregated[key] = value
+    return aggregated
+
+
 def train_metrics(records: list[RecordDict]) -> MetricRecord:
     """Weighted mean of losses and times; max of peak memory; total examples."""
     metrics = [next(iter(r.metric_records.values())) for r in records]

@@ -64,3 +64,63 @@ def test_a_non_finite_measurement_is_written_as_null(tmp_path):
         "rounds": [1.0, None, None],
         "ok": 0.5,
     }
+
+
+# ------------------------------------------- the paper's metric (fine-tuned)
+CENTRAL = {"accuracy": 0.7, "loss": 0.6}
+FEDERATED = {
+    "accuracy": 0.65,
+    "loss": 0.62,
+    "finetuned-accuracy": 0.8,
+    "finetuned-loss": 0.45,
+}
+
+
+def _rows(path):
+    import csv
+
+    with open(path / "metrics.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_the_finetuned_federated_score_is_a_column_beside_the_plain_one(
+    tmp_path, caplog
+):
+    cfg = RunConfig.from_run_config({"results-dir": str(tmp_path)})
+    recorder = RunRecorder.create(cfg)
+
+    recorder.record(0, CENTRAL, {})  # round 0: no federated evaluation
+    with caplog.at_level("INFO"):
+        recorder.record(1, CENTRAL, {"federated-evaluate": FEDERATED})
+    summary = strict_json(recorder.finish())
+
+    first, second = _rows(recorder.directory)
+    assert first["federated-finetuned-accuracy"] == ""
+    assert float(second["federated-accuracy"]) == 0.65
+    assert float(second["federated-finetuned-accuracy"]) == 0.8
+    assert float(second["federated-finetuned-loss"]) == 0.45
+    assert "fed acc 65.0% (fine-tuned 80.0%)" in caplog.text
+    assert summary["final-federated-accuracy"] == 0.65
+    assert summary["final-federated-finetuned-accuracy"] == 0.8
+    assert (recorder.directory / "plot.png").stat().st_size > 0
+
+
+def test_rows_from_before_the_finetuned_score_still_reopen(tmp_path):
+    # A checkpoint's rows written before the columns existed: empty cells, a plot
+    # without the line, null in the summary
+    cfg = RunConfig.from_run_config({"results-dir": str(tmp_path)})
+    old = RunRecorder.create(cfg)
+    row = old.record(1, CENTRAL, {"federated-evaluate": {"accuracy": 0.6, "loss": 1}})
+    for key in ("federated-finetuned-accuracy", "federated-finetuned-loss"):
+        del row[key]
+    state = old.checkpoint_state()
+
+    recorder = RunRecorder.reopen(old.directory, cfg, state)
+    recorder.record(2, CENTRAL, {"federated-evaluate": FEDERATED})
+    summary = strict_json(recorder.finish())
+
+    first, second = _rows(recorder.directory)
+    assert first["federated-accuracy"] == "0.6"
+    assert first["federated-finetuned-accuracy"] == ""
+    assert float(second["federated-finetuned-accuracy"]) == 0.8
+    assert summary["final-federated-finetuned-accuracy"] == 0.8
