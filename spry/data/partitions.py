@@ -16,9 +16,16 @@ from ..seeding import STREAM_DATA, derive_seed
 
 
 def make_partitioner(
-    train: datasets.Dataset, cfg: DataConfig, *, seed: int
+    train: datasets.Dataset,
+    cfg: DataConfig,
+    *,
+    seed: int,
+    partition_by: str = "label",
 ) -> Partitioner:
-    """A partitioner over `train` with `cfg.num_clients` partitions."""
+    """A partitioner over `train` with `cfg.num_clients` partitions.
+
+    Dirichlet skews the share of each value of the `partition_by` column.
+    """
     partition_seed = derive_seed(seed, STREAM_DATA) % (2**32)
     partitioner: Partitioner
     if cfg.partitioner == "iid":
@@ -26,7 +33,7 @@ def make_partitioner(
     else:
         partitioner = DirichletPartitioner(
             num_partitions=cfg.num_clients,
-            partition_by="label",
+            partition_by=partition_by,
             alpha=cfg.alpha,
             min_partition_size=0,
             self_balancing=False,

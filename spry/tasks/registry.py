@@ -39,6 +39,7 @@ BUILTIN = {
     "classification": "spry.tasks.classification:ClassificationTask",
     "lm-classification": "spry.tasks.lm_classification:LMClassificationTask",
     "raee": "spry.tasks.raee:RaeeTask",
+    "sft": "spry.tasks.sft:SFTTask",
     "verix": "spry.tasks.verix:VerixTask",
 }
 
