@@ -138,3 +138,54 @@ def test_evaluation_and_the_memory_probe():
     with torch.no_grad():
         _, count = task.loss(trainable.model, probe)
     assert int(count) == task.run.client.batch_size * 11  # every position predicted
+
+
+@pytest.mark.parametrize("chunk_tokens", [0, 4])
+def test_prompt_tokens_carry_no_loss(chunk_tokens):
+    """Changing what the model says at prompt positions changes neither the loss
+    nor the LoRA gradient; changing it at one answer position changes both.
+
+    A prompt token's target is scored (if at all) from the last hidden state of
+    the position before it, which, in a causal LM, feeds only that position's
+    logits. Rewriting those hidden states is rewriting the prompt positions'
+    predictions of their targets, leaving everything else as it was.
+    """
+    task = make_task(chunk_tokens)
+    trainable = task.model()
+    model = trainable.model
+    batch = next(task.batches(trainable, ROWS, batch_size=3))
+    predicted = batch["labels"][:, 1:] != IGNORE  # positions 0..T-2 that score
+    prompt = torch.zeros_like(batch["labels"], dtype=torch.bool)
+    prompt[:, :-1] = (batch["attention_mask"][:, 1:] == 1) & ~predicted
+    answer = torch.zeros_like(prompt)
+    answer[1, int(predicted[1].nonzero()[0])] = True  # row 1's first answer target
+    assert prompt.sum() == 4 + 2 + 8  # each prompt word but the last predicts the next
+    gen = torch.Generator().manual_seed(3)
+    noise = torch.randn((*prompt.shape, 32), generator=gen) * 5
+
+    def loss_and_grad(where: torch.Tensor | None) -> tuple[float, list[torch.Tensor]]:
+        norm = model.get_base_model().model.norm  # the last hidden states' source
+        hook = None
+        if where is not None:
+            hook = norm.register_forward_hook(
+                lambda module, args, out: out + noise * where[..., None]
+            )
+        try:
+            params = [p for p in model.parameters() if p.requires_grad]
+            loss, _ = task.loss(model, batch)
+            grads = torch.autograd.grad(loss, params)
+        finally:
+            if hook is not None:
+                hook.remove()
+        return float(loss.detach()), list(grads)
+
+    loss, grads = loss_and_grad(None)
+    loss_p, grads_p = loss_and_grad(prompt)
+    assert loss_p == pytest.approx(loss, rel=1e-6, abs=0)
+    for g, g_p in zip(grads, grads_p, strict=True):
+        torch.testing.assert_close(g_p, g, rtol=1e-5, atol=1e-7)
+    assert any(g.abs().max() > 0 for g in grads)
+    loss_a, grads_a = loss_and_grad(answer)  # the control: an answer position
+    assert abs(loss_a - loss) > 1e-3
+    pairs = zip(grads, grads_a, strict=True)
+    assert any(not torch.allclose(g, g_a) for g, g_a in pairs)
