@@ -15,6 +15,12 @@ reaching it only means the label prior was learned.
 
     python -m benchmarks.compare --methods spry,fedfgd,fedavg,fedmezo --rounds 20
     python -m benchmarks.compare --methods spry,fedavg --rounds 3 --set num-clients=20
+
+A row may be a method under a label of its own, with settings for it alone, so one
+method can appear tuned and as published (`--methods spry-tuned=spry,spry-paper
+--for spry-tuned:lr=3e-3`); `--name lm` writes compare_lm.{json,md,png}. The table
+starts with the untrained model (round 0 of the first run: zero-shot for a prompted
+LM) and gives each row's gain over it, and macro-F1 where the task reports it.
 """
 
 from __future__ import annotations
@@ -100,9 +106,17 @@ def _mean(values: list[float]) -> float | None:
 
 
 def summarize(
-    method: str, rows: list[dict[str, float]], target: float, common_round: int = 0
+    method: str,
+    rows: list[dict[str, float]],
+    target: float,
+    common_round: int = 0,
+    *,
+    label: str = "",
 ) -> dict:
-    """One table row: accuracy, time to the target, memory, upload, passes."""
+    """One table row: accuracy, time to the target, memory, upload, passes.
+
+    `label` names the row when it is not the method's own name.
+    """
     trained = [r for r in rows if r["round"] > 0]
     at_common = [r for r in rows if r["round"] <= (common_round or rows[-1]["round"])]
     # Round 0 is the untrained model: meeting the target there is not training.
@@ -111,14 +125,20 @@ def summarize(
     extra = [
         r["client-peak-extra-mib"] for r in trained if "client-peak-extra-mib" in r
     ]
+    last3 = [r["test-accuracy"] for r in rows if r["round"] > 0][-3:]
     return {
-        "method": method,
+        "method": label or method,
+        "preset": method,
         "settings": METHODS[method],
         "initial-accuracy": rows[0]["test-accuracy"],
         "final-accuracy": rows[-1]["test-accuracy"],
         "rounds": int(rows[-1]["round"]),
         "accuracy-at-common-round": at_common[-1]["test-accuracy"],
         "best-accuracy": max(r["test-accuracy"] for r in rows),
+        "gain": rows[-1]["test-accuracy"] - rows[0]["test-accuracy"],
+        "mean-last-3-accuracy": _mean(last3),
+        "initial-macro-f1": rows[0].get("test-macro-f1"),
+        "final-macro-f1": rows[-1].get("test-macro-f1"),
         "majority-rate": rows[0]["majority-rate"],
         "final-test-loss": rows[-1]["test-loss"],
         "target-accuracy": target,
@@ -144,6 +164,10 @@ def _fmt(value: Any, spec: str, missing: str = "not reached") -> str:
     return missing if value is None else format(value, spec)
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
 def markdown(
     summaries: list[dict],
     rounds: int,
@@ -161,10 +185,13 @@ def markdown(
         + "".join(f"; {m}: {' '.join(v)}" for m, v in (per_method or {}).items())
         + ".",
         "",
-        f"| method | rounds | acc @ round {rounds} | final acc | best acc "
-        "| round / s to target | client peak MiB (extra) | upload KiB/client/round "
-        "| forward passes/round | wall s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| method | rounds | acc @ round {rounds} | final acc | gain | macro-F1 "
+        "| best acc | round / s to target | client peak MiB (extra) "
+        "| upload KiB/client/round | forward passes/round | wall s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| untrained (round 0) | 0 | {100 * summaries[0]['initial-accuracy']:.1f}% "
+        f"| {100 * summaries[0]['initial-accuracy']:.1f}% | - "
+        f"| {_pct(summaries[0].get('initial-macro-f1'))} | - | - | - | - | - | - |",
     ]
     initial, target = summaries[0]["initial-accuracy"], summaries[0]["target-accuracy"]
     if initial >= target:
@@ -184,6 +211,8 @@ def markdown(
             f"| {s['method']} | {s['rounds']} "
             f"| {100 * s['accuracy-at-common-round']:.1f}% "
             f"| {100 * s['final-accuracy']:.1f}% "
+            f"| {100 * s.get('gain', 0.0):+.1f} "
+            f"| {_pct(s.get('final-macro-f1'))} "
             f"| {100 * s['best-accuracy']:.1f}% | {to_target} "
             f"| {_fmt(s['client-peak-mib'], '.0f', '-')} "
             f"({_fmt(s.get('client-peak-extra-mib'), '.0f', '-')}) "
@@ -202,7 +231,7 @@ def markdown(
         "methods (fedsgd, spry-iter, baffle, fwdllm) take one server step per "
         "round on one batch per client; "
         f"`acc @ round {rounds}` compares every method after the same number of "
-        "rounds.",
+        "rounds; `gain` is the final accuracy less the untrained model's (round 0).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -269,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
         "--reuse", action="store_true", help="reuse completed runs of the same command"
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--name", default="", help="results stem suffix: compare_<name>.{json,md,png}"
+    )
     args = parser.parse_args(argv)
     per_method: dict[str, list[str]] = {}
     for item in args.per_method:
@@ -279,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         per_method.setdefault(method.strip().lower(), []).append(setting)
-    methods = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
+    rows = [_row(item) for item in args.methods.split(",") if item.strip()]
+    methods = [method for _, method in rows]
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         print(
@@ -288,16 +321,28 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    runs_dir = ROOT / "results" / "compare"  # raw runs stay out of git
-    curves = {}
-    for m in methods:
-        extra = args.set + per_method.get(m, [])
+    stem = f"compare_{args.name}" if args.name else "compare"
+    runs_dir = ROOT / "results" / stem  # raw runs stay out of git
+    curves, presets = {}, {}
+    for label, m in rows:
+        extra = args.set + per_method.get(label, [])
         run_dir = run_method(
-            m, args.rounds, args.seed, extra, runs_dir, reuse=args.reuse
+            m, args.rounds, args.seed, extra, runs_dir, reuse=args.reuse, label=label
         )
-        curves[m] = read_rows(run_dir)
-    print(write_report(curves, args.rounds, args.seed, args.set, args.out, per_method))
+        curves[label], presets[label] = read_rows(run_dir), m
+    report = write_report(
+        curves, args.rounds, args.seed, args.set, args.out, per_method,
+        stem=stem, presets=presets,
+    )  # fmt: skip
+    print(report)
     return 0
+
+
+def _row(item: str) -> tuple[str, str]:
+    """A `--methods` entry: `label=method` or a method named by itself."""
+    label, sep, method = item.strip().partition("=")
+    label, method = label.strip().lower(), method.strip().lower()
+    return (label, method) if sep else (label, label)
 
 
 def write_report(
@@ -307,8 +352,15 @@ def write_report(
     extra: list[str],
     out: Path,
     per_method: dict[str, list[str]] | None = None,
+    *,
+    stem: str = "compare",
+    presets: dict[str, str] | None = None,
 ) -> str:
-    """Write compare.{json,md,png} under `out` from the per-method curves."""
+    """Write <stem>.{json,md,png} under `out` from the per-row curves.
+
+    `presets` maps a row's label to its method (default: the label is the method).
+    """
+    presets = presets or {}
     reference = (
         REFERENCE
         if REFERENCE in curves
@@ -316,17 +368,20 @@ def write_report(
     )
     target = TARGET_SHARE * curves[reference][-1]["test-accuracy"]
     per_method = per_method or {}
-    summaries = [summarize(m, rows, target, rounds) for m, rows in curves.items()]
+    summaries = [
+        summarize(presets.get(m, m), rows, target, rounds, label=m)
+        for m, rows in curves.items()
+    ]
     out.mkdir(parents=True, exist_ok=True)
     write_json(
-        out / "compare.json",
+        out / f"{stem}.json",
         {"rounds": rounds, "seed": seed, "extra": extra,
          "per-method": per_method, "reference": reference,
          "methods": summaries, "curves": curves},
     )  # fmt: skip
     report = markdown(summaries, rounds, reference, extra, per_method)
-    (out / "compare.md").write_text(report)
-    plot(curves, out / "compare.png", rounds)
+    (out / f"{stem}.md").write_text(report)
+    plot(curves, out / f"{stem}.png", rounds)
     return report
 
 

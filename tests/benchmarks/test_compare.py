@@ -35,8 +35,8 @@ def test_a_method_that_never_reaches_the_target_says_so():
     assert summary["round-to-target"] is None
     table = markdown([summary], rounds=2, reference="fedavg", extra=[])
     assert (
-        "| fedmezo | 2 | 57.0% | 57.0% | 57.0% | not reached | 802 (-) | 4.0 | 100 "
-        "| 20 |" in table
+        "| fedmezo | 2 | 57.0% | 57.0% | +2.0 | - | 57.0% | not reached | 802 (-) "
+        "| 4.0 | 100 | 20 |" in table
     )
     assert "majority class 57.8%" in table
 
@@ -57,3 +57,18 @@ def test_methods_with_more_rounds_are_also_compared_at_the_common_round():
     long = summarize("fwdllm", _rows([0.5, 0.52, 0.55, 0.6, 0.7]), 0.65, 2)
     assert long["rounds"] == 4 and long["accuracy-at-common-round"] == 0.55
     assert long["final-accuracy"] == 0.7
+
+
+def test_a_row_can_run_a_method_under_its_own_label_and_shows_its_gain():
+    rows = _rows([0.80, 0.82, 0.85])
+    for row, f1 in zip(rows, (0.79, 0.81, 0.84), strict=True):
+        row["test-macro-f1"] = f1
+
+    summary = summarize("spry", rows, target=0.9, label="spry-tuned")
+
+    assert summary["method"] == "spry-tuned" and summary["preset"] == "spry"
+    assert abs(summary["gain"] - 0.05) < 1e-12
+    assert summary["mean-last-3-accuracy"] == (0.82 + 0.85) / 2
+    table = markdown([summary], rounds=2, reference="fedavg", extra=[])
+    assert "| untrained (round 0) | 0 | 80.0% | 80.0% | - | 79.0% |" in table
+    assert "| spry-tuned | 2 | 85.0% | 85.0% | +5.0 | 84.0% |" in table
