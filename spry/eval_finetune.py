@@ -6,20 +6,24 @@ Accuracy": each federated evaluation client scores its held-out data, fine-tunes
 global model on its own training data for `finetuning_epochs` (5 in the official
 `run_job.sh`) with the method's own client step, scores again, and the server logs
 the example-weighted mean of the second score. (The official `client_spry.py`,
-`text_classifier_generalized_test`: AdamW at the client learning rate, K jvp tangents
-a step, dropout off since the scoring before it left the model in eval mode, and
-only the tensors of the Spry slice the server sent with the evaluation instruction.)
+`text_classifier_generalized_test`: a fresh AdamW at the client learning rate, K jvp
+tangents a step, dropout off since the scoring before it left the model in eval mode
+(training turns it on), and only the tensors of the Spry slice the server sent with
+the evaluation instruction: the i-th evaluation client fine-tunes what the i-th
+training client of the round was dealt.)
 
 Here the client fine-tunes every trainable tensor with the run's engine and client
-settings (`spry.training.train_slice`): evaluation clients are a sample of their own
-and are dealt no slice, and a method that trains whole models (FedAvg, FedMeZO)
-fine-tunes what its clients train. The work is on the process's model, which the
-caller resets (`Task.model`) before anything else reads it. Its randomness (batch
-order, directions) is a stream of its own (`STREAM_EVAL_FINETUNE`), so it is
-reproducible and draws nothing of the round's training.
+settings (`spry.training.train_slice`, a fresh AdamW), dropout off as there:
+evaluation clients are a sample of their own, dealt no slice, and a method that
+trains whole models (FedAvg, FedMeZO) fine-tunes what its clients train. The work
+is on the process's model, which the caller resets (`Task.model`) before anything
+else reads it. Its randomness (batch order, directions) is a stream of its own
+(`STREAM_EVAL_FINETUNE`), so it is reproducible and draws nothing of the round's
+training.
 
 It multiplies an evaluation's cost: N local epochs over the client's training part
-on top of one pass over its held-out part.
+on top of one pass over its held-out part (measured on the default, 10 clients of
+50 examples: 0.14 s a client plain, 3.4 s with N = 1, 17.8 s with N = 5).
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ def finetune_and_score(
     the fine-tuning did. `trainable` is left fine-tuned: the caller resets it.
     """
     run = task.run
-    cfg = dataclasses.replace(run.client, local_epochs=epochs)
+    # Dropout off, as in the official code: the metric scores one function
+    cfg = dataclasses.replace(run.client, local_epochs=epochs, dropout=False)
     root = derive_seed(run.runtime.seed, STREAM_EVAL_FINETUNE)
     data = task.partition(partition_id)
 

@@ -159,3 +159,12 @@ def test_finetuning_runs_with_other_engines(engine):
         protocol.FINETUNED_LOSS,
     }
     assert np.isfinite(metrics[protocol.FINETUNED_LOSS])
+
+
+def test_finetuning_runs_with_dropout_off_as_the_official_code_does(run):
+    # `dropout = true` trains in train mode; the evaluation's fine-tuning does not
+    cfg, arrays = run
+    with_dropout = _cfg(dropout=True)
+    plain = _reply(_messages(cfg, arrays)[0], epochs=1)
+    asked = _reply(_messages(with_dropout, arrays)[0], epochs=1)
+    assert asked == plain
