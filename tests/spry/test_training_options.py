@@ -308,3 +308,18 @@ def test_b_init_draws_one_non_zero_b_for_every_party(kind):
     assert all(not base[n].any() for n in b)
     assert all(torch.equal(base[n], v) for n, v in lora_tensors(first).items()
                if "lora_A" in n)  # fmt: skip
+
+
+def test_a_frozen_a_stays_float32_beside_bfloat16_weights():
+    # LoRA-FA freezes A after the frozen weights are cast: A keeps its input's dtype
+    trainable = build("classifier", lora_fa=True, frozen_dtype="bfloat16")
+    a = [p for n, p in trainable.model.named_parameters() if "lora_A" in n]
+    assert a and all(p.dtype == torch.float32 for p in a)
+    estimate = ForwardGradient().estimate(
+        trainable.model,
+        classification_loss,
+        batch(),
+        own_params(trainable),
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert torch.isfinite(estimate.loss)
