@@ -229,3 +229,13 @@ def test_a_forward_step_changes_only_lora_tensors_and_evaluation_scores(tmp_path
     assert scores["loss"] > 0 and scores["answer-tokens"] == 2
     kinds = {k for k in scores if k.startswith("exact-match-")}
     assert kinds == {f"exact-match-{task.test_data()[0]['kind']}"}
+
+
+def test_own_pairs_without_a_kind_are_split_iid(tmp_path):
+    rows = [{"question": f"q {i}", "answer": f"a {i}"} for i in range(40)]
+    task = make_sft({"dataset": write(tmp_path, "jsonl", rows), "num-clients": 2})
+    assert len(task.test_data()) == 4  # test-fraction 0.1
+    parts = [task.partition(i) for i in range(2)]
+    assert [len(p.train) + len(p.held_out) for p in parts] == [18, 18]  # IID
+    seen = {r["prompt"] for p in parts for r in (*p.train, *p.held_out)}
+    assert len(seen) == 36 and not seen & set(task.test_data()["prompt"])
