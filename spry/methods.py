@@ -46,17 +46,6 @@ METHODS: dict[str, dict[str, ConfigValue]] = {
         "dropout": True,
         "lora-dropout": 0.1,
     },
-    # Spry's reference: the same run with LoRA frozen at its initial values, so only
-    # the head trains (every client, exactly, as in `spry`): a federated linear
-    # probe. What Spry gains over it is what its forward gradients add.
-    "head-only": {
-        "strategy": "spry",
-        "engine": "forward",
-        "split": True,
-        "server-optimizer": "yogi",
-        "head-gradient": "exact",
-        "train-lora": False,
-    },
     # Spry with per-iteration communication: each round a client uploads the jvp
     # scalars of one batch; the server redraws the tangents and steps on the result.
     "spry-iter": {
@@ -80,6 +69,17 @@ METHODS: dict[str, dict[str, ConfigValue]] = {
         "engine": "forward",
         "split": True,
         "server-optimizer": "avg",
+    },
+    # Spry's reference: the same run with LoRA frozen at its initial values, so only
+    # the head trains (every client, exactly, as in `spry`): a federated linear
+    # probe. What Spry gains over it is what its forward gradients add.
+    "head-only": {
+        "strategy": "spry",
+        "engine": "forward",
+        "split": True,
+        "server-optimizer": "yogi",
+        "head-gradient": "exact",
+        "train-lora": False,
     },
     # Backprop baselines: FedAvg (McMahan et al.), FedYogi (Reddi et al.), FedSGD.
     "fedavg": {

@@ -59,7 +59,7 @@ def test_backprop_baselines_do_not_split_and_spry_does():
 
 
 def test_unknown_method_lists_the_known_ones():
-    known = "known methods: spry, spry-paper, head-only, spry-iter, fedfgd"
+    known = "known methods: spry, spry-paper, spry-iter, fedfgd"
     with pytest.raises(ConfigError, match=known):
         method_overrides("fedprox")
 
