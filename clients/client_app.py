@@ -28,6 +28,7 @@ from spry.training import (
     TrainReport,
     estimate_one_batch,
     make_client_engine,
+    mask_seed,
     train_slice,
 )
 
@@ -219,8 +220,17 @@ def _estimate(
             count=int(fields[protocol.SELECT_COUNT]),
         )
     generator = torch.Generator().manual_seed(int(fields[protocol.DIRECTION_SEED]))
+    masks = mask_seed(
+        cfg.runtime.seed, int(fields[protocol.SERVER_ROUND]), partition_id, 0
+    )
     grads, estimate = estimate_one_batch(
-        trainable, names, batch, loss=task.loss, engine=engine, generator=generator
+        trainable,
+        names,
+        batch,
+        loss=task.loss,
+        engine=engine,
+        generator=generator,
+        masks=masks if cfg.client.dropout else None,
     )
     report = TrainReport(
         num_examples=len(next(iter(batch.values()))),

@@ -217,15 +217,25 @@ def estimate_one_batch(
     loss: TaskLoss,
     engine: GradientEngine,
     generator: torch.Generator,
+    masks: int | None = None,
 ) -> tuple[dict[str, torch.Tensor], GradientEstimate]:
     """One gradient estimate of the slice on one batch (FedSGD-style clients).
 
-    Returns the estimate's gradients keyed by stable name, and the estimate.
+    `masks`, a seed, turns dropout on with every pass's masks drawn from it (as a
+    local step's with `dropout`, `with_seeded_masks`); None: eval mode. Returns the
+    estimate's gradients keyed by stable name, and the estimate.
     """
     params = slice_params(trainable, slice_names)
-    trainable.model.eval()
-    estimate = engine.estimate(
-        trainable.model, loss, batch, params, generator=generator
-    )
+    trainable.model.train(masks is not None)
+    try:
+        estimate = engine.estimate(
+            trainable.model,
+            loss if masks is None else with_seeded_masks(loss, masks),
+            batch,
+            params,
+            generator=generator,
+        )
+    finally:
+        trainable.model.eval()
     grads = {n: estimate.grads[trainable.own_name(n)] for n in slice_names}
     return grads, estimate

@@ -25,7 +25,12 @@ from spry.engines.forward import (
 from spry.models import ModelError, build_classifier, is_head
 from spry.models.causal_lm import build_causal_lm
 from spry.models.lora import is_lora
-from spry.training import make_client_engine, train_slice, with_seeded_masks
+from spry.training import (
+    estimate_one_batch,
+    make_client_engine,
+    train_slice,
+    with_seeded_masks,
+)
 
 VOCAB = 40
 
@@ -259,6 +264,36 @@ def test_a_dropout_round_is_seeded_and_batched_tangents_change_nothing():
         assert (value == again[name]).all()
         assert abs(value - vmapped[name]).max() <= 1e-5
     assert any(abs(v - off[n]).max() > 1e-6 for n, v in one.items())
+
+
+def test_a_one_batch_estimate_with_a_mask_seed_is_backprops_under_that_seed():
+    # FedSGD-style clients (spry-iter, baffle, fwdllm): one estimate, one mask
+    trainable, data = classifier(lora_b_init=0.2), batch(seed=3)
+    names = list(trainable.names)
+
+    def estimate(engine, masks):
+        return estimate_one_batch(
+            trainable,
+            names,
+            data,
+            loss=classification_loss,
+            engine=engine,
+            generator=torch.Generator().manual_seed(8),
+            masks=masks,
+        )
+
+    grads, _ = estimate(Backprop(), masks=21)
+    assert not trainable.model.training
+    _, jvp = estimate(ForwardGradient(), masks=21)
+    gen = torch.Generator().manual_seed(8)  # the engine's tangent: tensor by tensor
+    tangent = {
+        n: torch.randn(p.shape, generator=gen) for n, p in own_params(trainable).items()
+    }
+    stable = {trainable.own_name(n): n for n in names}
+    expected = dot(grads, {stable[k]: v for k, v in tangent.items()})
+    assert abs(jvp.projected[0] - expected) <= 1e-4 * abs(expected)
+    _, off = estimate(ForwardGradient(), masks=None)
+    assert abs(off.projected[0] - expected) > 1e-3 * abs(expected)
 
 
 # -- LoRA dropout, LoRA-FA, B's init, in both builders ------------------------------
