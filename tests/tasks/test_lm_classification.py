@@ -10,7 +10,9 @@ SmolLM2-135M with LoRA in float32.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import json
 import math
 from typing import ClassVar
 
@@ -34,7 +36,7 @@ from spry.training import make_client_engine, train_slice
 
 WORDS = (
     "Review Sentiment : . the film is a good bad dull fun plot very movie with "
-    "negative positive great awful neutral"
+    "negative positive great awful neutral ham spam"
 ).split()
 TEXTS = [
     "the film is good",
@@ -96,12 +98,12 @@ class TinyLMClassification(LMClassificationTask):
 def make_task(
     cls: type[LMClassificationTask] = TinyLMClassification,
     max_length: int = 64,
+    run: dict[str, str] | None = None,
     **options: str,
 ) -> LMClassificationTask:
     values = {**default_values(), **cls.run_defaults, "max-length": max_length}
-    values["task"] = "lm-classification"
-    run = RunConfig.from_run_config(values)
-    return cls(run, build_options(cls, options))
+    values.update({"task": "lm-classification", **(run or {})})
+    return cls(RunConfig.from_run_config(values), build_options(cls, options))
 
 
 def hand_scores(task, trainable, texts):
@@ -236,6 +238,37 @@ def test_label_words_default_to_the_class_names_and_can_be_given():
         make_task(**{"label-words": "good,good"})
 
 
+def test_a_labelled_file_of_the_users_gives_the_classes_and_words(tmp_path):
+    """`--dataset` a CSV with string labels: the class names are the words."""
+
+    class OnFile(TinyLMClassification):
+        dataset = LMClassificationTask.dataset  # the run's `dataset`, read for real
+
+    texts = ["the film is good", "bad plot", "a dull movie", "very fun"] * 5
+    lines = ["message,kind"] + [
+        f"{t},{'spam' if i % 2 else 'ham'}" for i, t in enumerate(texts)
+    ]
+    (tmp_path / "mail.csv").write_text("\n".join(lines) + "\n")
+    run = {
+        "dataset": str(tmp_path / "mail.csv"),
+        "text-column": "message",
+        "label-column": "kind",
+        "num-clients": "3",
+        "clients-per-round": "3",
+        "eval-clients-per-round": "3",
+    }
+    task = make_task(OnFile, run=run)
+    assert task.label_words() == ("ham", "spam")
+    trainable = task.model()
+    assert task.label_ids.tolist() == word_tokenizer().convert_tokens_to_ids(
+        ["ham", "spam"]
+    )
+    scores = task.evaluate(trainable, task.test_data())
+    assert scores["num-examples"] == 2 and "macro-f1" in scores  # 10% of 20
+    client = task.partition(0)
+    assert len(client.train) + len(client.held_out) > 0
+
+
 def test_the_task_is_registered_with_its_defaults():
     assert get("lm-classification") is LMClassificationTask
     defaults = LMClassificationTask.run_defaults
@@ -332,3 +365,29 @@ def test_jvp_of_the_loss_equals_backprop_dotted_with_the_tangent_on_smollm2():
     assert sum(int(g.abs().sum() > 0) for g in grads.values()) == 120
     torch.testing.assert_close(value, loss.detach(), rtol=1e-6, atol=1e-6)
     assert float(derivative) == pytest.approx(float(expected), rel=1e-4)
+
+
+# -- end to end in Flower's simulation engine ----------------------------------------
+
+
+@pytest.mark.slow  # a simulation (Ray) with SmolLM2: about two minutes
+def test_one_round_through_the_simulation_engine(tmp_path):
+    from tests.integration.runs import run_spry
+
+    run_dir = run_spry(
+        tmp_path, "--task", "lm-classification", "--rounds", "1",
+        "--clients", "2", "--per-round", "2",
+        "--set", "eval-clients-per-round=2", "--set", "max-train-examples=48",
+        "--set", "max-test-examples=32",
+    )  # fmt: skip
+    with open(run_dir / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["round"] for r in rows] == ["0", "1"]
+    for row in rows:  # zero-shot, then after one round: every score reported
+        for key in ("test-accuracy", "test-macro-f1", "test-balanced-accuracy"):
+            assert 0 <= float(row[key]) <= 1, (key, row)
+    assert float(rows[1]["train-loss"]) > 0 and rows[1]["clients"] == "2"
+    config = json.loads((run_dir / "config.json").read_text())["config"]
+    assert config["model"] == "SmolLM2-135M-Instruct"
+    weights = np.load(run_dir / "final-weights.npz")
+    assert len(weights.files) == 120 and all("lora_" in n for n in weights.files)

@@ -64,7 +64,8 @@ class LMClassificationOptions(CausalLMOptions):
         default="",
         metadata={
             "help": "comma-separated, one per class in label order, each scored "
-            "as ' ' + word by its first token (default: the class names)"
+            "by its first token, after a space unless the template ends with one "
+            "(default: the class names)"
         },
     )
 
