@@ -123,7 +123,11 @@ def train(msg: Message, context: Context) -> Message:
         {**_arrays(msg, protocol.CONTEXT), **_arrays(msg, protocol.ARRAYS)},
         _feature_center(msg),
     )
-    engine = make_client_engine(cfg.client)
+    guess = {  # the previous global update over the slice (`tangent-guess`)
+        trainable.own_name(n): torch.tensor(t)
+        for n, t in _arrays(msg, protocol.GUESS).items()
+    }
+    engine = make_client_engine(cfg.client, guess)
     task.partition(partition_id)  # build the partition outside the measured block
     client = _Client(task, partition_id, device)
     with track_peak_memory(device) as memory:

@@ -344,6 +344,14 @@ class ClientConfig(_Section):
             "exact (reverse mode over the head alone, inside the slice's pass)"
         },
     )
+    tangent_guess: float = field(
+        default=0.0,
+        metadata={
+            "help": "forward: b in [0, 1), each tangent's share along the previous "
+            "round's global update (a guess, Fournier et al. 2023): v = sqrt(1-b) z "
+            "+ sqrt(b d) s u; biased toward the guess (0: plain tangents)"
+        },
+    )
     local_epochs: int = field(default=1, metadata={"help": "local epochs per round"})
     lr: float = field(
         default=1e-3, metadata={"help": "client AdamW learning rate (paper: 1e-4)"}
@@ -389,6 +397,14 @@ class ClientConfig(_Section):
             self.engine == "forward" or self.tangent_distribution == "gaussian",
             f"`tangent-distribution` applies to the forward engine, "
             f"not {self.engine!r}",
+        )
+        _require(
+            0.0 <= self.tangent_guess < 1.0,
+            f"`tangent-guess` should be in [0, 1), got {self.tangent_guess}",
+        )
+        _require(
+            self.engine == "forward" or self.tangent_guess == 0.0,
+            f"`tangent-guess` applies to the forward engine, not {self.engine!r}",
         )
         _require(
             self.local_epochs >= 1,
@@ -699,6 +715,11 @@ class RunConfig:
             or self.client.head_gradient == "shared",
             "`upload-scalars` with `head-gradient` 'exact': the server rebuilds "
             "random directions only; use `head-gradient` 'shared'",
+        )
+        _require(
+            not (self.strategy.upload_scalars and self.client.tangent_guess),
+            "`upload-scalars` with `tangent-guess`: the server rebuilds plain random "
+            "directions only; set `tangent-guess` to 0",
         )
 
     @classmethod

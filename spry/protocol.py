@@ -8,6 +8,8 @@ from __future__ import annotations
 # RecordDict keys
 ARRAYS = "arrays"  # ArrayRecord: the tensors a client trains (its slice), and returns
 CONTEXT = "context"  # ArrayRecord: other trainable tensors, read-only on the client
+# ArrayRecord: the previous round's global update over the slice (`tangent-guess`)
+GUESS = "guess"
 CONFIG = "config"  # ConfigRecord: the run config + per-message fields below
 METRICS = "metrics"  # MetricRecord in replies
 

@@ -164,11 +164,20 @@ def with_seeded_masks(loss: TaskLoss, seed: int) -> TaskLoss:
     return masked
 
 
-def make_client_engine(cfg: ClientConfig) -> GradientEngine:
-    """The gradient engine a client trains with, as `cfg` sets it."""
+def make_client_engine(
+    cfg: ClientConfig, guess: Mapping[str, torch.Tensor] | None = None
+) -> GradientEngine:
+    """The gradient engine a client trains with, as `cfg` sets it.
+
+    `guess` (the previous global update over the slice, keyed by the model's own
+    names, as `slice_params`) tilts the forward engine's tangents toward it when
+    `cfg.tangent_guess` > 0 (`ForwardGradient`'s `guess`); otherwise it is unused.
+    """
     options = cfg.engine_options()
     if cfg.engine == "forward" and cfg.head_gradient == "exact":
         options["exact"] = is_head
+    if cfg.engine == "forward" and cfg.tangent_guess and guess:
+        options.update(guess=guess, guess_weight=cfg.tangent_guess)
     return make_engine(cfg.engine, **options)
 
 

@@ -165,6 +165,10 @@ class SlicedRounds(Strategy):
         self.second_wave = second_wave if self.reassigns else None
         self.optimizer_state: OptimizerState | None = None
         self.current: dict[str, np.ndarray] = {}
+        # The last round's global update (new weights minus old), kept only with
+        # `tangent-guess`: the clients' guess direction. Empty: no guess (round 1,
+        # or a round that changed nothing).
+        self.previous_update: dict[str, np.ndarray] = {}
         self.assignment: dict[int, list[str]] = {}  # node id -> its slice this round
         self.round_log: dict[int, dict[str, Any]] = {}
         # The mean pooled feature every client's head subtracts (set before round
@@ -271,6 +275,8 @@ class SlicedRounds(Strategy):
         if self.send_context:
             rest = [n for n in self._names if n not in set(owned)]
             content[protocol.CONTEXT] = slice_arrays(self.current, rest)
+        if self.client_cfg.tangent_guess and self.previous_update:
+            content[protocol.GUESS] = slice_arrays(self.previous_update, owned)
         return content
 
     def _contribution(
@@ -358,13 +364,16 @@ class SlicedRounds(Strategy):
     def checkpoint_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """What a resumed run needs besides the weights: (arrays tree, JSON state).
 
-        The server optimizer's moments, the feature center and the round log (so
-        rounds.json and the summary of a resumed run cover every round). Anything
-        else is rebuilt each round from the weights, the seed and the round number.
+        The server optimizer's moments, the last global update (the clients' guess
+        with `tangent-guess`), the feature center and the round log (so rounds.json
+        and the summary of a resumed run cover every round). Anything else is
+        rebuilt each round from the weights, the seed and the round number.
         """
         arrays: dict[str, Any] = {}
         if self.optimizer_state is not None:
             arrays["optimizer"] = self.optimizer_state._asdict()
+        if self.previous_update:
+            arrays["previous-update"] = self.previous_update
         state = {
             "optimizer": self.optimizer_state is not None,
             "feature-center": self.feature_center,
@@ -381,6 +390,7 @@ class SlicedRounds(Strategy):
             self.optimizer_state = OptimizerState(
                 **{m: dict(moments.get(m, {})) for m in OptimizerState._fields}
             )
+        self.previous_update = dict(arrays.get("previous-update", {}))
         self.feature_center = state["feature-center"]
         self.round_log = {}
         for r, entry in state["round-log"].items():
@@ -474,11 +484,17 @@ class SlicedRounds(Strategy):
             )
         if not result.contributions:
             entry["coverage-trained"] = 0.0
+            self.previous_update = {}  # the model is unchanged: no update to guess by
             log(INFO, "aggregate_train: no valid replies; the model is unchanged")
             return None, None
         trained = {name for tensors, _ in result.contributions for name in tensors}
         entry["coverage-trained"] = len(trained) / len(self.current)
         new = self._step(server_round, result.contributions)
+        if self.client_cfg.tangent_guess:
+            self.previous_update = {
+                n: np.asarray(v, dtype=np.float32) - self.current[n]
+                for n, v in new.items()
+            }
         metrics = train_metrics(result.accepted)
         metrics["upload-bytes-mean"] = sum(result.uploaded) / len(result.uploaded)
         entry["train"] = dict(metrics)

@@ -5,6 +5,8 @@ v ~ N(0, I) weighted by a scalar each. Drawing them here, from an explicit gener
 and in a fixed order, means one seed gives every engine the same directions, and a
 server that knows the seed and the K scalars rebuilds a client's estimate exactly
 (`rebuild_from_scalars`): that is what the scalar uploads send instead of tensors.
+Tangents tilted toward a guess (`guessed_directions`) depend on the guess as well
+as the seed, and are biased toward it (stated there).
 """
 
 from __future__ import annotations
@@ -156,3 +158,69 @@ def rebuild_from_scalars(
     for scalar, direction in zip(scalars, directions, strict=True):
         accumulate(grads, direction, scalar / len(scalars))
     return grads
+
+
+def guessed_directions(
+    directions: Sequence[Mapping[str, Tensor]],
+    guess: Mapping[str, Tensor],
+    weight: float,
+    generator: torch.Generator,
+) -> list[dict[str, Tensor]]:
+    """Tangents tilted toward a guess: v_k = sqrt(1-b) z_k + sqrt(b d) s_k u.
+
+    A guess direction (Fournier et al., "Can Forward Gradient Match
+    Backpropagation?", ICML 2023, arxiv.org/abs/2306.06968; FwdLLM's selection by
+    cosine to the previous gradient is the same idea) spends part of each tangent
+    where the gradient probably is. Here the z_k are `directions` (drawn as
+    without a guess, so the stream before the signs is the plain one), u is
+    `guess` over the same tensors scaled to unit norm (a tensor `guess` lacks
+    counts as zero), d is their number of weights, b is `weight` and the s_k are
+    random signs, drawn from `generator` after the z_k. The sqrt(d) keeps
+    E|v|^2 = d, as for a plain tangent, and a sign (not a Gaussian scalar) keeps
+    the guess's share of every tangent at exactly b: of the choices with
+    E[s^2] = 1 it adds the least variance along u (E[s^4] = 1, a Gaussian's 3).
+
+    The bias, stated: z and s are independent and E[z z^T] = I, so
+    E[v v^T] = (1-b) I + b d u u^T, and the forward gradient's mean is
+    E[<g, v> v] = (1-b) g + b d <g, u> u: not the gradient g. Its component
+    along u is the gradient's times (1 - b + b d), an over-weighting by about
+    b d (d is hundreds to thousands of weights in a slice); orthogonally to u it
+    is the gradient's times (1 - b). It still descends in expectation
+    (<E, g> = (1-b)|g|^2 + b d <g, u>^2 >= 0), and it helps only as far as the
+    guess is aligned with the gradient.
+
+    `weight` 0, no directions or a zero guess (round 1: no previous update)
+    return `directions` unchanged, drawing nothing.
+
+    >>> z = [{"w": torch.tensor([1.0, 0.0])}]
+    >>> v = guessed_directions(z, {"w": torch.tensor([0.0, 3.0])}, 0.5,
+    ...                        torch.Generator().manual_seed(0))
+    >>> [round(abs(x), 4) for x in v[0]["w"].tolist()]
+    [0.7071, 1.0]
+    """
+    if not weight or not directions:
+        return [dict(d) for d in directions]
+    names = list(directions[0])
+    dim = sum(directions[0][n].numel() for n in names)
+    norm_sq = sum(
+        float(guess[n].double().pow(2).sum()) for n in names if n in guess
+    )  # float64: a sum of many small squares
+    if norm_sq == 0.0:
+        return [dict(d) for d in directions]
+    signs = torch.randint(
+        0, 2, (len(directions),), generator=generator, device=generator.device
+    ).tolist()  # (K,): 0 -> -1, 1 -> +1
+    along = (weight * dim / norm_sq) ** 0.5  # sqrt(b d) / |guess|
+    keep = (1.0 - weight) ** 0.5
+    tilted = []
+    for direction, sign in zip(directions, signs, strict=True):
+        scale = along if sign else -along
+        tilted.append(
+            {
+                n: keep * z + scale * guess[n].to(z.device, z.dtype)
+                if n in guess
+                else keep * z
+                for n, z in direction.items()
+            }
+        )
+    return tilted

@@ -21,11 +21,15 @@ of the function, the same in every pass of one estimate. The caller seeds them p
 step (`spry.training.with_seeded_masks`), and a vmapped pass draws them once for all
 its tangents (`randomness="same"`), so K tangents, one pass each or batched, see
 one mask, the one a backprop pass under the same seed sees.
+
+With a guess (`tangent-guess`: the previous round's global update) the tangents
+lean toward it and E[v v^T] is no longer I: the estimate is then biased toward the
+guess (`directions.guessed_directions` states by how much).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -46,6 +50,7 @@ from .directions import (
     DISTRIBUTIONS,
     accumulate,
     direction_specs,
+    guessed_directions,
     sample_directions,
     unflatten,
 )
@@ -238,6 +243,16 @@ class ForwardGradient(GradientEngine):
         loss recorded. Alone in the slice, by forward mode over their standard
         basis in one vmapped pass. The gradient's entries follow the K scalars
         in `projected`.
+    guess : Mapping[str, Tensor] | None (default: None)
+        A guess of the gradient's direction (the previous round's global update)
+        over the sampled tensors, keyed as `params`: with `guess_weight` b > 0
+        each tangent is tilted toward it (`directions.guessed_directions`), which
+        biases the estimate toward the guess: its mean is
+        (1-b) grad + b d <grad, u> u, u the unit guess, d the sampled weights.
+        The exact tensors are not touched. None, or a zero guess: plain tangents.
+    guess_weight : float (default: 0.0)
+        b in [0, 1), the share of each tangent's expected squared norm along the
+        guess (0: plain tangents, bit for bit).
     """
 
     name = "forward"
@@ -249,6 +264,8 @@ class ForwardGradient(GradientEngine):
         distribution: str = "gaussian",
         tangent_batch: int = 1,
         exact: Callable[[str], bool] | None = None,
+        guess: Mapping[str, Tensor] | None = None,
+        guess_weight: float = 0.0,
     ) -> None:
         if num_tangents < 1:
             raise ValueError(f"`num_tangents` should be >= 1, got {num_tangents}")
@@ -258,10 +275,14 @@ class ForwardGradient(GradientEngine):
             )
         if tangent_batch < 0:
             raise ValueError(f"`tangent_batch` should be >= 0, got {tangent_batch}")
+        if not 0.0 <= guess_weight < 1.0:
+            raise ValueError(f"`guess_weight` should be in [0, 1), got {guess_weight}")
         self.num_tangents = num_tangents
         self.distribution = distribution
         self.tangent_batch = tangent_batch
         self.exact = exact
+        self.guess = dict(guess or {})
+        self.guess_weight = guess_weight
 
     def estimate(
         self,
@@ -285,6 +306,10 @@ class ForwardGradient(GradientEngine):
             if sampled
             else []
         )  # fmt: skip
+        if self.guess_weight and self.guess:  # after the plain draws: b=0 is as was
+            tangents = guessed_directions(
+                tangents, self.guess, self.guess_weight, generator
+            )
         chunk = self.tangent_batch
         if sampled and exact:
             value, scalars, exact_grad, aux = derivatives_with_exact(
