@@ -86,7 +86,10 @@ class TinyLMClassification(LMClassificationTask):
             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
         )  # fmt: skip
         trainable = build_causal_lm(
-            random_weights=config, seed=self.run.runtime.seed, device=device
+            random_weights=config,
+            seed=self.run.runtime.seed,
+            device=device,
+            dtype=self.run.model.frozen_dtype,
         )
         gen = torch.Generator().manual_seed(0)
         with torch.no_grad():  # LoRA B starts at zero: make the adapters matter
@@ -161,6 +164,24 @@ def test_evaluation_scores_the_most_likely_label_word():
         assert scores[key] == pytest.approx(value)
     assert task.evaluate(trainable, task.test_data().select([]))["num-examples"] == 0
     assert task.reference_metrics() == {"majority-rate": 0.5}
+
+
+def test_bfloat16_frozen_weights_give_float32_scores_near_the_float32_ones():
+    rows = sentences().test
+    scores = {}
+    for dtype in ("float32", "bfloat16"):
+        task = make_task(run={"frozen-dtype": dtype})
+        trainable = task.model()
+        batch = next(task.batches(trainable, rows, batch_size=6))
+        loss, logits = task.loss(trainable.model, batch)
+        assert logits.dtype == torch.float32
+        loss.backward()  # LoRA stays float32 and gets a gradient
+        grads = [p.grad for p in trainable.parameters().values()]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+        scores[dtype] = logits.detach()
+    torch.testing.assert_close(
+        scores["bfloat16"], scores["float32"], rtol=0.05, atol=0.05
+    )
 
 
 # -- prompts: the template's tail survives truncation --------------------------------
