@@ -124,7 +124,7 @@ def train(msg: Message, context: Context) -> Message:
         _feature_center(msg),
     )
     guess = {  # the previous global update over the slice (`tangent-guess`)
-        trainable.own_name(n): torch.tensor(t)
+        trainable.own_name(n): torch.tensor(t, device=device)
         for n, t in _arrays(msg, protocol.GUESS).items()
     }
     engine = make_client_engine(cfg.client, guess)

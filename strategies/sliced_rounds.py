@@ -100,7 +100,10 @@ class SlicedRounds(Strategy):
     upload_scalars : bool (default: False)
         Clients upload the scalars of a directional engine instead of the slice.
     client_cfg : ClientConfig (default: ClientConfig())
-        The clients' settings, for rebuilding scalar uploads.
+        The clients' settings, for rebuilding scalar uploads; with its
+        `tangent_guess` > 0 the last global update is kept and each client is
+        sent its slice of it (`protocol.GUESS`), the direction its tangents
+        lean toward.
     run_config : Mapping[str, Any] (default: {})
         Sent to every client in each message's ConfigRecord.
     eval_every : int (default: 1)

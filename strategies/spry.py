@@ -14,6 +14,9 @@ family shares, in `sliced_rounds.py`; this file holds what makes it Spry: what a
 contributes (the trained slice, or its replay from uploaded scalars) and the server
 step on the per-tensor mean. Device budgets, faults, the second wave, resuming and
 the queries outside the rounds are parts the ServerApp composes in (`server/`).
+With `tangent-guess` the shared round also sends each client the last global update
+over its slice, a guess its forward tangents lean toward (biased toward it:
+`spry.engines.directions.guessed_directions`).
 
 Without splitting (`split=False`) every client trains every tensor: FedFGD with the
 forward engine, FedAvg/FedYogi with backprop, FedMeZO with zero-order; they differ
