@@ -16,6 +16,7 @@ import importlib
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -73,6 +74,7 @@ def run(overrides: dict[str, ConfigValue]) -> int:
         },
         "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False},
     }
+    started = time.time()
     try:
         with _ctrl_c_stops_every_worker():
             run_simulation(
@@ -83,7 +85,7 @@ def run(overrides: dict[str, ConfigValue]) -> int:
             )
     finally:
         _stop_ray()
-    return 0 if _last_run_completed(cfg) else 1
+    return 0 if _last_run_completed(cfg, since=started) else 1
 
 
 def _base_values(overrides: dict[str, ConfigValue]) -> dict[str, ConfigValue]:
@@ -141,8 +143,13 @@ def _stop_ray() -> None:
         ray.shutdown()
 
 
-def _last_run_completed(cfg: RunConfig) -> bool:
-    """Whether the newest results folder of this config says it completed."""
+def _last_run_completed(cfg: RunConfig, since: float = 0.0) -> bool:
+    """Whether this run's results folder says it completed.
+
+    This run's folder is the newest one written since `since` (the run's start): a
+    run that failed before writing its summary must not borrow the status of an
+    earlier run in the same results folder.
+    """
     import json
     from pathlib import Path
 
@@ -153,5 +160,7 @@ def _last_run_completed(cfg: RunConfig) -> bool:
 
         summaries = [checkpoint_path(cfg.runtime.resume).parent / "summary.json"]
     if not summaries or not summaries[-1].exists():
+        return False
+    if summaries[-1].stat().st_mtime < since:
         return False
     return json.loads(summaries[-1].read_text()).get("status") == "completed"

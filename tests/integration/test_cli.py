@@ -238,3 +238,24 @@ def test_the_console_script_runs_the_cli_package():
         [script, "run", "--help"], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0 and "--resume PATH" in done.stdout
+
+
+def test_a_run_that_wrote_no_summary_is_not_an_earlier_runs_success(tmp_path):
+    """The exit status reads this run's summary, never an older one in the folder."""
+    import json
+    import time
+
+    earlier = tmp_path / "20260101-000000-spry"
+    earlier.mkdir()
+    (earlier / "summary.json").write_text(json.dumps({"status": "completed"}))
+    cfg = resolve({"results-dir": str(tmp_path)})
+    started = time.time() + 1.0  # this run starts after the earlier one finished
+
+    assert cli.run._last_run_completed(cfg)  # no start given: the newest counts
+    assert not cli.run._last_run_completed(cfg, since=started)
+    this_run = tmp_path / "20260101-000100-spry"
+    this_run.mkdir()
+    (this_run / "summary.json").write_text(json.dumps({"status": "failed"}))
+    assert not cli.run._last_run_completed(cfg, since=started - 60)
+    (this_run / "summary.json").write_text(json.dumps({"status": "completed"}))
+    assert cli.run._last_run_completed(cfg, since=started - 60)
