@@ -57,7 +57,8 @@ def run_method(
     """Run one method with `spry run` in a fresh process; return its results folder.
 
     The run goes under `runs_dir / (label or method)`. With `reuse`, a completed
-    earlier run of the same command there is used instead.
+    earlier run of the same command there is used instead, and an interrupted one
+    is resumed from its checkpoint.
     """
     label = label or method
     out = runs_dir / label
@@ -69,7 +70,7 @@ def run_method(
     ]  # fmt: skip
     for item in extra:
         command += ["--set", item]
-    stamp = out / "command.json"
+    stamp, resumed = out / "command.json", []
     if reuse and stamp.exists() and json.loads(stamp.read_text()) == command[3:]:
         done = [
             p
@@ -81,16 +82,38 @@ def run_method(
         if done:
             print(f"[compare] {label}: reusing {done[-1]}")
             return done[-1]
+        interrupted = last_interrupted(out)
+        if interrupted is not None:
+            print(f"[compare] {label}: resuming {interrupted}")
+            resumed = ["--set", f"resume={interrupted}"]
     stamp.write_text(json.dumps(command[3:]))
+    command += resumed
     started = time.monotonic()
     print(f"[compare] {label}: running ({' '.join(command[3:])}); log: {log}")
-    with open(log, "w") as fh:
+    with open(log, "a" if resumed else "w") as fh:
         status = subprocess.run(command, stdout=fh, stderr=subprocess.STDOUT).returncode
     runs = sorted(p for p in out.iterdir() if p.is_dir())
     if status != 0 or not runs:
         raise RuntimeError(f"{label} failed (exit {status}); see {log}")
     print(f"[compare] {label}: done in {time.monotonic() - started:.0f} s")
     return runs[-1]
+
+
+def last_interrupted(out: Path) -> Path | None:
+    """The newest run folder under `out` with a checkpoint but no completed summary.
+
+    An interrupted run (a session ended, a machine went away) goes on from its last
+    checkpoint instead of starting over.
+    """
+    for run in sorted((p for p in out.iterdir() if p.is_dir()), reverse=True):
+        summary = run / "summary.json"
+        completed = (
+            summary.exists()
+            and json.loads(summary.read_text()).get("status") == "completed"
+        )
+        if (run / "checkpoint.npz").exists() and not completed:
+            return run
+    return None
 
 
 def read_rows(run_dir: Path) -> list[dict[str, float]]:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from benchmarks.compare import main, markdown, summarize
+import json
+
+from benchmarks.compare import last_interrupted, main, markdown, summarize
 
 
 def _rows(accuracies, seconds_per_round=10.0):
@@ -72,3 +74,18 @@ def test_a_row_can_run_a_method_under_its_own_label_and_shows_its_gain():
     table = markdown([summary], rounds=2, reference="fedavg", extra=[])
     assert "| untrained (round 0) | 0 | 80.0% | 80.0% | - | 79.0% |" in table
     assert "| spry-tuned | 2 | 85.0% | 85.0% | +5.0 | 84.0% |" in table
+
+
+def test_an_interrupted_run_is_found_for_resuming_and_a_completed_one_is_not(tmp_path):
+    done, cut = tmp_path / "20260101-000000-spry", tmp_path / "20260102-000000-spry"
+    for run in (done, cut):
+        run.mkdir()
+        (run / "checkpoint.npz").write_bytes(b"")
+    (done / "summary.json").write_text(json.dumps({"status": "completed"}))
+    (tmp_path / "run.log").write_text("")
+
+    assert last_interrupted(tmp_path) == cut
+    (cut / "summary.json").write_text(json.dumps({"status": "completed"}))
+    assert last_interrupted(tmp_path) is None
+    (tmp_path / "20260103-000000-spry").mkdir()  # started, no checkpoint yet
+    assert last_interrupted(tmp_path) is None
