@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __doc__ as DOC
-from .models import CAUSAL_LM, MODELS, bench_model
+from .models import CLASSIFIER, MODELS, bench_model
 from .report import write_all
 from .suite import ROOT, SUITES, custom_suite, plan, run_points
 from .worker import ENGINES
@@ -120,7 +120,7 @@ def low_precision_agreement(suite) -> list[dict]:
     out = []
     for sweep in suite.sweeps:
         for dtype in sweep.dtypes:
-            if bench_model(sweep.model).kind == CAUSAL_LM or sweep.model == "minilm":
+            if bench_model(sweep.model).kind != CLASSIFIER or sweep.model == "minilm":
                 print(f"agreement: {sweep.model} {dtype}", file=sys.stderr)
                 out.append(agreement(sweep.model, dtype))
     return out

@@ -4,6 +4,12 @@ Real weights where a package ships them (MiniLM, SmolLM2-135M); larger shapes ar
 built from a config with *random* weights (memory and step time do not depend on the
 values), and the report says so. `hf:NAME` loads any Hugging Face id or local folder
 with its weights; `random:NAME` builds NAME's config with random weights.
+
+The kind fixes the loss every engine differentiates: a classifier's pooled head, a
+causal LM's next-token loss over every position, or the `lm-classification` task's
+label-word loss (`LABEL_WORDS`: the last prompt token's hidden state times the label
+words' output rows only), which is far cheaper than the full vocabulary's logits and
+so needs its own measurement.
 """
 
 from __future__ import annotations
@@ -16,7 +22,10 @@ from spry.config import ModelConfig
 from spry.models import TrainableModel, build_classifier
 from spry.models.causal_lm import DEFAULT_TARGETS, build_causal_lm
 
-CLASSIFIER, CAUSAL_LM = "classifier", "causal-lm"
+CLASSIFIER, CAUSAL_LM, LABEL_WORDS = "classifier", "causal-lm", "lm-labelwords"
+# SmolLM2's tokens for " negative" and " positive": lm-classification's default
+# label words on Rotten Tomatoes
+SMOLLM2_LABEL_IDS = (3524, 2731)
 ENCODER_TARGETS = ("query", "value")
 
 
@@ -25,9 +34,11 @@ class BenchModel:
     """How to build one model of the suite, and what it is."""
 
     name: str
-    kind: str  # CLASSIFIER (pooled head, 2 labels) or CAUSAL_LM (next-token loss)
+    kind: str  # CLASSIFIER (pooled head, 2 labels), CAUSAL_LM (next-token loss)
+    # or LABEL_WORDS (lm-classification's loss over `label_ids`)
     weights: str  # "pretrained" or "random"
     build: Callable[[str, str], TrainableModel]  # (frozen dtype, device) -> model
+    label_ids: tuple[int, ...] = ()  # LABEL_WORDS: one token id per class
 
 
 def _classifier(config: Callable[[], Any] | None, model: str = "all-MiniLM-L6-v2"):
@@ -118,6 +129,20 @@ MODELS: dict[str, BenchModel] = {
         BenchModel("llama-1b-shape", CAUSAL_LM, "random", _causal(_llama_1b)),
         BenchModel("tiny-bert-shape", CLASSIFIER, "random", _classifier(_tiny_bert)),
         BenchModel("tiny-llama-shape", CAUSAL_LM, "random", _causal(_tiny_llama)),
+        BenchModel(  # the lm-classification task's model and loss
+            "smollm2-labelwords",
+            LABEL_WORDS,
+            "pretrained",
+            _causal(None),
+            label_ids=SMOLLM2_LABEL_IDS,
+        ),
+        BenchModel(
+            "tiny-llama-labelwords",
+            LABEL_WORDS,
+            "random",
+            _causal(_tiny_llama),
+            label_ids=(5, 7),
+        ),
     )
 }
 

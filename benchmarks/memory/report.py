@@ -48,6 +48,10 @@ class View:
     def models(self) -> list[str]:
         return list(dict.fromkeys(r["model"] for r in self.records))
 
+    def kind(self, model: str) -> str:
+        """What loss `model` was measured with (models.CLASSIFIER, ...)."""
+        return next(r["kind"] for r in self.records if r["model"] == model)
+
     def memory(self, **where: Any) -> Record | None:
         return find(self.records, allocator="cuda" if self.cuda else "live", **where)
 
@@ -61,8 +65,7 @@ class View:
     def main_point(self, model: str) -> dict[str, Any]:
         """The model's main point: batch 8, its main sequence, float32, default loss."""
         rows = [r for r in self.records if r["model"] == model]
-        causal = rows[0]["kind"] == "causal-lm"
-        seq = 64 if causal else 128
+        seq = 128 if rows[0]["kind"] == "classifier" else 64
         if not any(r["seq"] == seq for r in rows):
             seq = rows[0]["seq"]
         chunk = max((r["chunk"] for r in rows), default=0)
@@ -224,6 +227,19 @@ def targets(view: View, agreement: Sequence[Record]) -> list[str]:
         e, t = s["extra_mib"] / b["extra_mib"], s["total_mib"] / b["total_mib"]
         row("SmolLM2-135M b8 s64, chunked loss: forward ÷ backprop ≤ 1/3",
             f"extra {e:.2f}, total {t:.2f}", e <= 1 / 3)  # fmt: skip
+    for model in view.models():  # lm-classification's loss (issue 17's targets)
+        for seq in view.values("seq", model):
+            s, b, c = (
+                at(model, engine, seq=seq)
+                for engine in ("spry", "backprop", "backprop-checkpoint")
+            )
+            if view.kind(model) != "lm-labelwords" or not (s and b and c):
+                continue
+            e, ec = s["extra_mib"] / b["extra_mib"], s["extra_mib"] / c["extra_mib"]
+            row(f"{model} b8 s{seq}: spry extra ÷ backprop ≤ 0.3",
+                f"{e:.2f}", e <= 0.3)  # fmt: skip
+            row(f"{model} b8 s{seq}: spry extra ÷ backprop-checkpoint ≤ 1",
+                f"{ec:.2f}", ec <= 1)  # fmt: skip
     slow = []
     for r in view.records:
         if r["engine"] == "spry" and r.get("step_seconds"):

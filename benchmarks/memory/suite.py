@@ -22,7 +22,7 @@ from pathlib import Path
 from spry.jsonfile import write_json
 from spry.memory import LIVE_ENV
 
-from .models import CAUSAL_LM, bench_model
+from .models import CAUSAL_LM, CLASSIFIER, bench_model
 from .worker import ENGINES, Point, Record
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,7 +161,7 @@ def custom_suite(
             batches=tuple(batches),
             dtypes=tuple(dtypes),
             engines=tuple(engines),
-            main_seq=64 if bench_model(m).kind == CAUSAL_LM else 128,
+            main_seq=128 if bench_model(m).kind == CLASSIFIER else 64,
         )  # fmt: skip
         for m in models
     )

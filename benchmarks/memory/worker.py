@@ -23,6 +23,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -37,7 +38,7 @@ from spry.memory import (
 )
 from spry.models import TrainableModel, is_head
 
-from .models import CAUSAL_LM, BenchModel, bench_model
+from .models import CAUSAL_LM, LABEL_WORDS, BenchModel, bench_model
 
 MIB = 2**20
 ENGINES = ("inference", "backprop", "backprop-checkpoint", "spry", "fedfgd", "mezo")
@@ -70,8 +71,9 @@ def random_batch(
     """`seq` random token ids per example, no padding.
 
     Ids start at 3, so no special token appears (RoBERTa derives positions from
-    where its pad token is). Binary labels for a classifier, none for a causal LM
-    (it predicts the next token).
+    where its pad token is). Binary labels for a classifier and for label words
+    (the class whose word is the target), none for a causal LM (it predicts the
+    next token).
     """
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, vocab, (batch, seq), generator=gen)
@@ -117,6 +119,10 @@ def make_engine_for(engine: str):
 
 def make_loss(model: BenchModel, chunk: int):
     """The task loss every engine of this model differentiates."""
+    if model.kind == LABEL_WORDS:  # the lm-classification task's own loss
+        from spry.tasks.lm_classification.scoring import as_ids, label_word_loss
+
+        return partial(label_word_loss, label_ids=as_ids(model.label_ids))
     if model.kind == CAUSAL_LM:
         from spry.language_modeling import make_causal_lm_loss
 

@@ -75,3 +75,46 @@ def test_minilm_points_each_in_a_fresh_process_with_report_files(tmp_path):
     text = (tmp_path / "m.md").read_text()
     assert "## Targets" in text and "| spry |" in text and "How measured" in text
     assert (tmp_path / "m_seq.png").exists() is False  # one seq: nothing to sweep
+
+
+def test_label_words_kind_differentiates_the_lm_classification_tasks_loss():
+    """The bench loss of a label-words model is the task's: cross-entropy over the
+    label words' next-token logits at each row's last prompt token, here computed
+    by hand from the model's full logits (right padding, so last positions differ).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from benchmarks.memory.models import LABEL_WORDS, bench_model
+    from benchmarks.memory.suite import custom_suite
+    from benchmarks.memory.worker import make_loss, random_batch
+
+    model = bench_model("tiny-llama-labelwords")
+    assert model.kind == LABEL_WORDS
+    trainable = model.build("float32", "cpu")
+    gen = torch.Generator().manual_seed(1)
+    trainable.load({n: torch.randn(p.shape, generator=gen) * 0.1
+                    for n, p in trainable.parameters().items()})  # fmt: skip
+    net = trainable.model
+    batch = random_batch(model.kind, 1000, 4, 12, device="cpu", seed=0)
+    batch["attention_mask"][1, 7:] = 0  # a shorter prompt, right-padded
+    batch["labels"] = torch.tensor([0, 1, 1, 0])
+    loss, logits = make_loss(model, chunk=0)(net, batch)
+    with torch.no_grad():
+        full = net(input_ids=batch["input_ids"],
+                   attention_mask=batch["attention_mask"]).logits  # fmt: skip
+    last = torch.tensor([11, 6, 11, 11])
+    expected = full[torch.arange(4), last][:, list(model.label_ids)]
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss, F.cross_entropy(expected, batch["labels"]))
+    # the task's shape: its main point is 64 tokens, with no chunked loss to measure
+    points = plan(custom_suite(["tiny-llama-labelwords"], seqs=[32], batches=[],
+                               dtypes=[], engines=ENGINES, timed_steps=1))  # fmt: skip
+    assert {(p.seq, p.chunk) for p in points} == {(64, 0), (32, 0)}
+
+
+def test_a_label_words_point_measures_in_a_fresh_process():
+    record = measure(Point("tiny-llama-labelwords", "spry", 2, 8))
+    assert "error" not in record, record.get("error")
+    assert record["kind"] == "lm-labelwords" and record["extra_mib"] >= 0
+    assert record["params_stepped"] < record["params_trainable"]  # Spry's slice
