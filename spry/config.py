@@ -301,6 +301,7 @@ class ClientConfig(_Section):
     """How a client trains the slice it receives."""
 
     ZO_FORMATS: ClassVar[tuple[str, ...]] = ("auto", "forward", "center")
+    OPTIMIZERS: ClassVar[tuple[str, ...]] = ("adamw", "sgd")
     HEAD_GRADIENTS: ClassVar[tuple[str, ...]] = ("shared", "exact")
 
     engine: str = field(
@@ -353,8 +354,16 @@ class ClientConfig(_Section):
         },
     )
     local_epochs: int = field(default=1, metadata={"help": "local epochs per round"})
+    client_optimizer: str = field(
+        default="adamw",
+        metadata={
+            "help": "the client's local step: adamw (the paper's) | sgd (plain "
+            "steps: a noisy forward or zero-order estimate is not blown up "
+            "coordinate by coordinate, as MeZO steps)"
+        },
+    )
     lr: float = field(
-        default=1e-3, metadata={"help": "client AdamW learning rate (paper: 1e-4)"}
+        default=1e-3, metadata={"help": "client learning rate (paper: AdamW 1e-4)"}
     )
     weight_decay: float = field(
         default=0.0, metadata={"help": "client AdamW decay (paper: torch's 0.01)"}
@@ -411,6 +420,11 @@ class ClientConfig(_Section):
             f"`local-epochs` should be at least 1, got {self.local_epochs}",
         )
         _require(self.lr > 0, f"`lr` should be positive, got {self.lr}")
+        _require(
+            self.client_optimizer in self.OPTIMIZERS,
+            f"`client-optimizer` should be one of {self.OPTIMIZERS}, "
+            f"got {self.client_optimizer!r}",
+        )
         _require(
             self.weight_decay >= 0,
             f"`weight-decay` should be >= 0, got {self.weight_decay}",

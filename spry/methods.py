@@ -172,6 +172,7 @@ def method_overrides(name: str) -> dict[str, ConfigValue]:
 # (`train-lora`: with LoRA frozen, Spry is its head-only reference).
 HYPERPARAMETERS = frozenset(
     {
+        "client-optimizer",
         "dropout",
         "lora-dropout",
         "weight-decay",

@@ -182,7 +182,16 @@ def make_client_engine(
 
 
 def make_optimizer(params: Iterable[torch.Tensor], cfg: ClientConfig) -> Optimizer:
-    """The client's local optimizer (AdamW), shared with the server's replay."""
+    """The client's local optimizer, shared with the server's replay.
+
+    AdamW (the paper's) divides each coordinate by its own running scale, so a
+    forward or zero-order estimate whose every coordinate is mostly noise moves
+    every weight by about `lr` in a near-random direction. Plain SGD keeps the
+    estimate's own geometry: its mean is the gradient, and its noise costs only
+    through the curvature it meets (MeZO's effective-rank argument).
+    """
+    if cfg.client_optimizer == "sgd":
+        return torch.optim.SGD(list(params), lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(list(params), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 

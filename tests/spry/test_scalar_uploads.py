@@ -87,11 +87,12 @@ def test_per_iteration_rebuild_equals_the_clients_estimate(
             )
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
 def test_replayed_local_epoch_equals_the_clients_trained_slice(
-    default_model, default_data
+    default_model, default_data, optimizer
 ):
-    # Prepare: Spry with scalar uploads; one client, the real model, 3 AdamW steps
-    client_cfg = ClientConfig(lr=1e-2)
+    # Prepare: Spry with scalar uploads; one client, the real model, 3 local steps
+    client_cfg = ClientConfig(lr=1e-2, client_optimizer=optimizer)
     strategy = Spry(
         partitions={7: 0},
         clients_per_round=1,
@@ -120,7 +121,7 @@ def test_replayed_local_epoch_equals_the_clients_trained_slice(
         trained = {
             n: default_model.parameters()[n].detach().numpy().copy() for n in owned
         }
-        # ... and uploads only its 3 x 1 scalars; the server replays AdamW on them
+        # ... and uploads only its 3 x 1 scalars; the server replays its steps
         replayed, _, _, nbytes = strategy._contribution(
             3, 7, _scalar_reply(7, report.scalars, report.num_examples)
         )

@@ -358,3 +358,20 @@ def test_a_frozen_a_stays_float32_beside_bfloat16_weights():
         generator=torch.Generator().manual_seed(0),
     )
     assert torch.isfinite(estimate.loss)
+
+
+def test_the_sgd_client_step_is_the_gradient_times_the_learning_rate():
+    """`client-optimizer=sgd`: w <- w - lr g, exactly, with the engine's gradient."""
+    from spry.config import ConfigError
+    from spry.training import make_optimizer
+
+    weight = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0]))
+    optimizer = make_optimizer([weight], ClientConfig(client_optimizer="sgd", lr=0.5))
+    weight.grad = torch.tensor([0.2, 0.4, -1.0])
+    optimizer.step()
+
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert torch.equal(weight.detach(), torch.tensor([0.9, -2.2, 3.5]))
+    assert isinstance(make_optimizer([weight], ClientConfig()), torch.optim.AdamW)
+    with pytest.raises(ConfigError, match="client-optimizer"):
+        ClientConfig(client_optimizer="lion")
