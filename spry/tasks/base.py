@@ -239,6 +239,16 @@ class Task(ABC):
             trainable.set_feature_center(center)
         return trainable
 
+    def client_data(self, partition: Any, partition_id: int) -> ClientData:
+        """A client's partition split into train and held out (the run's share)."""
+        from ..data import client_split
+
+        train, held_out = client_split(
+            partition, self.run.data, seed=self.run.runtime.seed,
+            partition_id=partition_id,
+        )  # fmt: skip
+        return ClientData(train=train, held_out=held_out)
+
     def partition(self, partition_id: int) -> ClientData:
         """Client `partition_id`'s data, built once per process."""
         if partition_id not in self._partitions:
@@ -293,19 +303,14 @@ class LabelledDataTask(Task):
         """Has `train` and `test` splits (a `label` column) and `majority_rate()`."""
 
     def load_partition(self, partition_id: int) -> ClientData:
-        from ..data import client_split, make_partitioner
+        from ..data import make_partitioner
 
         if not hasattr(self, "_partitioner"):
             self._partitioner = make_partitioner(
                 self.dataset.train, self.run.data, seed=self.run.runtime.seed
             )
-        train, held_out = client_split(
-            self._partitioner.load_partition(partition_id),
-            self.run.data,
-            seed=self.run.runtime.seed,
-            partition_id=partition_id,
-        )
-        return ClientData(train=train, held_out=held_out)
+        partition = self._partitioner.load_partition(partition_id)
+        return self.client_data(partition, partition_id)
 
     def test_data(self) -> Rows:
         return self.dataset.test

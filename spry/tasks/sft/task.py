@@ -29,7 +29,7 @@ import datasets
 import torch
 
 from ...config import ConfigError
-from ...data import client_split, make_partitioner
+from ...data import make_partitioner
 from ...data.pairs import KIND_COLUMN, PairDataset, load_pairs
 from ...generation import generate
 from ...models import TrainableModel
@@ -149,13 +149,8 @@ class SFTTask(CausalLMTask):
             self._partitioner = make_partitioner(
                 train, cfg, seed=self.run.runtime.seed, partition_by=KIND_COLUMN
             )
-        train, held_out = client_split(
-            self._partitioner.load_partition(partition_id),
-            self.run.data,
-            seed=self.run.runtime.seed,
-            partition_id=partition_id,
-        )
-        return ClientData(train=train, held_out=held_out)
+        partition = self._partitioner.load_partition(partition_id)
+        return self.client_data(partition, partition_id)
 
     def test_data(self) -> Rows:
         return self.data.test
