@@ -13,6 +13,7 @@ import torch
 from flwr.app import (
     Array,
     ArrayRecord,
+    Context,
     Error,
     Message,
     Metadata,
@@ -87,3 +88,29 @@ def strict_json(path: Path) -> Any:
     (browsers, jq, JSON.parse) reject the whole file.
     """
     return json.loads(path.read_text(), parse_constant=_refuse)
+
+
+def answer(
+    app: Any, message: Message, partitions: Mapping[int, int], num_partitions: int
+) -> Message:
+    """The real ClientApp's reply to `message` on the node it is addressed to.
+
+    The node holds partition `partitions[node]` of `num_partitions`; a reply with
+    an error fails the test with the client's traceback.
+    """
+    from spry import protocol
+
+    node = message.metadata.dst_node_id
+    context = Context(
+        run_id=1,
+        node_id=node,
+        node_config={
+            protocol.PARTITION_ID: partitions[node],
+            "num-partitions": num_partitions,
+        },
+        state=RecordDict(),
+        run_config={},
+    )
+    reply = app(message, context)
+    assert not reply.has_error(), reply.error
+    return reply

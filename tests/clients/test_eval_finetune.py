@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 
 import strategies
 from clients.client_app import app
@@ -17,6 +17,7 @@ from spry import protocol
 from spry.eval_finetune import finetune_and_score
 from spry.resolve import resolve
 from spry.tasks import load_task
+from tests.helpers import answer
 
 pytestmark = pytest.mark.usefixtures("server_identity")
 
@@ -48,16 +49,7 @@ def _messages(cfg, arrays: dict[str, np.ndarray]) -> dict[int, Message]:
 def _reply(message: Message, epochs: int) -> dict[str, float]:
     """The real ClientApp's evaluation metrics for `message` with N = `epochs`."""
     message.content[protocol.CONFIG]["eval-finetune-epochs"] = epochs
-    node = message.metadata.dst_node_id
-    context = Context(
-        run_id=1,
-        node_id=node,
-        node_config={protocol.PARTITION_ID: PARTITIONS[node], "num-partitions": 2},
-        state=RecordDict(),
-        run_config={},
-    )
-    reply = app(message, context)
-    assert not reply.has_error(), reply.error
+    reply = answer(app, message, PARTITIONS, 2)
     return dict(reply.content[protocol.METRICS])
 
 

@@ -9,7 +9,7 @@ the run config it carries names the same strategy.
 from __future__ import annotations
 
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord
 
 import strategies
 from clients.client_app import app
@@ -17,6 +17,7 @@ from spry import protocol
 from spry.resolve import resolve
 from spry.tasks import load_task
 from strategies import FedSGD
+from tests.helpers import answer
 
 pytestmark = pytest.mark.usefixtures("server_identity")
 
@@ -25,16 +26,7 @@ PARTITIONS = {10 + p: p for p in range(4)}
 
 def _steps(message) -> int:
     """What the real ClientApp reports for `message` (node: its partition)."""
-    node = message.metadata.dst_node_id
-    context = Context(
-        run_id=1,
-        node_id=node,
-        node_config={protocol.PARTITION_ID: PARTITIONS[node], "num-partitions": 4},
-        state=RecordDict(),
-        run_config={},
-    )
-    reply = app(message, context)
-    assert not reply.has_error(), reply.error
+    reply = answer(app, message, PARTITIONS, 4)
     return int(reply.content[protocol.METRICS][protocol.STEPS])
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 
 import strategies
 from clients.client_app import app
@@ -19,6 +19,7 @@ from spry import protocol
 from spry.resolve import resolve
 from spry.tasks import load_task
 from strategies import Spry
+from tests.helpers import answer
 
 pytestmark = pytest.mark.usefixtures("server_identity")
 
@@ -26,17 +27,7 @@ PARTITIONS = {10 + p: p for p in range(4)}
 
 
 def _run(message: Message) -> Message:
-    node = message.metadata.dst_node_id
-    context = Context(
-        run_id=1,
-        node_id=node,
-        node_config={protocol.PARTITION_ID: PARTITIONS[node], "num-partitions": 4},
-        state=RecordDict(),
-        run_config={},
-    )
-    answer = app(message, context)
-    assert not answer.has_error(), answer.error
-    return answer
+    return answer(app, message, PARTITIONS, 4)
 
 
 def _slice(answer: Message) -> dict[str, np.ndarray]:
