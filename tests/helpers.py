@@ -114,3 +114,13 @@ def answer(
     reply = app(message, context)
     assert not reply.has_error(), reply.error
     return reply
+
+
+def tiny_llama(vocab_size: int) -> Any:
+    """A random 2-layer Llama shape (hidden 32, grouped-query attention) for tests."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    )  # fmt: skip

@@ -15,13 +15,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from spry.config import RunConfig, default_values
 from spry.language_modeling import IGNORE
 from spry.models.causal_lm import build_causal_lm
 from spry.tasks.base import ClientData, build_options
 from spry.tasks.causal_lm import CausalLMTask
+from tests.helpers import tiny_llama
 
 WORDS = "what is two plus three five four one the answer".split()
 ROWS = [
@@ -47,10 +48,7 @@ class TinyAnswers(CausalLMTask):
     summary: ClassVar[str] = "test only"
 
     def build_model(self, device: str):
-        config = LlamaConfig(
-            vocab_size=len(WORDS) + 3, hidden_size=32, intermediate_size=64,
-            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        )  # fmt: skip
+        config = tiny_llama(len(WORDS) + 3)
         trainable = build_causal_lm(
             random_weights=config, seed=self.run.runtime.seed, device=device
         )

@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from transformers import LlamaConfig
 
 from spry.config import ConfigError, RunConfig, default_values
 from spry.data import DataError, load_text_dataset
@@ -29,6 +28,7 @@ from spry.tasks.sft import SFTTask
 from spry.tasks.sft.reviews import KINDS, MAX_WORDS, review_questions
 from spry.tasks.sft.task import normalise
 from spry.training import make_client_engine, train_slice
+from tests.helpers import tiny_llama
 from tests.tasks.test_causal_lm_task import WORDS, word_tokenizer
 
 PAIRS = [
@@ -179,10 +179,7 @@ class TinySFT(SFTTask):
     name: ClassVar[str] = "tiny-sft"
 
     def build_model(self, device: str):
-        config = LlamaConfig(
-            vocab_size=len(WORDS) + 3, hidden_size=32, intermediate_size=64,
-            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        )  # fmt: skip
+        config = tiny_llama(len(WORDS) + 3)
         trainable = build_causal_lm(
             random_weights=config, seed=self.run.runtime.seed, device=device
         )
