@@ -70,8 +70,10 @@ def run_method(
     ]  # fmt: skip
     for item in extra:
         command += ["--set", item]
+    key = run_key(command[3:], out, label)
     stamp, resumed = out / "command.json", []
-    if reuse and stamp.exists() and json.loads(stamp.read_text()) == command[3:]:
+    earlier = json.loads(stamp.read_text()) if stamp.exists() else None
+    if reuse and earlier in (key, command[3:]):
         done = [
             p
             for p in sorted(out.iterdir())
@@ -86,7 +88,7 @@ def run_method(
         if interrupted is not None:
             print(f"[compare] {label}: resuming {interrupted}")
             resumed = ["--set", f"resume={interrupted}"]
-    stamp.write_text(json.dumps(command[3:]))
+    stamp.write_text(json.dumps(key))
     command += resumed
     started = time.monotonic()
     print(f"[compare] {label}: running ({' '.join(command[3:])}); log: {log}")
@@ -97,6 +99,16 @@ def run_method(
         raise RuntimeError(f"{label} failed (exit {status}); see {log}")
     print(f"[compare] {label}: done in {time.monotonic() - started:.0f} s")
     return runs[-1]
+
+
+def run_key(arguments: list[str], out: Path, label: str) -> list[str]:
+    """The stamp that says which command made a run folder.
+
+    It names the folder by its label, not its path, so runs that moved with the
+    repository (partial runs committed at a session's end, another worktree) are
+    still recognised and resumed.
+    """
+    return [label if arg == str(out) else arg for arg in arguments]
 
 
 def last_interrupted(out: Path) -> Path | None:
@@ -322,6 +334,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=None,
+        help="where each row's run folder goes (default: results/compare_<name>, "
+        "out of git); a folder inside the repository keeps long runs and their "
+        "checkpoints across sessions",
+    )
+    parser.add_argument(
         "--name", default="", help="results stem suffix: compare_<name>.{json,md,png}"
     )
     args = parser.parse_args(argv)
@@ -345,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     stem = f"compare_{args.name}" if args.name else "compare"
-    runs_dir = ROOT / "results" / stem  # raw runs stay out of git
+    runs_dir = args.runs_dir or ROOT / "results" / stem
     curves, presets = {}, {}
     for label, m in rows:
         extra = args.set + per_method.get(label, [])

@@ -61,9 +61,15 @@ def probe(args: argparse.Namespace) -> dict[str, Any]:
     rng = np.random.default_rng(args.seed)
     train = dataset.train.select(rng.permutation(len(dataset.train))[: args.pool])
     test = dataset.test.select(range(min(args.test_examples, len(dataset.test))))
+    every = list(trainable.parameters().items())
+    # A Spry client trains one slice: every `slice_of`-th tensor here, the rest fixed.
     params = {
-        trainable.own_name(n): p for n, p in trainable.parameters().items()
+        trainable.own_name(n): p
+        for i, (n, p) in enumerate(every)
+        if i % args.slice_of == 0
     }
+    for i, (_, p) in enumerate(every):
+        p.requires_grad_(i % args.slice_of == 0)
     optimizer = make_optimizer(params.values(), cfg.client)
     options: dict[str, Any] = {}
     if args.engine == "forward":
@@ -100,6 +106,7 @@ def probe(args: argparse.Namespace) -> dict[str, Any]:
         "optimizer": args.optimizer,
         "lr": args.lr,
         "lora-fa": args.lora_fa,
+        "slice-of": args.slice_of,
         "trained-weights": int(sum(p.numel() for p in params.values())),
         "steps": args.steps,
         "batch-size": args.batch_size,
@@ -118,16 +125,20 @@ def report(rows: list[dict[str, Any]]) -> str:
         "for every row; test loss and accuracy on the first test sentences. "
         "`python -m benchmarks.lm_probe`.",
         "",
-        "| engine | K | optimizer | lr | trained | steps | test loss start -> end "
+        "| engine | K | optimizer | lr | trained (weights) | steps "
+        "| test loss start -> end "
         "| test acc start -> end | s/step |",
         "|---|---:|---|---:|---|---:|---|---|---:|",
     ]
     for r in rows:
         (_, acc0, loss0), (_, acc1, loss1) = r["curve"][0], r["curve"][-1]
         trained = "B only (LoRA-FA)" if r["lora-fa"] else "A and B"
+        if r.get("slice-of", 1) > 1:
+            trained += f", 1/{r['slice-of']} of the tensors"
         lines.append(
             f"| {r['engine']} | {r['num-tangents'] or '-'} | {r['optimizer']} "
-            f"| {r['lr']:g} | {trained} | {r['steps']} | {loss0:.4f} -> {loss1:.4f} "
+            f"| {r['lr']:g} | {trained} ({r['trained-weights']:,}) | {r['steps']} "
+            f"| {loss0:.4f} -> {loss1:.4f} "
             f"| {100 * acc0:.1f}% -> {100 * acc1:.1f}% "
             f"| {r['seconds'] / r['steps']:.2f} |"
         )
@@ -141,6 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--optimizer", choices=("adamw", "sgd"), default="sgd")
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--lora-fa", action="store_true")
+    parser.add_argument(
+        "--slice-of",
+        type=int,
+        default=1,
+        help="train every N-th trainable tensor only (10: one Spry slice of 10 "
+        "clients), the others stay at their initial values",
+    )
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--pool", type=int, default=2000, help="training sentences")

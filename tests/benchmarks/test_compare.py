@@ -89,3 +89,18 @@ def test_an_interrupted_run_is_found_for_resuming_and_a_completed_one_is_not(tmp
     assert last_interrupted(tmp_path) is None
     (tmp_path / "20260103-000000-spry").mkdir()  # started, no checkpoint yet
     assert last_interrupted(tmp_path) is None
+
+
+def test_a_run_folder_is_recognised_after_it_moves(tmp_path):
+    from benchmarks.compare import run_key
+
+    def arguments(out):
+        return ["--method", "spry", "--results-dir", str(out), "--set", "lr=1"]
+
+    here, there = tmp_path / "a" / "spry", tmp_path / "b" / "spry"
+    assert run_key(arguments(here), here, "spry") == run_key(
+        arguments(there), there, "spry"
+    )
+    assert run_key(arguments(here), here, "spry") != run_key(
+        arguments(here)[:-1] + ["lr=2"], here, "spry"
+    )
