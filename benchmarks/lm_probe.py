@@ -70,7 +70,7 @@ def probe(args: argparse.Namespace) -> dict[str, Any]:
     }
     for i, (_, p) in enumerate(every):
         p.requires_grad_(i % args.slice_of == 0)
-    optimizer = make_optimizer(params.values(), cfg.client)
+    optimizer = make_optimizer(params, cfg.client)
     options: dict[str, Any] = {}
     if args.engine == "forward":
         options = {"num_tangents": args.num_tangents, "tangent_batch": 0}

@@ -365,6 +365,18 @@ class ClientConfig(_Section):
     lr: float = field(
         default=1e-3, metadata={"help": "client learning rate (paper: AdamW 1e-4)"}
     )
+    estimated_optimizer: str = field(
+        default="",
+        metadata={
+            "help": "the local step for tensors whose gradient is an estimate "
+            "(forward or zero-order; not a head differentiated exactly): adamw | "
+            "sgd ('': client-optimizer)"
+        },
+    )
+    estimated_lr: float = field(
+        default=0.0,
+        metadata={"help": "learning rate for the estimated tensors (0: lr)"},
+    )
     weight_decay: float = field(
         default=0.0, metadata={"help": "client AdamW decay (paper: torch's 0.01)"}
     )
@@ -424,6 +436,15 @@ class ClientConfig(_Section):
             self.client_optimizer in self.OPTIMIZERS,
             f"`client-optimizer` should be one of {self.OPTIMIZERS}, "
             f"got {self.client_optimizer!r}",
+        )
+        _require(
+            self.estimated_optimizer in ("", *self.OPTIMIZERS),
+            f"`estimated-optimizer` should be '' or one of {self.OPTIMIZERS}, "
+            f"got {self.estimated_optimizer!r}",
+        )
+        _require(
+            self.estimated_lr >= 0,
+            f"`estimated-lr` should be >= 0, got {self.estimated_lr}",
         )
         _require(
             self.weight_decay >= 0,

@@ -83,7 +83,7 @@ def train_slice(
     is back in eval mode on return either way.
     """
     params = slice_params(trainable, slice_names)
-    optimizer = make_optimizer(params.values(), cfg)
+    optimizer = make_optimizer(params, cfg, exact=engine.is_exact)
     # Dropout off (eval mode) unless asked: then every engine sees one loss.
     trainable.model.train(cfg.dropout)
     steps, examples, loss_sum, passes = 0, 0, 0.0, 0
@@ -181,18 +181,60 @@ def make_client_engine(
     return make_engine(cfg.engine, **options)
 
 
-def make_optimizer(params: Iterable[torch.Tensor], cfg: ClientConfig) -> Optimizer:
+def make_optimizer(
+    params: Mapping[str, torch.Tensor],
+    cfg: ClientConfig,
+    *,
+    exact: Callable[[str], bool] = lambda _: False,
+) -> Optimizer | PairedOptimizer:
     """The client's local optimizer, shared with the server's replay.
 
     AdamW (the paper's) divides each coordinate by its own running scale, so a
     forward or zero-order estimate whose every coordinate is mostly noise moves
     every weight by about `lr` in a near-random direction. Plain SGD keeps the
     estimate's own geometry: its mean is the gradient, and its noise costs only
-    through the curvature it meets (MeZO's effective-rank argument).
+    through the curvature it meets (MeZO's argument). So the tensors whose
+    gradient is an estimate (`exact(name)` false) may step with their own
+    optimizer and rate (`estimated-optimizer`, `estimated-lr`) while a head
+    differentiated exactly keeps `client-optimizer` and `lr`.
     """
-    if cfg.client_optimizer == "sgd":
-        return torch.optim.SGD(list(params), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(list(params), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    kind = cfg.estimated_optimizer or cfg.client_optimizer
+    rate = cfg.estimated_lr or cfg.lr
+    exact_params = [p for n, p in params.items() if exact(n)]
+    estimated = [p for n, p in params.items() if not exact(n)]
+    if not exact_params:
+        return _optimizer(estimated, kind, rate, cfg.weight_decay)
+    if not estimated or (kind, rate) == (cfg.client_optimizer, cfg.lr):
+        return _optimizer(
+            list(params.values()), cfg.client_optimizer, cfg.lr, cfg.weight_decay
+        )
+    return PairedOptimizer(
+        _optimizer(exact_params, cfg.client_optimizer, cfg.lr, cfg.weight_decay),
+        _optimizer(estimated, kind, rate, cfg.weight_decay),
+    )
+
+
+def _optimizer(
+    params: list[torch.Tensor], kind: str, lr: float, weight_decay: float
+) -> Optimizer:
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+class PairedOptimizer:
+    """Two optimizers stepped as one: the exact tensors' and the estimated ones'."""
+
+    def __init__(self, exact: Optimizer, estimated: Optimizer) -> None:
+        self.exact, self.estimated = exact, estimated
+
+    def step(self) -> None:
+        self.exact.step()
+        self.estimated.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.exact.zero_grad(set_to_none=set_to_none)
+        self.estimated.zero_grad(set_to_none=set_to_none)
 
 
 def replay_local_training(
@@ -214,7 +256,7 @@ def replay_local_training(
         name: torch.tensor(np.asarray(value, dtype=np.float32))
         for name, value in start.items()
     }
-    optimizer = make_optimizer(params.values(), cfg)
+    optimizer = make_optimizer(params, cfg)  # every tensor rebuilt: an estimate
     shapes = {name: tuple(p.shape) for name, p in params.items()}
     for scalars, generator in zip(step_scalars, generators, strict=False):
         grads = rebuild_from_scalars(

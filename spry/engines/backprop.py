@@ -78,6 +78,10 @@ class Backprop(GradientEngine):
     def __init__(self, *, checkpointing: bool = False) -> None:
         self.checkpointing = checkpointing
 
+    def is_exact(self, name: str) -> bool:
+        del name
+        return True
+
     def estimate(
         self,
         model: nn.Module,

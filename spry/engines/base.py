@@ -56,6 +56,15 @@ class GradientEngine(ABC):
 
     name: ClassVar[str]
 
+    def is_exact(self, name: str) -> bool:
+        """Whether the gradient this engine returns for tensor `name` is exact.
+
+        An estimate (a forward or zero-order gradient) is the true gradient plus
+        noise, and a client may step it differently (`estimated-optimizer`).
+        """
+        del name
+        return False
+
     @abstractmethod
     def estimate(
         self,

@@ -284,6 +284,9 @@ class ForwardGradient(GradientEngine):
         self.guess = dict(guess or {})
         self.guess_weight = guess_weight
 
+    def is_exact(self, name: str) -> bool:
+        return self.exact is not None and self.exact(name)
+
     def estimate(
         self,
         model: nn.Module,

@@ -366,12 +366,57 @@ def test_the_sgd_client_step_is_the_gradient_times_the_learning_rate():
     from spry.training import make_optimizer
 
     weight = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0]))
-    optimizer = make_optimizer([weight], ClientConfig(client_optimizer="sgd", lr=0.5))
+    params = {"w": weight}
+    optimizer = make_optimizer(params, ClientConfig(client_optimizer="sgd", lr=0.5))
     weight.grad = torch.tensor([0.2, 0.4, -1.0])
     optimizer.step()
 
     assert isinstance(optimizer, torch.optim.SGD)
     assert torch.equal(weight.detach(), torch.tensor([0.9, -2.2, 3.5]))
-    assert isinstance(make_optimizer([weight], ClientConfig()), torch.optim.AdamW)
+    assert isinstance(make_optimizer(params, ClientConfig()), torch.optim.AdamW)
     with pytest.raises(ConfigError, match="client-optimizer"):
         ClientConfig(client_optimizer="lion")
+
+
+def test_estimated_tensors_take_their_own_step_and_the_exact_head_keeps_adamw():
+    """`estimated-optimizer=sgd`: w <- w - estimated_lr g for every tensor whose
+    gradient is an estimate; the exactly differentiated head steps with AdamW at
+    `lr`, as with one optimizer."""
+    from spry.config import ConfigError
+    from spry.training import make_optimizer
+
+    head = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    lora = torch.nn.Parameter(torch.tensor([0.5, 0.0, -1.0]))
+    twin = torch.nn.Parameter(head.detach().clone())
+    cfg = ClientConfig(lr=1e-2, estimated_optimizer="sgd", estimated_lr=0.5)
+    paired = make_optimizer(
+        {"head.w": head, "lora.w": lora}, cfg, exact=lambda n: n.startswith("head")
+    )
+    alone = torch.optim.AdamW([twin], lr=1e-2, weight_decay=0.0)
+    for g in ([0.3, -0.1], [1.0, 2.0]):
+        head.grad, twin.grad = torch.tensor(g), torch.tensor(g)
+        lora.grad = torch.tensor([0.2, 0.4, -1.0])
+        paired.step()
+        alone.step()
+        paired.zero_grad()
+        alone.zero_grad()
+
+    assert torch.equal(head.detach(), twin.detach())
+    assert torch.allclose(lora.detach(), torch.tensor([0.3, -0.4, 0.0]))
+    # every tensor estimated (a forward engine without an exact head): one SGD
+    only = make_optimizer({"lora.w": lora}, cfg)
+    assert isinstance(only, torch.optim.SGD)
+    assert only.param_groups[0]["lr"] == 0.5
+    with pytest.raises(ConfigError, match="estimated-optimizer"):
+        ClientConfig(estimated_optimizer="lion")
+
+
+def test_the_engines_say_which_gradients_are_exact():
+    from spry.engines import make_engine
+    from spry.models import is_head
+
+    assert make_engine("backprop").is_exact("lora.w")
+    assert not make_engine("mezo").is_exact("classifier.weight")
+    forward = make_engine("forward", exact=is_head)
+    assert not forward.is_exact("encoder.layer.0.attention.self.query.lora_B.w")
+    assert forward.is_exact("classifier.weight")

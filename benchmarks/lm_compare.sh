@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The LM comparison of the forward-mode issue: SmolLM2-135M-Instruct with LoRA only,
+# `lm-classification` on Rotten Tomatoes, 100 clients (Dirichlet 1.0), 10 a round,
+# seed 0, 30 rounds. Shape sized for 2 CPU cores: 2,000 training sentences (about
+# 18 per client, 2-3 local steps of 8), prompts of at most 64 tokens, the first 500
+# test sentences scored every 5 rounds, no federated evaluation.
+#
+# Every row's run folder (metrics, checkpoint) lives in benchmarks/results/runs/
+# compare_lm, so a session that ends mid-run is resumed by the next one (--reuse);
+# completed rows are reused. ROWS picks rows (default: all, in this order).
+#
+#   bash benchmarks/lm_compare.sh                     # every row, then the report
+#   ROWS=fedavg,fedmezo bash benchmarks/lm_compare.sh  # some rows (report of those)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+PY=${PYTHON:-.venv/bin/python}
+ROWS=${ROWS:-fedavg,fedmezo,spry-tuned=spry,spry-paper,fedfgd,fedavg-ckpt}
+# Spry (tuned): the lever table's winners on this task (benchmarks/results/lm_levers.md)
+TUNED=${TUNED:-"--for spry-tuned:lora-fa=true --for spry-tuned:client-optimizer=sgd --for spry-tuned:lr=1 --for spry-tuned:server-optimizer=avg"}
+# shellcheck disable=SC2086
+exec "$PY" -m benchmarks.compare --name lm --reuse \
+  --runs-dir benchmarks/results/runs/compare_lm \
+  --methods "$ROWS" --rounds 30 --seed 0 \
+  --set task=lm-classification --set max-train-examples=2000 \
+  --set max-test-examples=500 --set eval-every=5 --set eval-clients-per-round=0 \
+  $TUNED "$@"
