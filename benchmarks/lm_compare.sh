@@ -16,8 +16,11 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 PY=${PYTHON:-.venv/bin/python}
 ROWS=${ROWS:-fedavg,fedmezo,spry-tuned=spry,spry-paper,fedfgd,fedavg-ckpt}
-# Spry (tuned): the lever table's winners on this task (benchmarks/results/lm_levers.md)
-TUNED=${TUNED:-"--for spry-tuned:lora-fa=true --for spry-tuned:client-optimizer=sgd --for spry-tuned:lr=1 --for spry-tuned:server-optimizer=avg"}
+# Spry (tuned): the central probe's winner on this task (benchmarks/results/lm_probe.md):
+# LoRA-FA (only B trains), K = 8 tangents in one vmapped pass, plain SGD at lr 3 on
+# the client, the server taking the slices as trained (avg).
+T=spry-tuned
+TUNED=${TUNED:-"--for $T:lora-fa=true --for $T:num-tangents=8 --for $T:client-optimizer=sgd --for $T:lr=3 --for $T:server-optimizer=avg"}
 # shellcheck disable=SC2086
 exec "$PY" -m benchmarks.compare --name lm --reuse \
   --runs-dir benchmarks/results/runs/compare_lm \
