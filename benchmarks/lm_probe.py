@@ -107,6 +107,8 @@ def probe(args: argparse.Namespace) -> dict[str, Any]:
         "lr": args.lr,
         "lora-fa": args.lora_fa,
         "slice-of": args.slice_of,
+        "threads": args.threads,
+        "test-examples": len(test),
         "trained-weights": int(sum(p.numel() for p in params.values())),
         "steps": args.steps,
         "batch-size": args.batch_size,
@@ -126,8 +128,8 @@ def report(rows: list[dict[str, Any]]) -> str:
         "`python -m benchmarks.lm_probe`.",
         "",
         "| engine | K | optimizer | lr | trained (weights) | steps "
-        "| test loss start -> end "
-        "| test acc start -> end | s/step |",
+        "| test loss start -> end | test acc start -> end (sentences) "
+        "| s/step (threads) |",
         "|---|---:|---|---:|---|---:|---|---|---:|",
     ]
     for r in rows:
@@ -139,8 +141,8 @@ def report(rows: list[dict[str, Any]]) -> str:
             f"| {r['engine']} | {r['num-tangents'] or '-'} | {r['optimizer']} "
             f"| {r['lr']:g} | {trained} ({r['trained-weights']:,}) | {r['steps']} "
             f"| {loss0:.4f} -> {loss1:.4f} "
-            f"| {100 * acc0:.1f}% -> {100 * acc1:.1f}% "
-            f"| {r['seconds'] / r['steps']:.2f} |"
+            f"| {100 * acc0:.1f}% -> {100 * acc1:.1f}% ({r['test-examples']}) "
+            f"| {r['seconds'] / r['steps']:.2f} ({r['threads']}) |"
         )
     return "\n".join(lines) + "\n"
 
