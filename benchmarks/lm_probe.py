@@ -1,4 +1,4 @@
-"""Central probe: how far forward-gradient steps move a LoRA-only language model.
+"""Central probe: how far forward-gradient steps move a task's LoRA, without federation.
 
 Before a lever is paid for with 20-minute federated runs, this asks the question
 without the federation: one process, the `lm-classification` task's own model, loss,
@@ -37,44 +37,48 @@ STEM = "lm_probe"
 
 def probe(args: argparse.Namespace) -> dict[str, Any]:
     """One setting's curve: [(step, test accuracy, test loss)] and seconds."""
-    from spry.engines import make_engine
+    from spry.models import is_head
     from spry.resolve import resolve
-    from spry.tasks import load_task
-    from spry.training import make_optimizer
+    from spry.tasks import get, load_task
+    from spry.training import make_client_engine, make_optimizer
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
-    cfg = resolve(
-        {
-            "task": "lm-classification",
-            "model": "SmolLM2-135M-Instruct",
-            "lora-targets": "q_proj,v_proj",
-            "lora-fa": args.lora_fa,
-            "client-optimizer": args.optimizer,
-            "lr": args.lr,
-            "seed": args.seed,
-        }
-    )
+    values: dict[str, Any] = {
+        **get(args.task).run_defaults,
+        "task": args.task,
+        "engine": args.engine,
+        "num-tangents": args.num_tangents,
+        "lora-fa": args.lora_fa,
+        "client-optimizer": args.optimizer,
+        "lr": args.lr,
+        "seed": args.seed,
+    }
+    for item in args.set:
+        key, _, value = item.partition("=")
+        values[key.strip()] = value.strip()
+    cfg = resolve(values)
     task = load_task(cfg)
     trainable = task.build_model("cpu")
     dataset = task.dataset  # type: ignore[attr-defined]
     rng = np.random.default_rng(args.seed)
     train = dataset.train.select(rng.permutation(len(dataset.train))[: args.pool])
     test = dataset.test.select(range(min(args.test_examples, len(dataset.test))))
-    every = list(trainable.parameters().items())
-    # A Spry client trains one slice: every `slice_of`-th tensor here, the rest fixed.
+    # A Spry client trains one slice: every `slice_of`-th tensor here, the rest
+    # fixed; a head, which every Spry client trains, is always in it.
+    chosen = [
+        is_head(n) or i % args.slice_of == 0
+        for i, n in enumerate(trainable.parameters())
+    ]
     params = {
         trainable.own_name(n): p
-        for i, (n, p) in enumerate(every)
-        if i % args.slice_of == 0
+        for (n, p), keep in zip(trainable.parameters().items(), chosen, strict=True)
+        if keep
     }
-    for i, (_, p) in enumerate(every):
-        p.requires_grad_(i % args.slice_of == 0)
-    optimizer = make_optimizer(params, cfg.client)
-    options: dict[str, Any] = {}
-    if args.engine == "forward":
-        options = {"num_tangents": args.num_tangents, "tangent_batch": 0}
-    engine = make_engine(args.engine, **options)
+    for p, keep in zip(trainable.parameters().values(), chosen, strict=True):
+        p.requires_grad_(keep)
+    engine = make_client_engine(cfg.client)
+    optimizer = make_optimizer(params, cfg.client, exact=engine.is_exact)
     generator = torch.Generator().manual_seed(args.seed)
 
     def score(step: int) -> tuple[int, float, float]:
@@ -101,6 +105,8 @@ def probe(args: argparse.Namespace) -> dict[str, Any]:
             curve.append(score(step))
     seconds = time.monotonic() - started
     return {
+        "task": args.task,
+        "set": args.set,
         "engine": args.engine,
         "num-tangents": args.num_tangents if args.engine == "forward" else None,
         "optimizer": args.optimizer,
@@ -118,29 +124,39 @@ def probe(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+DESCRIPTIONS = {
+    "lm-classification": "SmolLM2-135M-Instruct, LoRA r 1 on q_proj and v_proj, the "
+    "task's prompt and label-word loss",
+    "classification": "the default task: all-MiniLM-L6-v2, LoRA r 1 on query and "
+    "value, the centred mean-pooled head (trained exactly under the forward engine, "
+    "as every Spry client trains it)",
+}
+
+
 def report(rows: list[dict[str, Any]]) -> str:
+    task = rows[0].get("task", "lm-classification")
     lines = [
-        "## Central probe: forward-gradient steps on lm-classification (no federation)",
+        f"## Central probe: forward-gradient steps on {task} (no federation)",
         "",
-        "SmolLM2-135M-Instruct, LoRA r 1 on q_proj and v_proj, the task's prompt and "
-        "label-word loss; batches from a fixed sample of training sentences, the same "
-        "for every row; test loss and accuracy on the first test sentences. "
-        "`python -m benchmarks.lm_probe`.",
+        f"{DESCRIPTIONS.get(task, task)}; batches from a fixed sample of training "
+        "sentences, the same for every row; test loss and accuracy on the first test "
+        "sentences. `python -m benchmarks.lm_probe`.",
         "",
-        "| engine | K | optimizer | lr | trained (weights) | steps "
+        "| engine | K | optimizer | lr | settings | trained (weights) | steps "
         "| test loss start -> end | test acc start -> end (sentences) "
         "| s/step (threads) |",
-        "|---|---:|---|---:|---|---:|---|---|---:|",
+        "|---|---:|---|---:|---|---|---:|---|---|---:|",
     ]
     for r in rows:
         (_, acc0, loss0), (_, acc1, loss1) = r["curve"][0], r["curve"][-1]
         trained = "B only (LoRA-FA)" if r["lora-fa"] else "A and B"
         if r.get("slice-of", 1) > 1:
             trained += f", 1/{r['slice-of']} of the tensors"
+        settings = " ".join(r.get("set", [])) or "-"
         lines.append(
             f"| {r['engine']} | {r['num-tangents'] or '-'} | {r['optimizer']} "
-            f"| {r['lr']:g} | {trained} ({r['trained-weights']:,}) | {r['steps']} "
-            f"| {loss0:.4f} -> {loss1:.4f} "
+            f"| {r['lr']:g} | {settings} | {trained} ({r['trained-weights']:,}) "
+            f"| {r['steps']} | {loss0:.4f} -> {loss1:.4f} "
             f"| {100 * acc0:.1f}% -> {100 * acc1:.1f}% ({r['test-examples']}) "
             f"| {r['seconds'] / r['steps']:.2f} ({r['threads']}) |"
         )
@@ -149,6 +165,12 @@ def report(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--task", default="lm-classification")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="any run setting (estimated-optimizer=sgd, train-lora=false, ...)",
+    )  # fmt: skip
+    parser.add_argument("--stem", default=STEM, help="results: STEM.jsonl, STEM.md")
     parser.add_argument("--engine", default="forward")
     parser.add_argument("--num-tangents", type=int, default=1)
     parser.add_argument("--optimizer", choices=("adamw", "sgd"), default="sgd")
@@ -171,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="only write the table")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    lines = args.out / f"{STEM}.jsonl"
+    lines = args.out / f"{args.stem}.jsonl"
     if not args.report:
         row = probe(args)
         args.out.mkdir(parents=True, exist_ok=True)
@@ -179,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             fh.write(json.dumps(row) + "\n")
     rows = [json.loads(x) for x in lines.read_text().splitlines() if x.strip()]
     table = report(rows)
-    (args.out / f"{STEM}.md").write_text(table)
+    (args.out / f"{args.stem}.md").write_text(table)
     print(table)
     return 0
 

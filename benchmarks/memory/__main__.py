@@ -12,7 +12,7 @@ from . import __doc__ as DOC
 from .models import CLASSIFIER, MODELS, bench_model
 from .report import write_all
 from .suite import ROOT, SUITES, custom_suite, plan, run_points
-from .worker import ENGINES
+from .worker import ENGINES, LEVER_ENGINES
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -34,7 +34,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--suite", choices=sorted(SUITES), help="a prepared suite (default: cpu)")
     add("--models", type=_list, help=f"instead of a suite: {', '.join(MODELS)}, "
         "hf:NAME_OR_PATH, random:NAME_OR_PATH")  # fmt: skip
-    add("--engines", type=_list, default=list(ENGINES), help=", ".join(ENGINES))
+    add("--engines", type=_list, default=list(ENGINES),
+        help=", ".join(ENGINES) + "; on request: " + ", ".join(LEVER_ENGINES))
     add("--seqs", type=_ints, default=[64, 128, 256, 512], help="with --models")
     add("--batches", type=_ints, default=[1, 4, 8, 16, 32], help="with --models")
     add("--dtypes", type=_list, default=[], help="extra frozen dtypes, e.g. bfloat16")
@@ -52,8 +53,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.suite and args.models:
         p.error("give --suite or --models, not both")
-    if unknown := sorted(set(args.engines) - set(ENGINES)):
-        p.error(f"unknown engine(s) {unknown}; available: {', '.join(ENGINES)}")
+    if unknown := sorted(set(args.engines) - set(ENGINES) - set(LEVER_ENGINES)):
+        known = ", ".join((*ENGINES, *LEVER_ENGINES))
+        p.error(f"unknown engine(s) {unknown}; available: {known}")
     for name in args.models or []:
         try:
             bench_model(name)

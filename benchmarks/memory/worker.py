@@ -42,6 +42,9 @@ from .models import CAUSAL_LM, LABEL_WORDS, BenchModel, bench_model
 
 MIB = 2**20
 ENGINES = ("inference", "backprop", "backprop-checkpoint", "spry", "fedfgd", "mezo")
+# Measured on request only (`--engines`): what a lever costs. spry-kN is Spry's
+# client with N tangents in one vmapped pass.
+LEVER_ENGINES = ("spry-k4", "spry-k8")
 Batch = dict[str, torch.Tensor]
 Record = dict[str, Any]
 
@@ -103,11 +106,13 @@ def make_engine_for(engine: str):
     """
     from spry.engines import ForwardGradient, make_engine
 
-    if engine == "spry":  # the default client: K tangents, exact head, its slice
+    if engine == "spry" or engine.startswith("spry-k"):
+        # the default client: K tangents (spry-kN: N), exact head, its slice
         client = ClientConfig()
         exact = is_head if client.head_gradient == "exact" else None
+        tangents = int(engine[6:]) if engine != "spry" else client.num_tangents
         return ForwardGradient(
-            num_tangents=client.num_tangents,
+            num_tangents=tangents,
             distribution=client.tangent_distribution,
             tangent_batch=client.tangent_batch,
             exact=exact,
