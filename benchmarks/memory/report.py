@@ -9,7 +9,10 @@ from typing import Any
 
 from spry.jsonfile import write_json
 
-from .worker import ENGINES, Record
+from .worker import ENGINES as SUITE_ENGINES
+from .worker import LEVER_ENGINES, Record
+
+ENGINES = (*SUITE_ENGINES, *LEVER_ENGINES)  # lever rows show when measured
 
 SHORT = {"backprop-checkpoint": "bp-ckpt"}
 
