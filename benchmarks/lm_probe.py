@@ -64,10 +64,12 @@ def probe(args: argparse.Namespace) -> dict[str, Any]:
     rng = np.random.default_rng(args.seed)
     train = dataset.train.select(rng.permutation(len(dataset.train))[: args.pool])
     test = dataset.test.select(range(min(args.test_examples, len(dataset.test))))
-    # A Spry client trains one slice: every `slice_of`-th tensor here, the rest
-    # fixed; a head, which every Spry client trains, is always in it.
+    # A Spry client trains one slice: every `slice_of`-th group of `group-size`
+    # consecutive tensors (as the server groups them: a module's LoRA A with its
+    # B), the rest fixed; a head, which every Spry client trains, is always in it.
+    size = cfg.strategy.group_size
     chosen = [
-        is_head(n) or i % args.slice_of == 0
+        is_head(n) or (i // size) % args.slice_of == 0
         for i, n in enumerate(trainable.parameters())
     ]
     params = {
@@ -113,6 +115,7 @@ def probe(args: argparse.Namespace) -> dict[str, Any]:
         "lr": args.lr,
         "lora-fa": args.lora_fa,
         "slice-of": args.slice_of,
+        "slice-rule": "every N-th group of group-size tensors, and any head",
         "threads": args.threads,
         "test-examples": len(test),
         "trained-weights": int(sum(p.numel() for p in params.values())),
@@ -180,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         "--slice-of",
         type=int,
         default=1,
-        help="train every N-th trainable tensor only (10: one Spry slice of 10 "
-        "clients), the others stay at their initial values",
+        help="train every N-th group of tensors only (10: one Spry slice of 10 "
+        "clients; a head always), the others stay at their initial values",
     )
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=8)
