@@ -17,12 +17,18 @@ pseudo-gradient delta = aggregate - current,
 gradients, delta = -G, so this is FedSGD's w <- w - eta G). They are optax-style: a
 pure `init` and `update` over explicit state, so the state can be checkpointed and
 tested by hand.
+
+Yogi and Adam divide each coordinate by its own scale, so a delta that is mostly
+noise (a slice trained on forward-gradient estimates) still moves every weight by
+about eta a round. `estimated_kind` gives the tensors whose client gradient is an
+estimate their own step (say "avg") while the exactly trained ones (a head) keep
+`kind`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import ClassVar, NamedTuple
 
 import numpy as np
@@ -87,6 +93,11 @@ class ServerOptimizer:
         Second-moment decay.
     tau : float (default: 1e-3)
         Adaptivity (added to sqrt(v)).
+    estimated_kind : str (default: "": as `kind`)
+        The step for tensors whose clients' gradient is an estimate.
+    is_exact : (tensor name) -> bool, optional
+        Which tensors the clients differentiate exactly (None: every one);
+        the others step with `estimated_kind`.
     """
 
     kind: str = "yogi"
@@ -94,13 +105,25 @@ class ServerOptimizer:
     beta_1: float = 0.9
     beta_2: float = 0.99
     tau: float = 1e-3
+    estimated_kind: str = ""
+    is_exact: Callable[[str], bool] | None = None
     KINDS: ClassVar[tuple[str, ...]] = ("yogi", "adam", "avg", "sgd")
 
     def __post_init__(self) -> None:
-        if self.kind not in self.KINDS:
-            raise ValueError(
-                f"unknown server optimizer {self.kind!r}; use {self.KINDS}"
-            )
+        for kind in (self.kind, self.estimated_kind or self.kind):
+            if kind not in self.KINDS:
+                raise ValueError(
+                    f"unknown server optimizer {kind!r}; use {self.KINDS}"
+                )
+
+    @property
+    def split_kinds(self) -> bool:
+        """Whether estimated tensors step differently from exact ones."""
+        return (
+            self.is_exact is not None
+            and bool(self.estimated_kind)
+            and self.estimated_kind != self.kind
+        )
 
     def init(self, current: Mapping[str, np.ndarray]) -> OptimizerState:
         zeros = {k: np.zeros_like(v, dtype=np.float32) for k, v in current.items()}
@@ -118,6 +141,8 @@ class ServerOptimizer:
                 f"aggregate and current differ in tensors: "
                 f"{sorted(set(aggregate) ^ set(current))}"
             )
+        if self.split_kinds:
+            return self._update_by_kind(current, aggregate, state)
         if self.kind == "avg":
             return {k: np.asarray(aggregate[k]) for k in current}, state
         if self.kind == "sgd":
@@ -139,4 +164,29 @@ class ServerOptimizer:
             new[name] = (w + self.eta * m[name] / (np.sqrt(v[name]) + self.tau)).astype(
                 np.float32
             )
+        return new, OptimizerState(m=m, v=v)
+
+    def _update_by_kind(
+        self,
+        current: Mapping[str, np.ndarray],
+        aggregate: Mapping[str, np.ndarray],
+        state: OptimizerState,
+    ) -> tuple[Arrays, OptimizerState]:
+        """Exact tensors step with `kind`, estimated ones with `estimated_kind`."""
+        assert self.is_exact is not None
+        exact = {name for name in current if self.is_exact(name)}
+        plain = replace(self, estimated_kind="", is_exact=None)
+        new, m, v = {}, dict(state.m), dict(state.v)
+        for names, step in (
+            (exact, plain),
+            (set(current) - exact, replace(plain, kind=self.estimated_kind)),
+        ):
+            part, moved = step.update(
+                {n: current[n] for n in names},
+                {n: aggregate[n] for n in names},
+                state,
+            )
+            new.update(part)
+            m.update({n: moved.m[n] for n in names})
+            v.update({n: moved.v[n] for n in names})
         return new, OptimizerState(m=m, v=v)

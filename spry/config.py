@@ -511,6 +511,15 @@ class StrategyConfig(_Section):
         default="yogi",
         metadata={"help": "server step (spry.aggregation.ServerOptimizer.KINDS)"},
     )
+    estimated_server_optimizer: str = field(
+        default="",
+        metadata={
+            "help": "server step for the tensors whose client gradient is an "
+            "estimate (the forward LoRA slices; not an exact head): Yogi/Adam "
+            "move every coordinate of a noisy delta by about eta, avg takes the "
+            "slices as trained ('': server-optimizer)"
+        },
+    )
     eta: float = field(
         default=3e-2, metadata={"help": "server learning rate (paper: 1e-2)"}
     )

@@ -31,6 +31,7 @@ def named_choices() -> dict[str, tuple[str, ...]]:
         "engine": tuple(ENGINES),
         "tangent-distribution": DISTRIBUTIONS,
         "server-optimizer": ServerOptimizer.KINDS,
+        "estimated-server-optimizer": ("", *ServerOptimizer.KINDS),
     }
 
 

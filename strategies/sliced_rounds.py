@@ -45,6 +45,7 @@ from spry.config import ClientConfig, ConfigError, Options, RunConfig, build_opt
 from spry.faults import CRASH, InjectedFault
 from spry.seeding import SAMPLE_EVALUATE, SAMPLE_TRAIN
 from spry.splitting import coverage, group_tensors
+from spry.training import make_client_engine
 
 from .parts import Dealer, Faults, NoFaults, RoundRobin, SecondWave
 from .replies import (
@@ -253,6 +254,11 @@ class SlicedRounds(Strategy):
                 beta_1=s.beta_1,
                 beta_2=s.beta_2,
                 tau=s.tau,
+                estimated_kind=s.estimated_server_optimizer,
+                # the clients' engine says which tensors it differentiates exactly
+                is_exact=make_client_engine(cfg.client).is_exact
+                if s.estimated_server_optimizer
+                else None,
             ),
             "seed": cfg.runtime.seed,
             "upload_scalars": s.upload_scalars,
@@ -357,10 +363,13 @@ class SlicedRounds(Strategy):
             list(self.shared_names) or "none",
         )
         opt = self.optimizer
+        kind = f"{opt.kind}, estimated tensors {opt.estimated_kind}" if (
+            opt.split_kinds
+        ) else opt.kind
         log(
             INFO,
             "\t│\t└── server optimizer %s (eta %g, b1 %g, b2 %g, tau %g)",
-            *(opt.kind, opt.eta, opt.beta_1, opt.beta_2, opt.tau),
+            *(kind, opt.eta, opt.beta_1, opt.beta_2, opt.tau),
         )
 
     # -------------------------------------------------------------- checkpoints

@@ -108,3 +108,45 @@ def test_full_coverage_yogi_equals_flowers_own_fedyogi():
     # Assert
     for k in current:
         np.testing.assert_allclose(ours[k], theirs[k].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_estimated_tensors_can_take_the_aggregate_while_the_head_steps_with_yogi():
+    """`estimated-server-optimizer=avg`: the forward-trained slices are taken as
+    trained, the exact head takes exactly the Yogi step it takes alone, and each
+    keeps its own moments across rounds."""
+    current = {"head": np.array([1.0, -1.0]), "lora": np.array([0.0, 0.5])}
+    rounds = [
+        {"head": np.array([1.2, -0.7]), "lora": np.array([0.01, 0.49])},
+        {"head": np.array([0.9, -1.3]), "lora": np.array([-0.02, 0.52])},
+    ]
+    split = ServerOptimizer(
+        kind="yogi", eta=0.1, estimated_kind="avg", is_exact=lambda n: n == "head"
+    )
+    alone = ServerOptimizer(kind="yogi", eta=0.1)
+    state, solo = split.init(current), alone.init({"head": current["head"]})
+    weights, head = dict(current), {"head": current["head"]}
+    for target in rounds:
+        # clients start from the current weights: the aggregate is an offset of it
+        aggregate = {k: weights[k] + (target[k] - current[k]) for k in weights}
+        weights, state = split.update(weights, aggregate, state)
+        head, solo = alone.update(head, {"head": aggregate["head"]}, solo)
+        np.testing.assert_array_equal(weights["lora"], aggregate["lora"])
+        np.testing.assert_allclose(weights["head"], head["head"], rtol=0, atol=0)
+    np.testing.assert_array_equal(state.m["head"], solo.m["head"])
+    np.testing.assert_array_equal(state.m["lora"], np.zeros(2))  # avg keeps none
+    with pytest.raises(ValueError, match="unknown server optimizer"):
+        ServerOptimizer(estimated_kind="lion")
+
+
+def test_without_a_split_the_estimated_kind_changes_nothing():
+    current = {"a": np.array([1.0]), "b": np.array([2.0])}
+    aggregate = {"a": np.array([1.5]), "b": np.array([1.0])}
+    plain = ServerOptimizer(kind="yogi", eta=0.1)
+    same = ServerOptimizer(kind="yogi", eta=0.1, estimated_kind="yogi",
+                           is_exact=lambda n: n == "a")  # fmt: skip
+    for opt in (same, ServerOptimizer(kind="yogi", eta=0.1, estimated_kind="avg")):
+        new, _ = opt.update(current, aggregate, opt.init(current))
+        expected, _ = plain.update(current, aggregate, plain.init(current))
+        assert {k: v.tolist() for k, v in new.items()} == {
+            k: v.tolist() for k, v in expected.items()
+        }
