@@ -111,6 +111,19 @@ def run_key(arguments: list[str], out: Path, label: str) -> list[str]:
     return [label if arg == str(out) else arg for arg in arguments]
 
 
+def _status(run: Path) -> str:
+    summary = run / "summary.json"
+    return json.loads(summary.read_text()).get("status", "") if summary.exists() else ""
+
+
+def latest_run(out: Path) -> Path | None:
+    """The newest run folder under `out` with at least one evaluation, or None."""
+    if not out.is_dir():
+        return None
+    runs = [p for p in sorted(out.iterdir()) if (p / "metrics.csv").exists()]
+    return runs[-1] if runs else None
+
+
 def last_interrupted(out: Path) -> Path | None:
     """The newest run folder under `out` with a checkpoint but no completed summary.
 
@@ -209,13 +222,18 @@ def markdown(
     reference: str,
     extra: list[str],
     per_method: dict[str, list[str]] | None = None,
+    target_given: bool = False,
 ) -> str:
+    goal = (
+        "given"
+        if target_given
+        else f"{100 * TARGET_SHARE:.0f}% of {reference}'s final test accuracy"
+    )
     lines = [
         f"## Methods compared: {rounds} rounds, same model, data, partitions and seed",
         "",
-        f"Target: {100 * TARGET_SHARE:.0f}% of {reference}'s final test accuracy "
-        f"= {100 * summaries[0]['target-accuracy']:.1f}%; majority class "
-        f"{100 * summaries[0]['majority-rate']:.1f}%. Extra settings: "
+        f"Target: {goal} = {100 * summaries[0]['target-accuracy']:.1f}%; "
+        f"majority class {100 * summaries[0]['majority-rate']:.1f}%. Extra settings: "
         f"{' '.join(extra) or 'none'}"
         + "".join(f"; {m}: {' '.join(v)}" for m, v in (per_method or {}).items())
         + ".",
@@ -342,6 +360,20 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoints across sessions",
     )
     parser.add_argument(
+        "--target",
+        type=float,
+        default=None,
+        help="test accuracy to reach, a fraction (default: 90%% of the reference's "
+        "final; a prompted LM's zero-shot may already be above that)",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: the report from the run folders there are, an "
+        "interrupted run up to its last evaluation (marked in progress), every row "
+        "compared at the last round all of them reached",
+    )
+    parser.add_argument(
         "--name", default="", help="results stem suffix: compare_<name>.{json,md,png}"
     )
     args = parser.parse_args(argv)
@@ -367,6 +399,24 @@ def main(argv: list[str] | None = None) -> int:
     stem = f"compare_{args.name}" if args.name else "compare"
     runs_dir = args.runs_dir or ROOT / "results" / stem
     curves, presets = {}, {}
+    if args.report_only:
+        for label, m in rows:
+            run_dir = latest_run(runs_dir / label)
+            if run_dir is None:
+                print(f"[compare] {label}: no run folder yet, left out")
+                continue
+            done = _status(run_dir) == "completed"
+            name = label if done else f"{label} (in progress)"
+            curves[name], presets[name] = read_rows(run_dir), m
+        if not curves:
+            print(f"compare: no run folders under {runs_dir}", file=sys.stderr)
+            return 1
+        common = min(int(c[-1]["round"]) for c in curves.values())
+        print(write_report(
+            curves, common, args.seed, args.set, args.out, per_method,
+            stem=stem, presets=presets, target=args.target,
+        ))  # fmt: skip
+        return 0
     for label, m in rows:
         extra = args.set + per_method.get(label, [])
         run_dir = run_method(
@@ -375,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         curves[label], presets[label] = read_rows(run_dir), m
     report = write_report(
         curves, args.rounds, args.seed, args.set, args.out, per_method,
-        stem=stem, presets=presets,
+        stem=stem, presets=presets, target=args.target,
     )  # fmt: skip
     print(report)
     return 0
@@ -398,10 +448,12 @@ def write_report(
     *,
     stem: str = "compare",
     presets: dict[str, str] | None = None,
+    target: float | None = None,
 ) -> str:
     """Write <stem>.{json,md,png} under `out` from the per-row curves.
 
-    `presets` maps a row's label to its method (default: the label is the method).
+    `presets` maps a row's label to its method (default: the label is the method);
+    `target` is the accuracy to reach (default: 90% of the reference's final).
     """
     presets = presets or {}
     reference = (
@@ -409,7 +461,8 @@ def write_report(
         if REFERENCE in curves
         else max(curves, key=lambda m: curves[m][-1]["test-accuracy"])
     )
-    target = TARGET_SHARE * curves[reference][-1]["test-accuracy"]
+    target_given = target is not None
+    target = target or TARGET_SHARE * curves[reference][-1]["test-accuracy"]
     per_method = per_method or {}
     summaries = [
         summarize(presets.get(m, m), rows, target, rounds, label=m)
@@ -422,7 +475,7 @@ def write_report(
          "per-method": per_method, "reference": reference,
          "methods": summaries, "curves": curves},
     )  # fmt: skip
-    report = markdown(summaries, rounds, reference, extra, per_method)
+    report = markdown(summaries, rounds, reference, extra, per_method, target_given)
     (out / f"{stem}.md").write_text(report)
     plot(curves, out / f"{stem}.png", rounds)
     return report

@@ -104,3 +104,37 @@ def test_a_run_folder_is_recognised_after_it_moves(tmp_path):
     assert run_key(arguments(here), here, "spry") != run_key(
         arguments(here)[:-1] + ["lr=2"], here, "spry"
     )
+
+
+def test_a_report_from_run_folders_marks_unfinished_rows_and_meets_at_their_round(
+    tmp_path,
+):
+    """`--report-only`: rows from the folders there are, an interrupted run marked
+    in progress, every row compared at the last round all of them reached."""
+    import json
+
+    from benchmarks.compare import main
+
+    def write(label, rounds, status):
+        run = tmp_path / "runs" / label / "20260101-000000-x"
+        run.mkdir(parents=True)
+        header = "round,test-accuracy,test-loss,majority-rate,elapsed-seconds"
+        lines = [header] + [
+            f"{r},{0.5 + 0.01 * r},{1 - 0.01 * r},0.5,{10 * r}" for r in rounds
+        ]
+        (run / "metrics.csv").write_text("\n".join(lines) + "\n")
+        if status:
+            (run / "summary.json").write_text(json.dumps({"status": status}))
+
+    write("fedavg", [0, 5, 10, 15], "completed")
+    write("spry", [0, 5, 10], "")
+    status = main([
+        "--methods", "fedavg,spry,fedmezo", "--report-only", "--target", "0.55",
+        "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path), "--name", "t",
+    ])  # fmt: skip
+    report = (tmp_path / "compare_t.md").read_text()
+    assert status == 0
+    assert "10 rounds" in report and "spry (in progress) | 10 | 60.0%" in report
+    assert "| fedavg | 15 | 60.0% | 65.0%" in report
+    assert "fedmezo" not in report.split("|---|")[1]
+    assert "Target: given = 55.0%" in report
