@@ -184,7 +184,7 @@ def _train(
         ),
         loss=task.loss,
         engine=engine,
-        cfg=cfg.client,
+        cfg=cfg.client.at_round(server_round, cfg.runtime.num_server_rounds),
         seed=cfg.runtime.seed,
         server_round=server_round,
         partition_id=partition_id,

@@ -112,9 +112,7 @@ class ServerOptimizer:
     def __post_init__(self) -> None:
         for kind in (self.kind, self.estimated_kind or self.kind):
             if kind not in self.KINDS:
-                raise ValueError(
-                    f"unknown server optimizer {kind!r}; use {self.KINDS}"
-                )
+                raise ValueError(f"unknown server optimizer {kind!r}; use {self.KINDS}")
 
     @property
     def split_kinds(self) -> bool:

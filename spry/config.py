@@ -20,6 +20,7 @@ in-process apps) and deployment behave the same.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -303,6 +304,7 @@ class ClientConfig(_Section):
     ZO_FORMATS: ClassVar[tuple[str, ...]] = ("auto", "forward", "center")
     OPTIMIZERS: ClassVar[tuple[str, ...]] = ("adamw", "sgd")
     HEAD_GRADIENTS: ClassVar[tuple[str, ...]] = ("shared", "exact")
+    LR_DECAYS: ClassVar[tuple[str, ...]] = ("constant", "linear", "cosine")
 
     engine: str = field(
         default="forward",
@@ -377,6 +379,14 @@ class ClientConfig(_Section):
         default=0.0,
         metadata={"help": "learning rate for the estimated tensors (0: lr)"},
     )
+    lr_decay: str = field(
+        default="constant",
+        metadata={
+            "help": "the client rates over the run's rounds: constant | linear "
+            "(to lr/T in the last of T rounds, as FwdLLM decays) | cosine; a "
+            "noisy estimate at a constant rate keeps wandering once it has learned"
+        },
+    )
     weight_decay: float = field(
         default=0.0, metadata={"help": "client AdamW decay (paper: torch's 0.01)"}
     )
@@ -447,12 +457,34 @@ class ClientConfig(_Section):
             f"`estimated-lr` should be >= 0, got {self.estimated_lr}",
         )
         _require(
+            self.lr_decay in self.LR_DECAYS,
+            f"`lr-decay` should be one of {self.LR_DECAYS}, got {self.lr_decay!r}",
+        )
+        _require(
             self.weight_decay >= 0,
             f"`weight-decay` should be >= 0, got {self.weight_decay}",
         )
         _require(
             self.batch_size >= 1,
             f"`batch-size` should be at least 1, got {self.batch_size}",
+        )
+
+    def at_round(self, server_round: int, num_rounds: int) -> ClientConfig:
+        """These settings at round `server_round` (1-based) of `num_rounds`.
+
+        `lr` and `estimated-lr` scaled as `lr-decay` says. The client trains
+        with them and the server replays scalar uploads with them, so both must
+        ask here.
+        """
+        if self.lr_decay == "constant" or num_rounds < 1:
+            return self
+        done = min(max(server_round - 1, 0), num_rounds - 1) / num_rounds
+        if self.lr_decay == "linear":
+            share = 1.0 - done
+        else:
+            share = 0.5 * (1.0 + math.cos(math.pi * done))
+        return dataclasses.replace(
+            self, lr=self.lr * share, estimated_lr=self.estimated_lr * share
         )
 
     def engine_options(self) -> dict[str, Any]:

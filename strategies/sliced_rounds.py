@@ -363,9 +363,11 @@ class SlicedRounds(Strategy):
             list(self.shared_names) or "none",
         )
         opt = self.optimizer
-        kind = f"{opt.kind}, estimated tensors {opt.estimated_kind}" if (
-            opt.split_kinds
-        ) else opt.kind
+        kind = (
+            f"{opt.kind}, estimated tensors {opt.estimated_kind}"
+            if (opt.split_kinds)
+            else opt.kind
+        )
         log(
             INFO,
             "\t│\t└── server optimizer %s (eta %g, b1 %g, b2 %g, tau %g)",

@@ -68,7 +68,10 @@ class Spry(SlicedRounds):
             for step in range(len(scalars))
         )
         tensors = replay_local_training(
-            {n: self.current[n] for n in owned}, scalars, generators, self.client_cfg
+            {n: self.current[n] for n in owned},
+            scalars,
+            generators,
+            self.client_cfg.at_round(server_round, self.num_rounds),
         )
         return tensors, weight, metrics, scalars.nbytes
 

@@ -34,8 +34,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--suite", choices=sorted(SUITES), help="a prepared suite (default: cpu)")
     add("--models", type=_list, help=f"instead of a suite: {', '.join(MODELS)}, "
         "hf:NAME_OR_PATH, random:NAME_OR_PATH")  # fmt: skip
-    add("--engines", type=_list, default=list(ENGINES),
-        help=", ".join(ENGINES) + "; on request: " + ", ".join(LEVER_ENGINES))
+    add(
+        "--engines",
+        type=_list,
+        default=list(ENGINES),
+        help=", ".join(ENGINES) + "; on request: " + ", ".join(LEVER_ENGINES),
+    )
     add("--seqs", type=_ints, default=[64, 128, 256, 512], help="with --models")
     add("--batches", type=_ints, default=[1, 4, 8, 16, 32], help="with --models")
     add("--dtypes", type=_list, default=[], help="extra frozen dtypes, e.g. bfloat16")

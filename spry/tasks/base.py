@@ -200,9 +200,7 @@ class Task(ABC):
         """
         trainable = self.build_model(device)
         rows = self.partition(0).train
-        batches = self.batches(
-            trainable, rows, batch_size=self.run.client.batch_size
-        )
+        batches = self.batches(trainable, rows, batch_size=self.run.client.batch_size)
         batch = next(iter(batches), None)
         if batch is None:
             raise ConfigError(

@@ -18,7 +18,7 @@ from spry.tasks.extras import MissingExtra, missing_modules, require
 ROOT = Path(__file__).resolve().parents[2]
 # The top-level modules of the `verix` and `raee` extras (pyproject.toml)
 EXTRA_MODULES = {"maraboupy", "onnx", "onnxruntime", "z3", "faiss", "sklearn"}
-HINT = 'task \'verix\' needs extra packages: pip install -e ".[verix]" (missing: {})'
+HINT = "task 'verix' needs extra packages: pip install -e \".[verix]\" (missing: {})"
 
 
 def test_require_names_the_extra_and_what_is_missing():
