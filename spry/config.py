@@ -544,12 +544,13 @@ class StrategyConfig(_Section):
         metadata={"help": "server step (spry.aggregation.ServerOptimizer.KINDS)"},
     )
     estimated_server_optimizer: str = field(
-        default="",
+        default="avg",
         metadata={
             "help": "server step for the tensors whose client gradient is an "
             "estimate (the forward LoRA slices; not an exact head): Yogi/Adam "
             "move every coordinate of a noisy delta by about eta, avg takes the "
-            "slices as trained ('': server-optimizer)"
+            "slices as trained ('': server-optimizer, as the paper and the "
+            "baselines step)"
         },
     )
     eta: float = field(

@@ -18,11 +18,17 @@ METHODS: dict[str, dict[str, ConfigValue]] = {
     # with this project's tuned defaults (config.py: a centred mean-pooled head that
     # every client trains with its exact gradient: reverse mode over the head
     # alone, nested inside the slice's jvp; the LoRA slices get forward gradients).
+    # The server takes the forward-estimated slices as trained (avg) and steps the
+    # exact head with Yogi: Yogi moves every coordinate of a mostly-noise delta by
+    # about eta a round, which cost the encoder default 4 points against its own
+    # head-only reference (benchmarks/results/compare_encoder.md). Every other
+    # method steps all its tensors with its own server optimizer ('').
     "spry": {
         "strategy": "spry",
         "engine": "forward",
         "split": True,
         "server-optimizer": "yogi",
+        "estimated-server-optimizer": "avg",
     },
     # Spry exactly as the paper configures it: the model's own head (BERT: on the
     # untrained pooler), dealt to one client like any other group, K = 1 tangent,
@@ -45,6 +51,7 @@ METHODS: dict[str, dict[str, ConfigValue]] = {
         "weight-decay": 0.01,
         "dropout": True,
         "lora-dropout": 0.1,
+        "estimated-server-optimizer": "",
     },
     # Spry with per-iteration communication: each round a client uploads the jvp
     # scalars of one batch; the server redraws the tangents and steps on the result.
@@ -55,6 +62,7 @@ METHODS: dict[str, dict[str, ConfigValue]] = {
         "upload-scalars": True,
         "head-gradient": "shared",  # every upload is K scalars along seeded tangents
         "server-optimizer": "yogi",
+        "estimated-server-optimizer": "",
     },
     # FedFGD: forward gradients over every trainable tensor, no split.
     "fedfgd": {
@@ -62,6 +70,7 @@ METHODS: dict[str, dict[str, ConfigValue]] = {
         "engine": "forward",
         "split": False,
         "server-optimizer": "yogi",
+        "estimated-server-optimizer": "",
     },
     # Spry's split with a different server step (the paper's ablations).
     "fedavgsplit": {
@@ -69,6 +78,7 @@ METHODS: dict[str, dict[str, ConfigValue]] = {
         "engine": "forward",
         "split": True,
         "server-optimizer": "avg",
+        "estimated-server-optimizer": "",
     },
     # Spry's reference: the same run with LoRA frozen at its initial values, so only
     # the head trains (every client, exactly, as in `spry`): a federated linear
@@ -80,6 +90,7 @@ METHODS: dict[str, dict[str, ConfigValue]] = {
         "server-optimizer": "yogi",
         "head-gradient": "exact",
         "train-lora": False,
+        "estimated-server-optimizer": "avg",
     },
     # Backprop baselines: FedAvg (McMahan et al.), FedYogi (Reddi et al.), FedSGD.
     "fedavg": {
@@ -114,6 +125,7 @@ METHODS: dict[str, dict[str, ConfigValue]] = {
         "engine": "mezo",
         "split": False,
         "server-optimizer": "avg",
+        "estimated-server-optimizer": "",
     },
     # BAFFLE (Feng et al., arXiv 2301.12195), paper mode: shared directions, K loss
     # differences up, the server rebuilds, clips and takes an Adam step (README:
@@ -126,6 +138,7 @@ METHODS: dict[str, dict[str, ConfigValue]] = {
         "split": False,
         "server-optimizer": "adam",
         "eta": 1e-2,
+        "estimated-server-optimizer": "",
     },
     # FwdLLM (Xu et al., arXiv 2308.13894): FedSGD with central differences,
     # directions chosen by cosine to the last step's gradient, variance pacing,
@@ -137,6 +150,7 @@ METHODS: dict[str, dict[str, ConfigValue]] = {
         "split": False,
         "server-optimizer": "sgd",
         "eta": 1e-2,
+        "estimated-server-optimizer": "",
     },
     # As in Spry's comparison code (spry/engines/as_in_spry.py): local AdamW epochs,
     # weights up, FedYogi, and each estimator's bug kept.
@@ -146,6 +160,7 @@ METHODS: dict[str, dict[str, ConfigValue]] = {
         "num-tangents": 10,
         "split": False,
         "server-optimizer": "yogi",
+        "estimated-server-optimizer": "",
     },
     "fwdllm-plus": {
         "strategy": "spry",
@@ -153,6 +168,7 @@ METHODS: dict[str, dict[str, ConfigValue]] = {
         "num-tangents": 20,
         "split": False,
         "server-optimizer": "yogi",
+        "estimated-server-optimizer": "",
     },
 }
 
@@ -185,6 +201,7 @@ HYPERPARAMETERS = frozenset(
         "head-gradient",
         "tangent-distribution",
         "tangent-batch",
+        "estimated-server-optimizer",
     }
 )
 
