@@ -172,12 +172,13 @@ class ServerOptimizer:
     ) -> tuple[Arrays, OptimizerState]:
         """Exact tensors step with `kind`, estimated ones with `estimated_kind`."""
         assert self.is_exact is not None
-        exact = {name for name in current if self.is_exact(name)}
+        exact = [name for name in current if self.is_exact(name)]
+        estimated = [name for name in current if name not in set(exact)]
         plain = replace(self, estimated_kind="", is_exact=None)
         new, m, v = {}, dict(state.m), dict(state.v)
         for names, step in (
             (exact, plain),
-            (set(current) - exact, replace(plain, kind=self.estimated_kind)),
+            (estimated, replace(plain, kind=self.estimated_kind)),
         ):
             part, moved = step.update(
                 {n: current[n] for n in names},
@@ -187,4 +188,6 @@ class ServerOptimizer:
             new.update(part)
             m.update({n: moved.m[n] for n in names})
             v.update({n: moved.v[n] for n in names})
-        return new, OptimizerState(m=m, v=v)
+        # In `current`'s order: the next round's groups are cut in this order, so a
+        # set's (hash-seeded) order would deal different slices in every process.
+        return {n: new[n] for n in current}, OptimizerState(m=m, v=v)

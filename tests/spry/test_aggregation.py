@@ -150,3 +150,20 @@ def test_without_a_split_the_estimated_kind_changes_nothing():
         assert {k: v.tolist() for k, v in new.items()} == {
             k: v.tolist() for k, v in expected.items()
         }
+
+
+def test_a_split_server_step_keeps_the_tensor_order_the_next_round_is_cut_in():
+    """The next round's groups are cut in the global model's tensor order: a
+    split step that returned the head first (or in a set's hash-seeded order)
+    would deal other slices, and two runs with one seed would differ."""
+    names = [f"layer{i}.lora_{ab}" for i in range(6) for ab in "AB"]
+    names.insert(5, "classifier.weight")
+    current = {n: np.full(2, float(i)) for i, n in enumerate(names)}
+    split = ServerOptimizer(
+        kind="yogi", estimated_kind="avg", is_exact=lambda n: n.startswith("classif")
+    )
+    aggregate = {n: w + 0.1 for n, w in current.items()}
+
+    weights, _ = split.update(current, aggregate, split.init(current))
+
+    assert list(weights) == names
