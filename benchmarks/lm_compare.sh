@@ -19,13 +19,16 @@ ROWS=${ROWS:-fedavg,fedmezo,spry-tuned=spry,spry-decay=spry,spry-paper,fedfgd,fe
 # Spry (tuned): the central probe's winner on this task (benchmarks/results/lm_probe.md):
 # LoRA-FA (only B trains), K = 8 tangents in one vmapped pass, plain SGD at lr 3 on
 # the client, the server taking the slices as trained (avg).
+# Its rate is constant: the task's own Spry settings (lm-classification's
+# method_defaults) now decay it, as the row spry-decay does.
 T=spry-tuned
-TUNED=${TUNED:-"--for $T:lora-fa=true --for $T:num-tangents=8 --for $T:client-optimizer=sgd --for $T:lr=3 --for $T:server-optimizer=avg"}
+STEP="--for $T:lora-fa=true --for $T:num-tangents=8 --for $T:client-optimizer=sgd --for $T:lr=3 --for $T:server-optimizer=avg"
+TUNED=${TUNED:-"$STEP --for $T:lr-decay=constant"}
 # Spry (tuned, decayed): the same, its client rate decaying linearly over the run
 # (FwdLLM's schedule): at a constant lr 3 tuned Spry met FedAvg at round 10 (84.6%)
 # and then wandered off (79.2% at round 30).
 D=spry-decay
-DECAY=${DECAY:-"${TUNED//$T:/$D:} --for $D:lr-decay=linear"}
+DECAY=${DECAY:-"${STEP//$T:/$D:} --for $D:lr-decay=linear"}
 # FedMeZO as its authors step it: plain SGD (MeZO's zo_update). It splits nothing:
 # one direction over all 57,600 LoRA weights (A and B). At lr 0.1 (stable centrally
 # for B alone, 23,040 weights) it diverged (47% after 5 rounds, test loss 1.53; kept

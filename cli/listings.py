@@ -76,6 +76,9 @@ def print_tasks() -> None:
         if task.run_defaults:
             tuned = ", ".join(f"{k}={v}" for k, v in task.run_defaults.items())
             print(f"{'':16s}   run settings it applies: {tuned}")
+        for method, values in task.method_defaults.items():
+            tuned = ", ".join(f"{k}={v}" for k, v in values.items())
+            print(f"{'':16s}   under --method {method}: {tuned}")
     print(
         "\nUse: spry run --task NAME [--set NAME.OPTION=VALUE]; add a task with an "
         '[project.entry-points."spry.tasks"] entry in your package'

@@ -61,18 +61,22 @@ def _parse_set(items: Sequence[str]) -> dict[str, ConfigValue]:
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, ConfigValue]:
-    """The task's settings, the method's, the flags, then `--set` (later wins)."""
-    overrides = method_overrides(args.method) if args.method else {}
+    """A run's overrides (later wins): task, method, task x method, flags, --set."""
+    method = method_overrides(args.method) if args.method else {}
+    user: dict[str, ConfigValue] = {}
     for flag, key in _SHORTCUTS.items():
         value = getattr(args, flag, None)
         if value is not None:
-            overrides[key] = value
-    overrides.update(_parse_set(args.set or []))
-    if "task" in overrides:  # the task's own settings: loading it takes seconds
-        from spry.tasks import get
+            user[key] = value
+    user.update(_parse_set(args.set or []))
+    task_name = user.get("task", method.get("task"))
+    if task_name is None:
+        return {**method, **user}
+    from spry.tasks import get  # the task's own settings: loading it takes seconds
 
-        overrides = {**get(str(overrides["task"])).run_defaults, **overrides}
-    return overrides
+    task = get(str(task_name))
+    tuned = task.method_defaults.get((args.method or "spry").lower(), {})
+    return {**task.run_defaults, **method, **tuned, **user}
 
 
 def build_parser() -> argparse.ArgumentParser:

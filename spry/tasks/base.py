@@ -77,6 +77,11 @@ class Task(ABC):
     # Run-config keys this task is tuned for (learning rates, federation size);
     # `spry run --task` applies them under the user's method, flags and `--set`.
     run_defaults: ClassVar[Mapping[str, ConfigValue]] = {}
+    # Settings this task is tuned for under one named method (no `--method`:
+    # "spry"), applied over that method's presets and under the user's flags and
+    # `--set`. A tuned forward-mode client step (plain SGD at a large rate) would
+    # wreck backprop FedAvg, so it cannot be a `run_defaults` entry.
+    method_defaults: ClassVar[Mapping[str, Mapping[str, ConfigValue]]] = {}
 
     def __init__(self, run: RunConfig, options: TaskOptions) -> None:
         self.run = run
