@@ -172,8 +172,9 @@ class ServerOptimizer:
     ) -> tuple[Arrays, OptimizerState]:
         """Exact tensors step with `kind`, estimated ones with `estimated_kind`."""
         assert self.is_exact is not None
-        exact = [name for name in current if self.is_exact(name)]
-        estimated = [name for name in current if name not in set(exact)]
+        exact, estimated = [], []
+        for name in current:
+            (exact if self.is_exact(name) else estimated).append(name)
         plain = replace(self, estimated_kind="", is_exact=None)
         new, m, v = {}, dict(state.m), dict(state.v)
         for names, step in (
