@@ -410,5 +410,8 @@ def test_one_round_through_the_simulation_engine(tmp_path):
     assert float(rows[1]["train-loss"]) > 0 and rows[1]["clients"] == "2"
     config = json.loads((run_dir / "config.json").read_text())["config"]
     assert config["model"] == "SmolLM2-135M-Instruct"
+    assert config["lora-fa"] is True  # the task's tuned Spry setting (method_defaults)
     weights = np.load(run_dir / "final-weights.npz")
-    assert len(weights.files) == 120 and all("lora_" in n for n in weights.files)
+    # LoRA-FA freezes A: B of q and v in each of the 30 layers is all that trains
+    assert len(weights.files) == 60
+    assert all(n.endswith("lora_B.weight") for n in weights.files)
