@@ -76,6 +76,23 @@ def test_a_row_can_run_a_method_under_its_own_label_and_shows_its_gain():
     assert "| spry-tuned | 2 | 85.0% | 85.0% | +5.0 | 84.0% |" in table
 
 
+def test_the_papers_metric_is_reported_beside_the_central_accuracy():
+    rows = _rows([0.70, 0.72, 0.74, 0.76, 0.78])
+    for row, fed, tuned in zip(
+        rows[2:], (0.71, 0.73, 0.75), (0.80, 0.82, 0.90), strict=True
+    ):  # evaluated federatedly from round 2 on
+        row["federated-accuracy"], row["federated-finetuned-accuracy"] = fed, tuned
+
+    summary = summarize("spry", rows, target=0.9)
+
+    assert summary["final-federated-finetuned-accuracy"] == 0.90
+    assert abs(summary["mean-last-3-federated-finetuned-accuracy"] - 0.84) < 1e-12
+    table = markdown([summary], rounds=4, reference="fedavg", extra=[])
+    assert "| spry | 78.0% (76.0%) | 75.0% (73.0%) | 90.0% (84.0%) |" in table
+    plain = markdown([summarize("spry", _rows([0.7, 0.8]), 0.9)], 1, "fedavg", [])
+    assert "fine-tuned" not in plain  # no such column without the metric
+
+
 def test_an_interrupted_run_is_found_for_resuming_and_a_completed_one_is_not(tmp_path):
     done, cut = tmp_path / "20260101-000000-spry", tmp_path / "20260102-000000-spry"
     for run in (done, cut):
