@@ -37,6 +37,7 @@ _FROM_ROUND_LOG = (
     "dropped-timeout",
     "dropped-late",
     "dropped-invalid",
+    "dropped-empty",
     "dropped-error",
     "over-budget",
     "orphan-groups",

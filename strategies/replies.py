@@ -69,6 +69,16 @@ class InvalidReply(ValueError):
     """A client's reply cannot be used; the message says why."""
 
 
+class EmptyReply(InvalidReply):
+    """A well-formed reply from a client that had no training examples.
+
+    Nothing to add and nothing wrong: a partitioner may leave a client empty (a
+    Dirichlet draw, a small dataset), and such a client answers with 0 examples.
+    The round drops it under a reason of its own instead of warning of an
+    invalid reply.
+    """
+
+
 def slice_arrays(
     current: Mapping[str, np.ndarray], names: Sequence[str]
 ) -> ArrayRecord:
@@ -169,6 +179,8 @@ def checked_metrics(
     weight = metrics.get(protocol.NUM_EXAMPLES)
     if weight is None:
         raise InvalidReply(f"`{protocol.NUM_EXAMPLES}` is missing")
+    if weight == 0 and type(weight) is int:
+        raise EmptyReply("no training examples on this client")
     if (
         not isinstance(weight, int)
         or isinstance(weight, bool)

@@ -50,6 +50,7 @@ from spry.training import make_client_engine
 from .parts import Dealer, Faults, NoFaults, RoundRobin, SecondWave
 from .replies import (
     EVALUATE_METRICS,
+    EmptyReply,
     InvalidReply,
     checked_metrics,
     log_dropped,
@@ -585,6 +586,15 @@ class SlicedRounds(Strategy):
             tensors, weight, metrics, nbytes = self._contribution(
                 server_round, node_id, reply
             )
+        except EmptyReply:
+            result.dropped[node_id] = "empty"
+            log(
+                INFO,
+                "round %s: partition %s has no training examples",
+                server_round,
+                partition,
+            )
+            return None
         except InvalidReply as reason:
             result.dropped[node_id] = "invalid"
             result.rejected[node_id] = str(reason)

@@ -3,9 +3,10 @@
 A round sends its slices in one wave, and, when clients failed and their groups
 are reassigned, in a second one. Each wave's replies end up here: accepted
 contributions, and every client that gave nothing, with why (an injected crash or
-timeout, a reply past the deadline, an invalid reply, a client error). The wave's
-device time is what the round would take on the clients' devices: the slowest
-accepted reply, or the deadline when the server had to wait it out.
+timeout, a reply past the deadline, an invalid reply, a client without training
+examples, a client error). The wave's device time is what the round would take on
+the clients' devices: the slowest accepted reply, or the deadline when the server
+had to wait it out.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from flwr.app import RecordDict
 
-DROP_KINDS = ("crash", "timeout", "late", "invalid", "error")
+DROP_KINDS = ("crash", "timeout", "late", "invalid", "empty", "error")
 
 
 @dataclass

@@ -49,7 +49,7 @@ BAD_FEATURE_SUMS = {
     "2-d": (np.ones((3, 1), np.float32), 4, "shape (3, 1)"),
     "integer": (np.ones(3, np.int64), 4, "not floating point"),
     "wrong width": (np.ones(5, np.float32), 4, "most clients sent (3,)"),
-    "zero count": (np.ones(3, np.float32), 0, "`num-examples` should be"),
+    "zero count": (np.ones(3, np.float32), 0, "no training examples"),
 }
 
 

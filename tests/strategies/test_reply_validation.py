@@ -154,10 +154,6 @@ EXTRA = {
         "cannot decode",
     ),
     "no-metrics": (lambda a, m: content(a, None), "unexpected records {'metrics': []}"),
-    "num-examples-zero": (
-        _metrics_kind(lambda m: {**m, "num-examples": 0}),
-        "`num-examples` should be an integer in 1..1000000000, got 0",
-    ),
     "num-examples-huge": (
         _metrics_kind(lambda m: {**m, "num-examples": 2**62}),
         "got 4611686018427387904",
@@ -195,6 +191,31 @@ EXTRA = {
         "claims partition",
     ),
 }
+
+
+def test_a_client_without_training_examples_is_dropped_as_empty_not_invalid(caplog):
+    # Prepare: a well-formed reply of a client whose partition came out empty
+    strategy = _spry()
+    node = next(iter(strategy.assignment))
+    arrays, metrics = _honest(strategy, node)
+    empty = reply(node, arrays, {**metrics, "num-examples": 0})
+
+    # Execute
+    good = [reply(n, *_honest(strategy, n)) for n in list(strategy.assignment)[1:]]
+    with caplog.at_level(logging.INFO):
+        _, round_metrics = strategy.aggregate_train(1, [empty, *good])
+
+    # Assert: its own drop reason, said at INFO, and the others' round applied
+    log = strategy.round_log[1]
+    assert (log["dropped"], log["dropped-empty"], log["dropped-invalid"]) == (1, 1, 0)
+    assert log["rejected"] == {}
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    partition = strategy.partitions[node]
+    assert any(
+        f"partition {partition} has no training examples" in r.getMessage()
+        for r in caplog.records
+    )
+    assert round_metrics["clients"] == 2 and round_metrics["num-examples"] == 6
 
 
 @pytest.mark.parametrize("name", list(EXTRA))

@@ -157,7 +157,7 @@ def test_reply_from_a_node_that_got_no_slice_cannot_write():
     assert (log["dropped-invalid"], log["dropped-timeout"], log["dropped"]) == (1, 1, 2)
 
 
-def test_zero_examples_is_rejected():
+def test_zero_examples_adds_nothing():
     strategy = _strategy(clients=1)
     _configure(strategy)
     (owner,) = strategy.assignment
@@ -172,6 +172,7 @@ def test_zero_examples_is_rejected():
         ],
     )
     assert arrays is None
+    assert strategy.round_log[1]["dropped-empty"] == 1
 
 
 def test_yogi_moves_every_tensor_on_the_first_round_it_is_trained():
