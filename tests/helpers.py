@@ -90,6 +90,31 @@ def strict_json(path: Path) -> Any:
     return json.loads(path.read_text(), parse_constant=_refuse)
 
 
+SMALL_RUN_NODES = {10 + p: p for p in range(4)}  # node id -> partition
+
+
+def small_run(**settings: Any) -> Any:
+    """A resolved run config of 4 IID clients, 2 a round, on 64 training examples.
+
+    Small enough for the real ClientApp to train a message in a test (see
+    `answer`, with `SMALL_RUN_NODES`); `settings` are config keys, as in
+    pyproject ("lr-decay": "linear" is passed as lr_decay="linear").
+    """
+    import strategies
+    from spry.resolve import resolve
+
+    base = {
+        "num-clients": 4,
+        "clients-per-round": 2,
+        "eval-clients-per-round": 1,
+        "partitioner": "iid",
+        "max-train-examples": 64,
+        "client-eval-fraction": 0.0,
+    }
+    overrides = {key.replace("_", "-"): value for key, value in settings.items()}
+    return strategies.resolve(resolve({**base, **overrides}))
+
+
 def answer(
     app: Any, message: Message, partitions: Mapping[int, int], num_partitions: int
 ) -> Message:

@@ -12,18 +12,15 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 
-import strategies
 from clients.client_app import app
 from spry import protocol
 from spry.config import ClientConfig, ConfigError
-from spry.resolve import resolve
 from spry.tasks import load_task
 from strategies import Spry
-from tests.helpers import answer
+from tests.helpers import SMALL_RUN_NODES as PARTITIONS
+from tests.helpers import answer, small_run
 
 pytestmark = pytest.mark.usefixtures("server_identity")
-
-PARTITIONS = {10 + p: p for p in range(4)}
 
 
 def _run(message: Message) -> dict[str, np.ndarray]:
@@ -32,22 +29,12 @@ def _run(message: Message) -> dict[str, np.ndarray]:
 
 
 def test_round_two_of_two_under_linear_decay_moves_half_as_far():
-    cfg = strategies.resolve(
-        resolve(
-            {
-                "num-clients": 4,
-                "clients-per-round": 2,
-                "eval-clients-per-round": 1,
-                "partitioner": "iid",
-                "max-train-examples": 64,
-                "client-eval-fraction": 0.0,
-                "batch-size": 64,  # one step
-                "client-optimizer": "sgd",
-                "lr": 0.5,
-                "lr-decay": "linear",
-                "num-server-rounds": 2,
-            }
-        )
+    cfg = small_run(
+        batch_size=64,  # one step
+        client_optimizer="sgd",
+        lr=0.5,
+        lr_decay="linear",
+        num_server_rounds=2,
     )
     start = dict(load_task(cfg).model().state())
     strategy = Spry.from_run(cfg, PARTITIONS, [])

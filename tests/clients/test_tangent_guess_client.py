@@ -13,17 +13,14 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 
-import strategies
 from clients.client_app import app
 from spry import protocol
-from spry.resolve import resolve
 from spry.tasks import load_task
 from strategies import Spry
-from tests.helpers import answer
+from tests.helpers import SMALL_RUN_NODES as PARTITIONS
+from tests.helpers import answer, small_run
 
 pytestmark = pytest.mark.usefixtures("server_identity")
-
-PARTITIONS = {10 + p: p for p in range(4)}
 
 
 def _run(message: Message) -> Message:
@@ -35,19 +32,7 @@ def _slice(answer: Message) -> dict[str, np.ndarray]:
 
 
 def _cfg(guess: float):
-    return strategies.resolve(
-        resolve(
-            {
-                "num-clients": 4,
-                "clients-per-round": 2,
-                "eval-clients-per-round": 1,
-                "partitioner": "iid",
-                "max-train-examples": 64,
-                "client-eval-fraction": 0.0,
-                "tangent-guess": guess,
-            }
-        )
-    )
+    return small_run(tangent_guess=guess)
 
 
 def test_the_client_trains_along_the_guess_it_is_sent():
