@@ -60,7 +60,8 @@ def probe(args: argparse.Namespace) -> dict[str, Any]:
     cfg = resolve(values)
     task = load_task(cfg)
     trainable = task.build_model("cpu")
-    dataset = task.dataset  # type: ignore[attr-defined]
+    # train and test splits: a labelled task's `dataset`, sft's `data` (pairs)
+    dataset = getattr(task, "dataset", None) or task.data  # type: ignore[attr-defined]
     rng = np.random.default_rng(args.seed)
     train = dataset.train.select(rng.permutation(len(dataset.train))[: args.pool])
     test = dataset.test.select(range(min(args.test_examples, len(dataset.test))))
@@ -130,6 +131,9 @@ def probe(args: argparse.Namespace) -> dict[str, Any]:
 DESCRIPTIONS = {
     "lm-classification": "SmolLM2-135M-Instruct, LoRA r 1 on q_proj and v_proj, the "
     "task's prompt and label-word loss",
+    "sft": "SmolLM2-135M-Instruct, LoRA r 1 on q_proj and v_proj, the sft task's "
+    "review questions (sentiment, word count, word choice), loss on the answer "
+    "tokens; accuracy is exact match of the greedy answer",
     "classification": "the default task: all-MiniLM-L6-v2, LoRA r 1 on query and "
     "value, the centred mean-pooled head (trained exactly under the forward engine, "
     "as every Spry client trains it)",
