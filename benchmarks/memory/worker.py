@@ -43,8 +43,9 @@ from .models import CAUSAL_LM, LABEL_WORDS, BenchModel, bench_model
 MIB = 2**20
 ENGINES = ("inference", "backprop", "backprop-checkpoint", "spry", "fedfgd", "mezo")
 # Measured on request only (`--engines`): what a lever costs. spry-kN is Spry's
-# client with N tangents in one vmapped pass.
-LEVER_ENGINES = ("spry-k4", "spry-k8")
+# client with N tangents in one vmapped pass; spry-kN-seq the same N tangents one
+# jvp after another (`tangent-batch=1`): the same estimate, K = 1's memory.
+LEVER_ENGINES = ("spry-k4", "spry-k8", "spry-k8-seq")
 Batch = dict[str, torch.Tensor]
 Record = dict[str, Any]
 
@@ -110,11 +111,12 @@ def make_engine_for(engine: str):
         # the default client: K tangents (spry-kN: N), exact head, its slice
         client = ClientConfig()
         exact = is_head if client.head_gradient == "exact" else None
-        tangents = int(engine[6:]) if engine != "spry" else client.num_tangents
+        k, _, sequential = engine[6:].partition("-")
+        tangents = int(k) if engine != "spry" else client.num_tangents
         return ForwardGradient(
             num_tangents=tangents,
             distribution=client.tangent_distribution,
-            tangent_batch=client.tangent_batch,
+            tangent_batch=1 if sequential == "seq" else client.tangent_batch,
             exact=exact,
         ), "slice"
     if engine == "fedfgd":  # forward gradient over every trainable tensor

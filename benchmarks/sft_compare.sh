@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The sft comparison of the forward-mode issue: SmolLM2-135M-Instruct with LoRA
+# only, the `sft` task's offline review questions (sentiment, word count, word
+# choice; a response of one or two tokens, exact match of the greedy answer), 100
+# clients (Dirichlet 1.0 over the question kind), 10 a round, seed 0, 15 rounds,
+# 2,000 training pairs, the task's 60 test pairs scored every 5 rounds.
+#
+# Unlike lm-classification, the untrained model scores about 0% here (it answers
+# in sentences): LoRA alone has to teach the answer format and the answers, with
+# no head, as in the paper's Llama2/OPT cases.
+#
+# Run folders live in benchmarks/results/runs/compare_sft (resumed with --reuse).
+# ROWS picks rows (default: all, in this order).
+#
+#   bash benchmarks/sft_compare.sh
+#   ROWS=fedavg bash benchmarks/sft_compare.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+PY=${PYTHON:-.venv/bin/python}
+ROWS=${ROWS:-fedavg,fedmezo,spry-tuned=spry}
+# Spry (tuned): lm-classification's tuned step (LoRA-FA, K = 8 in one vmapped pass,
+# client SGD, linear decay, the server taking the slices as trained) at the rate
+# the central probe picked on sft (benchmarks/results/sft_probe.md).
+T=spry-tuned
+SPRY_LR=${SPRY_LR:-1}
+TUNED=${TUNED:-"--for $T:lora-fa=true --for $T:num-tangents=8 --for $T:client-optimizer=sgd --for $T:lr=$SPRY_LR --for $T:server-optimizer=avg --for $T:lr-decay=linear"}
+# FedMeZO as on lm-classification: plain SGD at 0.02 over every LoRA weight.
+MEZO=${MEZO:-"--for fedmezo:client-optimizer=sgd --for fedmezo:lr=0.02"}
+# shellcheck disable=SC2086
+exec "$PY" -m benchmarks.compare --name sft --reuse \
+  --runs-dir benchmarks/results/runs/compare_sft \
+  --methods "$ROWS" --rounds 15 --seed 0 \
+  --set task=sft --set max-train-examples=2000 --set eval-every=5 \
+  --set eval-clients-per-round=0 \
+  $TUNED $MEZO "$@"
