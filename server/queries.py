@@ -22,6 +22,7 @@ from flwr.serverapp import Grid
 from spry import protocol
 from spry.seeding import SAMPLE_STATISTICS
 from strategies.replies import (
+    EmptyReply,
     InvalidReply,
     checked_feature_sum,
     checked_report,
@@ -68,6 +69,12 @@ def estimate_feature_center(
         node = reply.metadata.src_node_id
         try:
             sums[node] = checked_feature_sum(reply, strategy.partitions.get(node))
+        except EmptyReply:
+            log(
+                INFO,
+                "feature center: partition %s has no training examples",
+                strategy.partitions.get(node),
+            )
         except InvalidReply as reason:
             log_dropped(node, strategy.partitions.get(node), str(reason))
     total, count = _pooled(strategy, sums)

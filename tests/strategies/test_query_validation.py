@@ -49,7 +49,6 @@ BAD_FEATURE_SUMS = {
     "2-d": (np.ones((3, 1), np.float32), 4, "shape (3, 1)"),
     "integer": (np.ones(3, np.int64), 4, "not floating point"),
     "wrong width": (np.ones(5, np.float32), 4, "most clients sent (3,)"),
-    "zero count": (np.ones(3, np.float32), 0, "no training examples"),
 }
 
 
@@ -73,6 +72,28 @@ def test_a_bad_feature_sum_is_dropped_and_the_center_is_the_honest_mean(kind, ca
     assert any(
         "dropping node 1000 (partition 0)" in r.message and reason in r.message
         for r in caplog.records
+    ), [r.message for r in caplog.records]
+
+
+def test_a_client_without_examples_is_left_out_of_the_center_without_a_warning(
+    caplog,
+):
+    """A Dirichlet draw may leave a partition empty: nothing to add, nothing wrong."""
+    strategy = Spry(partitions=NODES, clients_per_round=4, seed=0)
+
+    def answer(node):
+        if node == 1000:
+            return _feature_reply(node, np.zeros(3, np.float32), 0)
+        return _feature_reply(node, np.full(3, NODES[node], np.float32), 2)
+
+    with caplog.at_level(logging.INFO):
+        count = estimate_feature_center(strategy, _ReplyingGrid(answer), ConfigRecord())
+
+    assert count == 6
+    assert strategy.feature_center == [1.0, 1.0, 1.0]
+    assert not [r.message for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any(
+        "partition 0 has no training examples" in r.message for r in caplog.records
     ), [r.message for r in caplog.records]
 
 
