@@ -18,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 PY=${PYTHON:-.venv/bin/python}
-ROWS=${ROWS:-fedavg,fedmezo,spry-tuned=spry}
+ROWS=${ROWS:-fedavg,fedavg-lr0.01=fedavg,fedmezo,spry-tuned=spry}
 # Spry (tuned): lm-classification's tuned step (LoRA-FA, K = 8 in one vmapped pass,
 # client SGD, linear decay, the server taking the slices as trained) at the rate
 # the central probe picked on sft (benchmarks/results/sft_probe.md: one slice of
@@ -26,6 +26,10 @@ ROWS=${ROWS:-fedavg,fedmezo,spry-tuned=spry}
 T=spry-tuned
 SPRY_LR=${SPRY_LR:-3}
 TUNED=${TUNED:-"--for $T:lora-fa=true --for $T:num-tangents=8 --for $T:client-optimizer=sgd --for $T:lr=$SPRY_LR --for $T:server-optimizer=avg --for $T:lr-decay=linear"}
+# FedAvg at its own default (AdamW 1e-3) and at 1e-2, the better of the two in the
+# central probe (sft_probe.md, backprop over A and B, 20 steps: 3.35 -> 1.21 at 1e-3,
+# 0.74 at 1e-2), so that Spry's tuned rate is not set against an untuned backprop.
+FEDAVG=${FEDAVG:-"--for fedavg-lr0.01:lr=0.01"}
 # FedMeZO: plain SGD over every LoRA weight, at the rate the central probe found
 # stable on sft (sft_probe.md, 40 steps: 0.02, lm-classification's rate, diverged
 # to a test loss of 22.5; 0.005 took it from 3.35 to 2.10; 0.002 to 3.26).
@@ -36,4 +40,4 @@ exec "$PY" -m benchmarks.compare --name sft --reuse \
   --methods "$ROWS" --rounds 15 --seed 0 \
   --set task=sft --set max-train-examples=2000 --set eval-every=5 \
   --set eval-clients-per-round=0 \
-  $TUNED $MEZO "$@"
+  $TUNED $FEDAVG $MEZO "$@"
