@@ -187,7 +187,8 @@ def summarize(
         "mean-last-3-accuracy": _mean(last3),
         "initial-macro-f1": rows[0].get("test-macro-f1"),
         "final-macro-f1": rows[-1].get("test-macro-f1"),
-        "majority-rate": rows[0]["majority-rate"],
+        "majority-rate": rows[0].get("majority-rate"),
+        "initial-test-loss": rows[0]["test-loss"],
         "final-test-loss": rows[-1]["test-loss"],
         "target-accuracy": target,
         "round-to-target": None if reached is None else int(reached["round"]),
@@ -230,6 +231,11 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+def _majority(rate: float | None) -> str:
+    """The majority-class line of a classification task; generation tasks have none."""
+    return "" if rate is None else f"majority class {100 * rate:.1f}%. "
+
+
 def markdown(
     summaries: list[dict],
     rounds: int,
@@ -247,17 +253,20 @@ def markdown(
         f"## Methods compared: {rounds} rounds, same model, data, partitions and seed",
         "",
         f"Target: {goal} = {100 * summaries[0]['target-accuracy']:.1f}%; "
-        f"majority class {100 * summaries[0]['majority-rate']:.1f}%. Extra settings: "
+        + _majority(summaries[0]["majority-rate"])
+        + "Extra settings: "
         f"{' '.join(extra) or 'none'}"
         + "".join(f"; {m}: {' '.join(v)}" for m, v in (per_method or {}).items())
         + ".",
         "",
-        f"| method | rounds | acc @ round {rounds} | final acc | gain | macro-F1 "
+        f"| method | rounds | acc @ round {rounds} | final acc | test loss | gain "
+        "| macro-F1 "
         "| best acc | round / s to target | client peak MiB (extra) "
         "| upload KiB/client/round | forward passes/round | wall s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         f"| untrained (round 0) | 0 | {100 * summaries[0]['initial-accuracy']:.1f}% "
-        f"| {100 * summaries[0]['initial-accuracy']:.1f}% | - "
+        f"| {100 * summaries[0]['initial-accuracy']:.1f}% "
+        f"| {summaries[0]['initial-test-loss']:.4f} | - "
         f"| {_pct(summaries[0].get('initial-macro-f1'))} | - | - | - | - | - | - |",
     ]
     initial, target = summaries[0]["initial-accuracy"], summaries[0]["target-accuracy"]
@@ -278,6 +287,7 @@ def markdown(
             f"| {s['method']} | {s['rounds']} "
             f"| {100 * s['accuracy-at-common-round']:.1f}% "
             f"| {100 * s['final-accuracy']:.1f}% "
+            f"| {s['final-test-loss']:.4f} "
             f"| {100 * s.get('gain', 0.0):+.1f} "
             f"| {_pct(s.get('final-macro-f1'))} "
             f"| {100 * s['best-accuracy']:.1f}% | {to_target} "
@@ -353,7 +363,7 @@ def plot(
         acc.plot(rounds, accuracy, ".-", label=method)
         clock.plot([r["elapsed-seconds"] for r in rows], accuracy, ".-", label=method)
         loss.plot(rounds, [r["test-loss"] for r in rows], ".-", label=method)
-        majority = rows[0]["majority-rate"]
+        majority = rows[0].get("majority-rate")
     if majority is not None:
         for axis in (acc, clock):
             axis.axhline(100 * majority, color="grey", ls=":", label="majority class")

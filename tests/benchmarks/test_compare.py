@@ -37,7 +37,8 @@ def test_a_method_that_never_reaches_the_target_says_so():
     assert summary["round-to-target"] is None
     table = markdown([summary], rounds=2, reference="fedavg", extra=[])
     assert (
-        "| fedmezo | 2 | 57.0% | 57.0% | +2.0 | - | 57.0% | not reached | 802 (-) "
+        "| fedmezo | 2 | 57.0% | 57.0% | 0.6800 | +2.0 | - | 57.0% | not reached "
+        "| 802 (-) "
         "| 4.0 | 100 | 20 |" in table
     )
     assert "majority class 57.8%" in table
@@ -72,8 +73,18 @@ def test_a_row_can_run_a_method_under_its_own_label_and_shows_its_gain():
     assert abs(summary["gain"] - 0.05) < 1e-12
     assert summary["mean-last-3-accuracy"] == (0.82 + 0.85) / 2
     table = markdown([summary], rounds=2, reference="fedavg", extra=[])
-    assert "| untrained (round 0) | 0 | 80.0% | 80.0% | - | 79.0% |" in table
-    assert "| spry-tuned | 2 | 85.0% | 85.0% | +5.0 | 84.0% |" in table
+    assert "| untrained (round 0) | 0 | 80.0% | 80.0% | 0.7000 | - | 79.0% |" in table
+    assert "| spry-tuned | 2 | 85.0% | 85.0% | 0.6800 | +5.0 | 84.0% |" in table
+
+
+def test_a_task_without_classes_has_no_majority_line():
+    rows = _rows([0.05, 0.30])
+    for row in rows:
+        del row["majority-rate"]
+    summary = summarize("fedavg", rows, target=0.5)
+    assert summary["majority-rate"] is None
+    table = markdown([summary], rounds=1, reference="fedavg", extra=[])
+    assert "majority" not in table.split("\n\n")[1]
 
 
 def test_the_papers_metric_is_reported_beside_the_central_accuracy():
