@@ -41,3 +41,10 @@ def test_the_task_tunes_spry_only_and_the_user_still_wins():
 
     cfg: RunConfig = resolve(spry)
     assert cfg.client.client_optimizer == "sgd" and cfg.client.num_tangents == 8
+
+
+def test_both_causal_lm_tasks_train_spry_with_the_tuned_forward_step():
+    """sft was measured with the same step (benchmarks/results/compare_sft.md)."""
+    tuned = get("lm-classification").method_defaults["spry"]
+    spry = _overrides("--task", "sft")
+    assert {k: spry[k] for k in tuned} == dict(tuned)

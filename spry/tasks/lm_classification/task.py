@@ -106,20 +106,6 @@ class LMClassificationTask(CausalLMTask, LabelledDataTask):
         **CausalLMTask.run_defaults,
         "max-length": 64,
     }
-    # Spry without a head: every trained weight gets a forward estimate. The
-    # central probe's winner on a slice (benchmarks/results/lm_probe.md): LoRA-FA
-    # (B only: half the dimension), K = 8 tangents in one vmapped pass, plain SGD
-    # at lr 3; a linear decay keeps the learning once it is made
-    # (benchmarks/results/compare_lm.md: without it, 84.6% at round 10, 79.2% at 30).
-    method_defaults: ClassVar[Mapping[str, Mapping[str, ConfigValue]]] = {
-        "spry": {
-            "lora-fa": True,
-            "num-tangents": 8,
-            "client-optimizer": "sgd",
-            "lr": 3.0,
-            "lr-decay": "linear",
-        }
-    }
 
     def __init__(self, run: RunConfig, options: TaskOptions) -> None:
         super().__init__(run, options)
