@@ -27,6 +27,7 @@ from strategies.replies import (
     checked_feature_sum,
     checked_report,
     log_dropped,
+    log_empty,
 )
 from strategies.sliced_rounds import SlicedRounds
 from strategies.strategy_utils import by_partition, in_partition_order
@@ -70,11 +71,7 @@ def estimate_feature_center(
         try:
             sums[node] = checked_feature_sum(reply, strategy.partitions.get(node))
         except EmptyReply:
-            log(
-                INFO,
-                "feature center: partition %s has no training examples",
-                strategy.partitions.get(node),
-            )
+            log_empty(strategy.partitions.get(node), "feature center")
         except InvalidReply as reason:
             log_dropped(node, strategy.partitions.get(node), str(reason))
     total, count = _pooled(strategy, sums)

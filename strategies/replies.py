@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from logging import WARNING
+from logging import INFO, WARNING
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
@@ -320,6 +320,11 @@ def _check_finite(name: str, value: np.ndarray) -> None:
 def _short(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def log_empty(partition: int | None, where: str) -> None:
+    """One INFO line for a client left out because it holds no training examples."""
+    log(INFO, "%s: partition %s has no training examples", where, partition)
 
 
 def log_dropped(

@@ -54,6 +54,7 @@ from .replies import (
     InvalidReply,
     checked_metrics,
     log_dropped,
+    log_empty,
     slice_arrays,
 )
 from .strategy_utils import (
@@ -588,12 +589,7 @@ class SlicedRounds(Strategy):
             )
         except EmptyReply:
             result.dropped[node_id] = "empty"
-            log(
-                INFO,
-                "round %s: partition %s has no training examples",
-                server_round,
-                partition,
-            )
+            log_empty(partition, f"round {server_round}")
             return None
         except InvalidReply as reason:
             result.dropped[node_id] = "invalid"
