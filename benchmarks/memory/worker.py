@@ -45,7 +45,9 @@ ENGINES = ("inference", "backprop", "backprop-checkpoint", "spry", "fedfgd", "me
 # Measured on request only (`--engines`): what a lever costs. spry-kN is Spry's
 # client with N tangents in one vmapped pass; spry-kN-seq the same N tangents one
 # jvp after another (`tangent-batch=1`): the same estimate, K = 1's memory.
-LEVER_ENGINES = ("spry-k4", "spry-k8", "spry-k8-seq")
+# spry-unfused is Spry's client with PyTorch's per-operator forward-AD rules instead
+# of the fused ones (`spry.engines.fused`): the before of that change.
+LEVER_ENGINES = ("spry-k4", "spry-k8", "spry-k8-seq", "spry-unfused")
 Batch = dict[str, torch.Tensor]
 Record = dict[str, Any]
 
@@ -107,17 +109,18 @@ def make_engine_for(engine: str):
     """
     from spry.engines import ForwardGradient, make_engine
 
-    if engine == "spry" or engine.startswith("spry-k"):
+    if engine in ("spry", "spry-unfused") or engine.startswith("spry-k"):
         # the default client: K tangents (spry-kN: N), exact head, its slice
         client = ClientConfig()
         exact = is_head if client.head_gradient == "exact" else None
         k, _, sequential = engine[6:].partition("-")
-        tangents = int(k) if engine != "spry" else client.num_tangents
+        tangents = int(k) if engine.startswith("spry-k") else client.num_tangents
         return ForwardGradient(
             num_tangents=tangents,
             distribution=client.tangent_distribution,
             tangent_batch=1 if sequential == "seq" else client.tangent_batch,
             exact=exact,
+            fused=engine != "spry-unfused",
         ), "slice"
     if engine == "fedfgd":  # forward gradient over every trainable tensor
         return ForwardGradient(num_tangents=1), None

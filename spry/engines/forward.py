@@ -30,7 +30,7 @@ guess (`directions.guessed_directions` states by how much).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
@@ -55,6 +55,7 @@ from .directions import (
     unflatten,
 )
 from .frozen import frozen_linears
+from .fused import fused_rules
 
 
 class ForwardADUnsupportedError(RuntimeError):
@@ -74,13 +75,20 @@ def forward_ad_kernels() -> Iterator[None]:
 
 
 @contextmanager
-def forward_mode(model: nn.Module) -> Iterator[None]:
-    """Run a forward-mode pass: no graph, math SDPA, lean frozen linears.
+def forward_mode(model: nn.Module, *, fused: bool = True) -> Iterator[None]:
+    """Run a forward-mode pass: no graph, math SDPA, lean frozen linears, fused rules.
 
-    No autograd graph is recorded, attention takes the math SDPA kernel, and frozen
-    linear layers skip their materialized zero tangents (`frozen.py`).
+    No autograd graph is recorded, attention takes the math SDPA kernel, frozen
+    linear layers skip their materialized zero tangents (`frozen.py`), and with
+    `fused` attention, norms and frozen feed-forward blocks compute their tangents
+    by their own rules, a block at a time (`fused.py`); without it, by PyTorch's
+    per-operator rules.
     """
-    with torch.no_grad(), forward_ad_kernels(), frozen_linears(model):
+    with ExitStack() as stack:
+        for context in (torch.no_grad(), forward_ad_kernels(), frozen_linears(model)):
+            stack.enter_context(context)
+        if fused:
+            stack.enter_context(fused_rules(model))
         yield
 
 
@@ -90,11 +98,13 @@ def directional_derivative(
     batch: Batch,
     params: Params,
     tangents: Params,
+    *,
+    fused: bool = True,
 ) -> tuple[Tensor, Tensor, Any]:
     """`(loss, <grad loss, tangents>, aux)` in one forward pass with dual numbers."""
     f = functional_loss(model, loss, batch)
     primals = {name: value.detach() for name, value in params.items()}
-    with forward_mode(model):
+    with forward_mode(model, fused=fused):
         try:
             value, derivative, aux = torch.func.jvp(
                 f, (primals,), (dict(tangents),), has_aux=True
@@ -116,6 +126,7 @@ def directional_derivatives(
     stacked: Params,
     *,
     chunk: int = 0,
+    fused: bool = True,
 ) -> tuple[Tensor, Tensor, Any]:
     """`(loss, [<grad loss, v_k>]_k, aux)` for K tangents, batched by `torch.func.vmap`.
 
@@ -131,7 +142,7 @@ def directional_derivatives(
     def one(tangent: Params) -> tuple[Tensor, Tensor, Any]:
         return torch.func.jvp(f, (primals,), (dict(tangent),), has_aux=True)
 
-    with forward_mode(model):
+    with forward_mode(model, fused=fused):
         try:
             values, derivatives, aux = torch.func.vmap(
                 one, chunk_size=chunk or None, randomness="same"
@@ -169,6 +180,7 @@ def derivatives_with_exact(
     exact: Params,
     *,
     chunk: int = 0,
+    fused: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Any]:
     """`(loss, [<grad, v_k>]_k, the exact gradient of `exact`, aux)` in one pass.
 
@@ -199,7 +211,7 @@ def derivatives_with_exact(
         )
         return value, derivative, exact_grad, aux
 
-    with forward_mode(model):
+    with forward_mode(model, fused=fused):
         try:
             if chunk == 1 or len(tangents) == 1:
                 results = [per_tangent(t) for t in tangents]
@@ -253,6 +265,9 @@ class ForwardGradient(GradientEngine):
     guess_weight : float (default: 0.0)
         b in [0, 1), the share of each tangent's expected squared norm along the
         guess (0: plain tangents, bit for bit).
+    fused : bool (default: True)
+        Attention, norms and frozen feed-forward blocks take their fused tangent
+        rules (`fused.py`); False: PyTorch's per-operator forward-AD rules.
     """
 
     name = "forward"
@@ -266,6 +281,7 @@ class ForwardGradient(GradientEngine):
         exact: Callable[[str], bool] | None = None,
         guess: Mapping[str, Tensor] | None = None,
         guess_weight: float = 0.0,
+        fused: bool = True,
     ) -> None:
         if num_tangents < 1:
             raise ValueError(f"`num_tangents` should be >= 1, got {num_tangents}")
@@ -283,6 +299,7 @@ class ForwardGradient(GradientEngine):
         self.exact = exact
         self.guess = dict(guess or {})
         self.guess_weight = guess_weight
+        self.fused = fused
 
     def is_exact(self, name: str) -> bool:
         return self.exact is not None and self.exact(name)
@@ -316,7 +333,14 @@ class ForwardGradient(GradientEngine):
         chunk = self.tangent_batch
         if sampled and exact:
             value, scalars, exact_grad, aux = derivatives_with_exact(
-                model, loss, batch, sampled, tangents, exact, chunk=chunk
+                model,
+                loss,
+                batch,
+                sampled,
+                tangents,
+                exact,
+                chunk=chunk,
+                fused=self.fused,
             )
         elif sampled:
             value, scalars, aux = self._derivatives(
@@ -325,7 +349,7 @@ class ForwardGradient(GradientEngine):
             exact_grad = None
         else:
             value, exact_grad, aux = directional_derivatives(  # basis: one batch
-                model, loss, batch, exact, basis_tangents(exact)
+                model, loss, batch, exact, basis_tangents(exact), fused=self.fused
             )
             scalars = torch.empty(0)
         grads = {name: torch.zeros_like(value) for name, value in params.items()}
@@ -355,10 +379,17 @@ class ForwardGradient(GradientEngine):
         """(loss, one scalar per tangent, aux), one jvp each or vmapped."""
         if self.tangent_batch == 1 or len(tangents) == 1:
             results = [
-                directional_derivative(model, loss, batch, block, t) for t in tangents
+                directional_derivative(model, loss, batch, block, t, fused=self.fused)
+                for t in tangents
             ]
             value, _, aux = results[-1]
             return value, torch.stack([d for _, d, _ in results]), aux
         return directional_derivatives(
-            model, loss, batch, block, stack(tangents), chunk=self.tangent_batch
+            model,
+            loss,
+            batch,
+            block,
+            stack(tangents),
+            chunk=self.tangent_batch,
+            fused=self.fused,
         )

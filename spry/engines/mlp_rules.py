@@ -1,0 +1,164 @@
+"""Frozen feed-forward blocks with their own tangent rules, a block of tokens at a time.
+
+With LoRA on the attention projections (every default here), a transformer layer's
+feed-forward block is a frozen function of its input, position by position. Under
+forward mode its intermediate activation (4x the hidden width) exists with its
+tangent and the activation's derivative temporaries for every token at once, and
+each of its operations runs on dual tensors. Here the whole block is one
+`torch.autograd.Function` that walks the tokens in blocks, primal and tangent, with
+plain tensor operations:
+
+    BERT's (intermediate + output):  a = x W1^T + b1,  y = LN(act(a) W2^T + b2 + x)
+        y_t = LN'(act'(a) (x_t W1^T) W2^T + x_t)
+    Llama's (gated):                 g = x Wg^T, u = x Wu^T, y = (act(g) u) Wd^T
+        y_t = (act'(g) (x_t Wg^T) u + act(g) (x_t Wu^T)) Wd^T
+
+Only one block's intermediate tensors exist at a time. A block whose linears carry
+adapters, or whose dropout is active, keeps the model's own forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .norm_rules import layer_norm_parts, project
+
+# Bytes one block of tokens' float32 intermediate activation may take.
+BLOCK_BYTES = 2 * 2**20
+
+# An activation as (f(x), f'(x) * t): the derivative times a tangent is one kernel.
+Activation = tuple[Callable[[Tensor], Tensor], Callable[[Tensor, Tensor], Tensor]]
+
+
+def activation_rule(module: Any) -> Activation | None:
+    """`(f, f' * t)` for GELU and SiLU activation modules; None for anything else."""
+    from transformers.activations import GELUActivation, SiLUActivation
+
+    gelu = None
+    if type(module) is GELUActivation and module.act is F.gelu:
+        gelu = "none"
+    elif type(module) is nn.GELU:
+        gelu = module.approximate
+    if gelu is not None:
+        return (
+            lambda x: F.gelu(x, approximate=gelu),
+            lambda t, x: torch.ops.aten.gelu_backward(t, x, approximate=gelu),
+        )
+    if type(module) in (nn.SiLU, SiLUActivation):
+        return F.silu, torch.ops.aten.silu_backward
+    return None
+
+
+def _w(layer: nn.Linear) -> Tensor:
+    return layer.weight
+
+
+class BertFeedForward:
+    """BERT's feed-forward chunk: `output(intermediate(x), x)`, with its rule."""
+
+    def __init__(self, up: nn.Linear, act: Activation, down: nn.Linear,
+                 norm: nn.LayerNorm) -> None:  # fmt: skip
+        self.up, self.down, self.norm = up, down, norm
+        self.act, self.act_t = act
+        self.width = up.out_features
+
+    def _sum(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        a = F.linear(x, _w(self.up), self.up.bias)
+        return a, F.linear(self.act(a), _w(self.down), self.down.bias) + x
+
+    def primal(self, x: Tensor) -> Tensor:
+        _, s = self._sum(x)
+        n = self.norm
+        return F.layer_norm(s, s.shape[-1:], n.weight, n.bias, n.eps)
+
+    def tangent(self, x: Tensor, t: Tensor) -> Tensor:
+        a, s = self._sum(x)
+        a_t = self.act_t(F.linear(t, _w(self.up)), a)
+        s_t = F.linear(a_t, _w(self.down)) + t
+        xh, r = layer_norm_parts(s, self.norm.eps)
+        return project(xh, r, s_t, centre=True) * self.norm.weight
+
+    def grad(self, x: Tensor, g: Tensor) -> Tensor:
+        a, s = self._sum(x)
+        xh, r = layer_norm_parts(s, self.norm.eps)
+        g_s = project(xh, r, g * self.norm.weight, centre=True)
+        g_a = self.act_t(g_s @ _w(self.down), a)
+        return g_s + g_a @ _w(self.up)
+
+
+class GatedFeedForward:
+    """Llama's MLP: `down(act(gate(x)) * up(x))`, with its rule."""
+
+    def __init__(self, gate: nn.Linear, up: nn.Linear, act: Activation,
+                 down: nn.Linear) -> None:  # fmt: skip
+        self.gate, self.up, self.down = gate, up, down
+        self.act, self.act_t = act
+        self.width = gate.out_features
+
+    def _gu(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return (
+            F.linear(x, _w(self.gate), self.gate.bias),
+            F.linear(x, _w(self.up), self.up.bias),
+        )
+
+    def primal(self, x: Tensor) -> Tensor:
+        g, u = self._gu(x)
+        return F.linear(self.act(g) * u, _w(self.down), self.down.bias)
+
+    def tangent(self, x: Tensor, t: Tensor) -> Tensor:
+        g, u = self._gu(x)
+        z_t = self.act_t(F.linear(t, _w(self.gate)), g) * u
+        z_t = torch.addcmul(z_t, self.act(g), F.linear(t, _w(self.up)))
+        return F.linear(z_t, _w(self.down))
+
+    def grad(self, x: Tensor, grad: Tensor) -> Tensor:
+        g, u = self._gu(x)
+        g_z = grad @ _w(self.down)
+        g_g = self.act_t(g_z * u, g)
+        return g_g @ _w(self.gate) + (g_z * self.act(g)) @ _w(self.up)
+
+
+FeedForward = BertFeedForward | GatedFeedForward
+
+
+def _rows(block: FeedForward, x: Tensor) -> int:
+    return max(1, BLOCK_BYTES // (block.width * 4))
+
+
+def _blockwise(fn: Callable[..., Tensor], rows: int, *tensors: Tensor) -> Tensor:
+    """`fn` over blocks of `rows` tokens of same-shaped tensors, reassembled."""
+    shape = tensors[0].shape
+    flat = [t.reshape(-1, shape[-1]) for t in tensors]
+    out = [fn(*(t[i : i + rows] for t in flat)) for i in range(0, len(flat[0]), rows)]
+    return torch.cat(out).reshape(*shape[:-1], -1)
+
+
+class FrozenFeedForward(torch.autograd.Function):
+    """A frozen feed-forward block, primal and tangent, a block of tokens at a time."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor, block: FeedForward) -> Tensor:
+        return _blockwise(block.primal, _rows(block, x), x)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Tensor, FeedForward], _: Tensor) -> None:
+        ctx.block = inputs[1]
+        ctx.save_for_forward(inputs[0])
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def jvp(ctx: Any, x_t: Tensor, _: None) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return _blockwise(ctx.block.tangent, _rows(ctx.block, x), x, x_t)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        (x,) = ctx.saved_tensors
+        return _blockwise(ctx.block.grad, _rows(ctx.block, x), x, grad), None
