@@ -340,6 +340,14 @@ class ClientConfig(_Section):
             "each; 0: all K at once)"
         },
     )
+    fused_rules: bool = field(
+        default=True,
+        metadata={
+            "help": "forward: attention, norms and frozen feed-forward blocks take "
+            "fused tangent rules, a block at a time (spry.engines.fused); false: "
+            "PyTorch's per-operator forward-AD rules (same result, more memory)"
+        },
+    )
     head_gradient: str = field(
         default="exact",
         metadata={
@@ -498,6 +506,7 @@ class ClientConfig(_Section):
             options.update(
                 distribution=self.tangent_distribution,
                 tangent_batch=self.tangent_batch,
+                fused=self.fused_rules,
             )
         return options
 
