@@ -37,6 +37,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .duals import in_jvp, join, split
+
 # Bytes one block's (batch, heads, queries, keys) float32 tensor may take: a block's
 # primal and tangent work holds about six of them. Small blocks cost Python calls.
 BLOCK_BYTES = 2 * 2**20
@@ -82,6 +84,59 @@ def _heads_last(blocks: list[Tensor]) -> Tensor:
     return torch.cat(blocks, dim=-2).transpose(-3, -2).contiguous()
 
 
+def _attend_block(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    const: _Constants,
+    rows: slice,
+    tangents: tuple[Tensor | None, Tensor | None, Tensor | None],
+    primal: bool,
+) -> tuple[Tensor | None, Tensor | None]:
+    """(O_c, O_t,c) for one block of queries, from one softmax (see module doc)."""
+    q_t, k_t, v_t = tangents
+    p = torch.softmax(_scores(q, k, mask, const, rows), dim=-1)
+    out = torch.matmul(p.to(v.dtype), v) if primal else None
+    s_t = None
+    if q_t is not None:
+        s_t = torch.matmul(q_t[..., rows, :], k.transpose(-1, -2))
+    if k_t is not None:
+        term = torch.matmul(q[..., rows, :], k_t.transpose(-1, -2))
+        s_t = term if s_t is None else s_t + term
+    o_t = None
+    if s_t is not None:
+        s_t = s_t.float() * const.scaling
+        p_t = p * (s_t - (p * s_t).sum(-1, keepdim=True))
+        o_t = torch.matmul(p_t.to(v.dtype), v)
+    if v_t is not None:
+        term = torch.matmul(p.to(v.dtype), v_t)
+        o_t = term if o_t is None else o_t + term
+    return out, o_t
+
+
+def _attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    const: _Constants,
+    tangents: tuple[Tensor | None, Tensor | None, Tensor | None],
+    *,
+    primal: bool = True,
+) -> tuple[Tensor | None, Tensor | None]:
+    """(O, O_t) over all blocks of queries, heads last; a part not asked for: None."""
+    blocks = [
+        _attend_block(q, k, v, mask, const, rows, tangents, primal)
+        for rows in _blocks(q.shape[-2], const.block)
+    ]
+    out, out_t = zip(*blocks, strict=True)
+    return (
+        _heads_last(list(out)) if primal else None,
+        None if out_t[0] is None else _heads_last(list(out_t)),
+    )
+
+
 class FusedAttention(torch.autograd.Function):
     """softmax(Q K^T * scale + mask) V with the tangent rule above, block by block."""
 
@@ -91,11 +146,7 @@ class FusedAttention(torch.autograd.Function):
     def forward(
         q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, const: _Constants
     ) -> Tensor:
-        out = []
-        for rows in _blocks(q.shape[-2], const.block):
-            p = torch.softmax(_scores(q, k, mask, const, rows), dim=-1).to(v.dtype)
-            out.append(torch.matmul(p, v))
-        return _heads_last(out)
+        return _attend(q, k, v, mask, const, (None, None, None))[0]
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
@@ -113,26 +164,7 @@ class FusedAttention(torch.autograd.Function):
         *_: None,  # the mask is a constant, its tangent None
     ) -> Tensor:
         q, k, v, mask = ctx.saved_tensors
-        const = ctx.const
-        out = []
-        for rows in _blocks(q.shape[-2], const.block):
-            p = torch.softmax(_scores(q, k, mask, const, rows), dim=-1)
-            s_t = None
-            if q_t is not None:
-                s_t = torch.matmul(q_t[..., rows, :], k.transpose(-1, -2))
-            if k_t is not None:
-                term = torch.matmul(q[..., rows, :], k_t.transpose(-1, -2))
-                s_t = term if s_t is None else s_t + term
-            o_t = None
-            if s_t is not None:
-                s_t = s_t.float() * const.scaling
-                p_t = p * (s_t - (p * s_t).sum(-1, keepdim=True))
-                o_t = torch.matmul(p_t.to(v.dtype), v)
-            if v_t is not None:
-                term = torch.matmul(p.to(v.dtype), v_t)
-                o_t = term if o_t is None else o_t + term
-            out.append(o_t)
-        return _heads_last(out)
+        return _attend(q, k, v, mask, ctx.const, (q_t, k_t, v_t), primal=False)[1]
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None]:
@@ -206,6 +238,11 @@ def fused_attention(
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     const = _Constants(scaling, block_size(query, key.shape[-2]))
+    if in_jvp():  # primal and tangent from one softmax per block
+        (q, q_t), (k, k_t), (v, v_t) = split(query), split(key), split(value)
+        mask = split(attention_mask)[0]
+        out, out_t = _attend(q, k, v, mask, const, (q_t, k_t, v_t))
+        return join(out, out_t), None
     return FusedAttention.apply(query, key, value, attention_mask, const), None
 
 

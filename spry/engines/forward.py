@@ -184,31 +184,32 @@ def derivatives_with_exact(
 ) -> tuple[Tensor, Tensor, Tensor, Any]:
     """`(loss, [<grad, v_k>]_k, the exact gradient of `exact`, aux)` in one pass.
 
-    Nested transforms: an outer jvp carries each tangent v_k of `params`, and
-    inside it reverse mode (`torch.func.grad`) differentiates the loss with respect
-    to `exact`. Only what depends on `exact` is recorded for the reverse pass (for
-    the head: the head and the loss), so the exact block costs no second forward
-    pass of the network and memory linear in its size (forward mode over its
-    standard basis would hold a d x d identity: 16 MiB for RoBERTa-large's head,
-    GiBs for wider ones). `chunk` is as in `directional_derivatives` (1: one outer
+    Nested transforms: reverse mode (`torch.func.grad`) differentiates the loss
+    with respect to `exact`, and inside it a jvp carries each tangent v_k of
+    `params`. The jvp is the inner one so that the fused rules see their inputs'
+    tangents (`duals.py`). Only what depends on `exact` is recorded for the
+    reverse pass (for the head: the head and the loss), so the exact block costs no
+    second forward pass of the network and memory linear in its size (forward mode
+    over its standard basis would hold a d x d identity: 16 MiB for RoBERTa-large's
+    head, GiBs for wider ones). `chunk` is as in `directional_derivatives` (1: one
     pass per tangent).
     """
     f = functional_loss(model, loss, batch)
     primals = {name: value.detach() for name, value in params.items()}
     fixed = {name: value.detach() for name, value in exact.items()}
 
-    def with_exact(current: Params) -> tuple[tuple[Tensor, Tensor], Any]:
-        def value_of(e: Params) -> tuple[Tensor, tuple[Tensor, Any]]:
-            value, aux = f({**current, **e})
-            return value, (value, aux)
-
-        grads, (value, aux) = torch.func.grad(value_of, has_aux=True)(fixed)
-        return (value, torch.cat([g.reshape(-1) for g in grads.values()])), aux
-
     def per_tangent(tangent: Params) -> tuple[Tensor, Tensor, Tensor, Any]:
-        (value, exact_grad), (derivative, _), aux = torch.func.jvp(
-            with_exact, (primals,), (dict(tangent),), has_aux=True
-        )
+        def value_of(e: Params) -> tuple[Tensor, tuple[Tensor, Tensor, Any]]:
+            def at(current: Params) -> tuple[Tensor, Any]:
+                return f({**current, **e})
+
+            value, derivative, aux = torch.func.jvp(
+                at, (primals,), (dict(tangent),), has_aux=True
+            )
+            return value, (value, derivative, aux)
+
+        grads, (value, derivative, aux) = torch.func.grad(value_of, has_aux=True)(fixed)
+        exact_grad = torch.cat([g.reshape(-1) for g in grads.values()])
         return value, derivative, exact_grad, aux
 
     with forward_mode(model, fused=fused):

@@ -24,10 +24,9 @@ from torch import Tensor, nn
 from .attention_rule import eager_routed_to_fused
 from .mlp_rules import (
     BertFeedForward,
-    FeedForward,
-    FrozenFeedForward,
     GatedFeedForward,
     activation_rule,
+    feed_forward,
 )
 from .norm_rules import FrozenLayerNorm, FrozenRMSNorm, NormConstants
 
@@ -80,7 +79,7 @@ def _gated_mlp(module: nn.Module) -> Callable[[Tensor], Tensor] | None:
     if act is None or not _plain_linear(*linears):
         return None
     block = GatedFeedForward(module.gate_proj, module.up_proj, act, module.down_proj)
-    return partial(_feed_forward, block)
+    return partial(feed_forward, block)
 
 
 def _bert_feed_forward(layer: nn.Module) -> Callable[[Tensor], Tensor] | None:
@@ -106,11 +105,7 @@ def _bert_feed_forward(layer: nn.Module) -> Callable[[Tensor], Tensor] | None:
     norm = out.LayerNorm
     if type(norm) is not nn.LayerNorm or not _frozen(norm):
         return None
-    return partial(_feed_forward, BertFeedForward(inter.dense, act, out.dense, norm))
-
-
-def _feed_forward(block: FeedForward, x: Tensor) -> Tensor:
-    return FrozenFeedForward.apply(x, block)
+    return partial(feed_forward, BertFeedForward(inter.dense, act, out.dense, norm))
 
 
 # (module -> replacement or None, the method it replaces)

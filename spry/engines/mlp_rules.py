@@ -19,13 +19,15 @@ adapters, or whose dropout is active, keeps the model's own forward.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .duals import in_jvp, join, split
 from .norm_rules import layer_norm_parts, project
 
 # Bytes one block of tokens' float32 intermediate activation may take.
@@ -76,12 +78,14 @@ class BertFeedForward:
         n = self.norm
         return F.layer_norm(s, s.shape[-1:], n.weight, n.bias, n.eps)
 
-    def tangent(self, x: Tensor, t: Tensor) -> Tensor:
+    def both(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         a, s = self._sum(x)
         a_t = self.act_t(F.linear(t, _w(self.up)), a)
         s_t = F.linear(a_t, _w(self.down)) + t
         xh, r = layer_norm_parts(s, self.norm.eps)
-        return project(xh, r, s_t, centre=True) * self.norm.weight
+        n = self.norm
+        y = xh * n.weight + n.bias
+        return y, project(xh, r, s_t, centre=True) * n.weight
 
     def grad(self, x: Tensor, g: Tensor) -> Tensor:
         a, s = self._sum(x)
@@ -110,11 +114,13 @@ class GatedFeedForward:
         g, u = self._gu(x)
         return F.linear(self.act(g) * u, _w(self.down), self.down.bias)
 
-    def tangent(self, x: Tensor, t: Tensor) -> Tensor:
+    def both(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         g, u = self._gu(x)
         z_t = self.act_t(F.linear(t, _w(self.gate)), g) * u
-        z_t = torch.addcmul(z_t, self.act(g), F.linear(t, _w(self.up)))
-        return F.linear(z_t, _w(self.down))
+        act = self.act(g)
+        z_t = torch.addcmul(z_t, act, F.linear(t, _w(self.up)))
+        y = F.linear(act * u, _w(self.down), self.down.bias)
+        return y, F.linear(z_t, _w(self.down))
 
     def grad(self, x: Tensor, grad: Tensor) -> Tensor:
         g, u = self._gu(x)
@@ -126,16 +132,40 @@ class GatedFeedForward:
 FeedForward = BertFeedForward | GatedFeedForward
 
 
+def _tangent(block: FeedForward, x: Tensor, t: Tensor) -> Tensor:
+    return block.both(x, t)[1]
+
+
 def _rows(block: FeedForward, x: Tensor) -> int:
     return max(1, BLOCK_BYTES // (block.width * 4))
 
 
-def _blockwise(fn: Callable[..., Tensor], rows: int, *tensors: Tensor) -> Tensor:
-    """`fn` over blocks of `rows` tokens of same-shaped tensors, reassembled."""
+def _blockwise(fn: Callable[..., Any], rows: int, *tensors: Tensor) -> Any:
+    """`fn` over blocks of `rows` tokens of same-shaped tensors, reassembled.
+
+    `fn` returns a tensor or a tuple of tensors (reassembled each).
+    """
     shape = tensors[0].shape
     flat = [t.reshape(-1, shape[-1]) for t in tensors]
     out = [fn(*(t[i : i + rows] for t in flat)) for i in range(0, len(flat[0]), rows)]
-    return torch.cat(out).reshape(*shape[:-1], -1)
+
+    def whole(parts: Sequence[Tensor]) -> Tensor:
+        return torch.cat(list(parts)).reshape(*shape[:-1], -1)
+
+    if isinstance(out[0], tuple):
+        return tuple(whole(parts) for parts in zip(*out, strict=True))
+    return whole(out)
+
+
+def feed_forward(block: FeedForward, x: Tensor) -> Tensor:
+    """The block's output; in a jvp, its primal and tangent in one blockwise pass."""
+    rows = _rows(block, x)
+    if in_jvp():
+        x, t = split(x)
+        if t is None:
+            return _blockwise(block.primal, rows, x)
+        return join(*_blockwise(block.both, rows, x, t))
+    return FrozenFeedForward.apply(x, block)
 
 
 class FrozenFeedForward(torch.autograd.Function):
@@ -156,7 +186,7 @@ class FrozenFeedForward(torch.autograd.Function):
     @staticmethod
     def jvp(ctx: Any, x_t: Tensor, _: None) -> Tensor:
         (x,) = ctx.saved_tensors
-        return _blockwise(ctx.block.tangent, _rows(ctx.block, x), x, x_t)
+        return _blockwise(partial(_tangent, ctx.block), _rows(ctx.block, x), x, x_t)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:

@@ -216,3 +216,33 @@ def test_feed_forward_with_active_dropout_keeps_its_own_forward():
     bert = _tiny_bert().requires_grad_(False)
     bert.train()
     assert not any(method == "feed_forward_chunk" for _, method, _ in routed(bert))
+
+
+def test_rules_under_grad_nested_in_a_jvp_take_the_function_route():
+    """Where a jvp's tangent is hidden by an inner grad, the Function rules apply."""
+    from spry.engines.duals import in_jvp
+
+    x = torch.randn(2, 9, 32, generator=_gen())
+    llama = _tiny_llama().requires_grad_(False)
+    mlp = llama.model.layers[0].mlp
+    fused = {m: f for m, _, f in routed(llama)}[mlp]
+    w0 = torch.randn(32, generator=_gen())
+    seen = []
+
+    def nested(rule):
+        def outer(x):
+            def inner(w):
+                seen.append(in_jvp())
+                return (rule(x) * w).sum()
+
+            return torch.func.grad(inner)(w0)
+
+        return outer
+
+    v = torch.randn(x.shape, generator=_gen())
+    with torch.no_grad():
+        expected = jvp(nested(mlp), (x,), (v,))
+        got = jvp(nested(fused), (x,), (v,))
+    assert seen == [False, False]
+    for e, g in zip(expected, got, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)

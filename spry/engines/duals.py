@@ -1,0 +1,41 @@
+"""A value and its tangent, side by side, inside torch.func.jvp.
+
+torch.func.jvp is built on PyTorch's forward AD: the function it differentiates sees
+dual tensors, whose tangents `torch.autograd.forward_ad.unpack_dual` reads and
+`make_dual` sets, when the jvp is the innermost transform. A fused rule that reads
+both can compute the primal and the tangent of a block in one pass, sharing what they
+have in common (the scores' softmax, an activation's input), where a
+`torch.autograd.Function` computes its jvp after its forward and must keep or
+recompute it. Inside another transform (torch.func.grad nested in the jvp) the
+tangent is not visible from here: `split` then says so, and a rule takes its
+`torch.autograd.Function` route, which every transform supports.
+"""
+
+from __future__ import annotations
+
+import torch.autograd.forward_ad as fwAD
+from torch import Tensor
+from torch._C._functorch import TransformType, peek_interpreter_stack
+
+
+def in_jvp() -> bool:
+    """Whether the innermost active transform is a torch.func.jvp."""
+    interpreter = peek_interpreter_stack()
+    return interpreter is not None and interpreter.key() == TransformType.Jvp
+
+
+def split(x: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+    """(primal, tangent or None) of a tensor of the innermost jvp."""
+    if x is None:
+        return None, None
+    primal, tangent = fwAD.unpack_dual(x)
+    return primal, tangent
+
+
+def join(primal: Tensor, tangent: Tensor | None) -> Tensor:
+    """The dual tensor with this primal and tangent (the primal alone if None)."""
+    return primal if tangent is None else fwAD.make_dual(primal, tangent)
+
+
+def any_tangent(*tangents: Tensor | None) -> bool:
+    return any(t is not None for t in tangents)
