@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from .engines import loss_rules
 from .engines.base import Batch, TaskLoss
 
 IGNORE = -100  # label of positions that are not predicted (padding)
@@ -43,6 +44,8 @@ def next_token_labels(batch: Batch) -> Tensor:
 def _chunk_loss(
     head: nn.Module, softcap: float | None, hidden: Tensor, labels: Tensor
 ) -> Tensor:
+    if not softcap and loss_rules.applies(head):  # forward mode: fused blocks
+        return loss_rules.linear_cross_entropy_sum(head, hidden, labels, IGNORE)
     logits = head(hidden).float()
     if softcap:  # Gemma-style logit soft-capping, as the model's own forward does
         logits = torch.tanh(logits / softcap) * softcap

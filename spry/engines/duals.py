@@ -13,9 +13,30 @@ tangent is not visible from here: `split` then says so, and a rule takes its
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 from torch._C._functorch import TransformType, peek_interpreter_stack
+
+_FUSED: ContextVar[bool] = ContextVar("fused_rules", default=False)
+
+
+@contextmanager
+def fused_active() -> Iterator[None]:
+    """Mark a forward-mode pass whose code outside the model (a loss) may fuse too."""
+    token = _FUSED.set(True)
+    try:
+        yield
+    finally:
+        _FUSED.reset(token)
+
+
+def fusing() -> bool:
+    """Whether the current pass asked for fused rules (`fused_active`)."""
+    return _FUSED.get()
 
 
 def in_jvp() -> bool:

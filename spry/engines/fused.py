@@ -22,6 +22,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from .attention_rule import eager_routed_to_fused
+from .duals import fused_active
 from .mlp_rules import (
     BertFeedForward,
     GatedFeedForward,
@@ -135,6 +136,7 @@ def fused_rules(model: nn.Module) -> Iterator[None]:
     patched = routed(model)
     with ExitStack() as stack:
         stack.enter_context(eager_routed_to_fused())
+        stack.enter_context(fused_active())
         for module, method, fused in patched:
             setattr(module, method, fused)  # an instance attribute shadows it
         try:

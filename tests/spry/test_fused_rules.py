@@ -246,3 +246,43 @@ def test_rules_under_grad_nested_in_a_jvp_take_the_function_route():
     assert seen == [False, False]
     for e, g in zip(expected, got, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_causal_lm_loss_gets_backprops_directional_derivative(monkeypatch):
+    """The fused output-layer cross-entropy (blocks of 5 positions) = backprop's."""
+    from spry.engines import loss_rules
+    from spry.language_modeling import make_causal_lm_loss
+
+    monkeypatch.setattr(loss_rules, "BLOCK_BYTES", 5 * 50 * 4)
+    calls = []
+    rule = loss_rules.linear_cross_entropy_sum
+    monkeypatch.setattr(
+        loss_rules, "linear_cross_entropy_sum", lambda *a: calls.append(1) or rule(*a)
+    )
+    model = get_peft_model(_tiny_llama(), LoraConfig(r=2, target_modules=["v_proj"]))
+    gen = _gen()
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        for p in params.values():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    ids = torch.randint(3, 50, (3, 12), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0  # padding: ignored positions
+    batch = {"input_ids": ids, "attention_mask": mask}
+    loss = make_causal_lm_loss(16)
+    grads = torch.autograd.grad(loss(model, batch)[0], list(params.values()))
+    tangents = [
+        {n: torch.randn(p.shape, generator=gen) for n, p in params.items()}
+        for _ in range(2)
+    ]
+    for tangent in tangents:
+        exact = sum((g * tangent[n]).sum() for g, n in zip(grads, params, strict=True))
+        values = []
+        for fused in (True, False):
+            value, derivative, _ = directional_derivative(
+                model, loss, batch, params, tangent, fused=fused
+            )
+            torch.testing.assert_close(derivative, exact, rtol=1e-4, atol=1e-6)
+            values.append(value)
+        torch.testing.assert_close(values[0], values[1])
+    assert len(calls) == 6  # 33 positions: 3 chunks in each of 2 fused passes

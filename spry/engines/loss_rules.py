@@ -1,0 +1,57 @@
+"""A frozen output layer and cross-entropy with one tangent rule, a block at a time.
+
+A causal LM's loss runs the last hidden states through a vocabulary-wide output
+layer (SmolLM2's: 49,152 columns). Under forward mode each chunk of positions holds
+its logits, their tangent, the log-softmax and its tangent's temporaries, each
+positions x vocabulary: the pass's peak for SmolLM2 at batch 8. The tangent of the
+summed cross-entropy needs none of them whole:
+
+    z = h W^T,  loss = sum_i logsumexp(z_i) - z_i[y_i]
+    loss_t = sum_i softmax(z_i) . z_t,i - z_t,i[y_i],   z_t = h_t W^T
+
+so a block of positions computes z, softmax(z) and z_t, reduces them to two
+scalars, and frees them before the next block. Inside a jvp (`duals.py`) the primal
+and the tangent come from one pass; elsewhere the caller keeps its own loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .duals import fusing, in_jvp, join, split
+
+# Bytes one block's float32 logits may take (a block holds about three such).
+BLOCK_BYTES = 8 * 2**20
+
+
+def applies(head: nn.Module) -> bool:
+    """In a fused forward-mode pass's jvp, with a frozen plain linear output layer."""
+    frozen = not any(p.requires_grad for p in head.parameters())
+    return type(head) is nn.Linear and frozen and fusing() and in_jvp()
+
+
+def linear_cross_entropy_sum(
+    head: nn.Linear, hidden: Tensor, labels: Tensor, ignore_index: int
+) -> Tensor:
+    """sum_i CE(head(hidden_i), labels_i) over non-ignored positions, as a dual."""
+    h, h_t = split(hidden)
+    rows = max(1, BLOCK_BYTES // (head.out_features * 4))
+    total = h.new_zeros((), dtype=torch.float32)
+    total_t = None
+    for start in range(0, h.shape[0], rows):
+        block, y = slice(start, start + rows), labels[start : start + rows]
+        keep = y != ignore_index
+        target = y.clamp_min(0)[:, None]
+        z = F.linear(h[block], head.weight, head.bias).float()
+        lse = torch.logsumexp(z, dim=-1)
+        total = total + ((lse - z.gather(-1, target)[:, 0]) * keep).sum()
+        if h_t is None:
+            continue
+        p = torch.exp(z - lse[:, None])
+        del z
+        z_t = F.linear(h_t[block], head.weight).float()
+        part = ((p * z_t).sum(-1) - z_t.gather(-1, target)[:, 0]) * keep
+        total_t = part.sum() if total_t is None else total_t + part.sum()
+    return join(total, total_t)
