@@ -56,8 +56,11 @@ class _Constants:
 
 
 def _blocks(length: int, block: int) -> Iterator[slice]:
-    for start in range(0, length, block):
-        yield slice(start, min(start + block, length))
+    """Slices of at most `block` rows covering `length`, as even as they can be."""
+    count = -(-length // block)
+    size = -(-length // count)
+    for start in range(0, length, size):
+        yield slice(start, min(start + size, length))
 
 
 def _mask_rows(mask: Tensor | None, rows: slice) -> Tensor | None:
@@ -125,9 +128,18 @@ def _attend(
     *,
     primal: bool = True,
 ) -> tuple[Tensor | None, Tensor | None]:
-    """(O, O_t) over all blocks of queries, heads last; a part not asked for: None."""
+    """(O, O_t) over all blocks of queries, heads last; a part not asked for: None.
+
+    Every operand is made contiguous once (keys transposed), not once per block: a
+    matmul with a strided (B, H, T, D) view copies it on every call.
+    """
+    q, v = q.contiguous(), v.contiguous()
+    k = k.transpose(-1, -2).contiguous().transpose(-1, -2)
+    q_t, k_t, v_t = (None if t is None else t.contiguous() for t in tangents)
+    if k_t is not None:
+        k_t = k_t.transpose(-1, -2).contiguous().transpose(-1, -2)
     blocks = [
-        _attend_block(q, k, v, mask, const, rows, tangents, primal)
+        _attend_block(q, k, v, mask, const, rows, (q_t, k_t, v_t), primal)
         for rows in _blocks(q.shape[-2], const.block)
     ]
     out, out_t = zip(*blocks, strict=True)

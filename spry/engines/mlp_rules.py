@@ -147,6 +147,8 @@ def _blockwise(fn: Callable[..., Any], rows: int, *tensors: Tensor) -> Any:
     """
     shape = tensors[0].shape
     flat = [t.reshape(-1, shape[-1]) for t in tensors]
+    count = -(-len(flat[0]) // rows)
+    rows = -(-len(flat[0]) // count)  # even blocks: 1024 rows by 341 would leave 1
     out = [fn(*(t[i : i + rows] for t in flat)) for i in range(0, len(flat[0]), rows)]
 
     def whole(parts: Sequence[Tensor]) -> Tensor:
