@@ -102,6 +102,26 @@ SUITES: dict[str, Suite] = {
     ),
     # A few minutes: MiniLM's main point and one longer sequence.
     "quick": Suite((ModelSweep("minilm", seqs=(128, 256), batches=()),)),
+    # The fused tangent rules, before (spry-unfused) and after, at each model's main
+    # point, every engine timed: about 40 minutes on 2 cores.
+    "fused": Suite(
+        tuple(
+            ModelSweep(
+                model,
+                seqs=(seq,),
+                batches=(),
+                main_seq=seq,
+                engines=(*ENGINES, "spry-unfused"),
+            )
+            for model, seq in (
+                ("minilm", 128),
+                ("smollm2-135m", 64),
+                ("bert-base-shape", 128),
+                ("roberta-large-shape", 128),
+            )
+        ),  # fmt: skip
+        note="main points only; spry-unfused: PyTorch's per-operator forward-AD rules",
+    ),
 }
 
 
