@@ -213,17 +213,22 @@ def live_env_set(environ: Mapping[str, str] | None = None) -> bool:
 
 @functools.cache
 def live_allocator() -> bool:
-    """Whether this process's allocator returns freed 512 KiB blocks to the OS.
+    """Whether this process runs the live allocator: `LIVE_ENV` set, and obeyed.
 
     The environment alone does not say it: glibc reads `MALLOC_MMAP_THRESHOLD_`
-    once, when the process starts. So this asks glibc: it first frees a 4 MiB block
-    (as it comes, glibc then raises its mmap threshold to 4 MiB), then allocates
-    32 blocks of 512 KiB, writes them, and frees every other one. With the live
-    threshold each block is its own mapping and the 8 MiB freed leave the resident
-    set; as glibc comes they are holes between live heap blocks and stay. True
-    when at least 6 MiB came back. Checked once per process (about a millisecond).
-    Not glibc (no `libc.so.6`): False.
+    once, when the process starts, so a variable set later changes nothing. So
+    this also asks glibc: it frees a 4 MiB block (as glibc comes, it then raises
+    its mmap threshold to 4 MiB), allocates 32 blocks of 512 KiB, writes them, and
+    frees every other one. With the live threshold each block is its own mapping
+    and the 8 MiB freed leave the resident set; as glibc comes they are holes
+    between live heap blocks and stay. Live when at least 6 MiB came back. Checked
+    once per process (about a millisecond). Not glibc (no `libc.so.6`): False.
     """
+    return live_env_set() and freed_blocks_leave_rss()
+
+
+def freed_blocks_leave_rss() -> bool:
+    """Whether freed 512 KiB blocks leave the RSS (glibc's side of `live_allocator`)."""
     if not os.path.exists(_STATUS):
         return False
     try:
