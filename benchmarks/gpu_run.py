@@ -256,14 +256,13 @@ def gpu_points(assets: Path, device: str, *, tiny: bool = False) -> list[Point]:
     MiniLM and SmolLM2-135M are their real shapes with random weights (from the
     carried configs), BERT-base and RoBERTa-large shapes as in the suites; main
     point batch 8, 128 tokens (SmolLM2: 64, its loss chunked by 128). `tiny`: the
-    suite's tiny shapes at batch 2, 16 tokens (the CPU dry run).
+    suite's tiny shapes at 16 tokens (the CPU dry run).
     """
     from .memory.suite import DEFAULT_CHUNK, MAIN_BATCH
 
     # (model, main tokens, causal LM: its loss chunked as in the suites)
     if tiny:
         models = [("tiny-bert-shape", 16, False), ("tiny-llama-shape", 16, True)]
-        batch = 2
     else:
         models = [
             (f"random:{assets / 'minilm'}", 128, False),
@@ -271,7 +270,7 @@ def gpu_points(assets: Path, device: str, *, tiny: bool = False) -> list[Point]:
             ("bert-base-shape", 128, False),
             ("roberta-large-shape", 128, False),
         ]
-        batch = MAIN_BATCH
+    batch = MAIN_BATCH  # the report's main point
     kind = "cuda" if device.startswith("cuda") else "live"
     points = []
     for dtype, engines in (("float32", ENGINES), ("bfloat16", BF16_ENGINES)):
