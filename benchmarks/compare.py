@@ -9,9 +9,12 @@ workers or memory), and differs only in the settings of `spry.methods.METHODS`.
 For each method the table gives the final and best central test accuracy, the
 round and wall time at which it first reached 90% of the reference's final accuracy
 (the reference is FedAvg with backprop when it is in the list, else the best final
-accuracy), the largest client peak memory, the mean upload per client per round and
-the forward passes per round. The majority-class rate is printed beside accuracy:
-reaching it only means the label prior was learned.
+accuracy), the largest client peak memory (the worker's whole resident set) and
+the client step peak (the largest training step's own memory above the worker's
+baseline, with its batch length: what `python -m benchmarks.memory` measures for a
+shape), the mean upload per client per round and the forward passes per round.
+The majority-class rate is printed beside accuracy: reaching it only means the
+label prior was learned.
 
     python -m benchmarks.compare --methods spry,fedfgd,fedavg,fedmezo --rounds 20
     python -m benchmarks.compare --methods spry,fedavg --rounds 3 --set num-clients=20
@@ -170,9 +173,11 @@ def summarize(
     # Round 0 is the untrained model: meeting the target there is not training.
     reached = next((r for r in trained if r["test-accuracy"] >= target), None)
     peaks = [r["client-peak-mib"] for r in trained if "client-peak-mib" in r]
-    extra = [
-        r["client-peak-extra-mib"] for r in trained if "client-peak-extra-mib" in r
-    ]
+    extra = [r for r in trained if "client-peak-extra-mib" in r]
+    step = max(extra, key=lambda r: r["client-peak-extra-mib"]) if extra else {}
+    # Runs from before the step peak was measured under the live allocator have no
+    # such column: their extra holds allocator history too
+    live = [r.get("client-live-allocator", 0.0) for r in extra]
     last3 = [r["test-accuracy"] for r in rows if r["round"] > 0][-3:]
     return {
         "method": label or method,
@@ -194,7 +199,11 @@ def summarize(
         "round-to-target": None if reached is None else int(reached["round"]),
         "seconds-to-target": None if reached is None else reached["elapsed-seconds"],
         "client-peak-mib": max(peaks) if peaks else None,
-        "client-peak-extra-mib": max(extra) if extra else None,
+        "client-peak-extra-mib": step.get("client-peak-extra-mib"),
+        "client-step-tokens": (
+            int(step["client-step-tokens"]) if "client-step-tokens" in step else None
+        ),
+        "client-live-allocator": bool(live) and min(live) == 1.0,
         "upload-bytes-per-client": _mean(
             [
                 r["upload-bytes-per-client"]
@@ -261,13 +270,15 @@ def markdown(
         "",
         f"| method | rounds | acc @ round {rounds} | final acc | test loss | gain "
         "| macro-F1 "
-        "| best acc | round / s to target | client peak MiB (extra) "
+        "| best acc | round / s to target | worker RSS MiB "
+        "| client step peak MiB @ tokens "
         "| upload KiB/client/round | forward passes/round | wall s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         f"| untrained (round 0) | 0 | {100 * summaries[0]['initial-accuracy']:.1f}% "
         f"| {100 * summaries[0]['initial-accuracy']:.1f}% "
         f"| {summaries[0]['initial-test-loss']:.4f} | - "
-        f"| {_pct(summaries[0].get('initial-macro-f1'))} | - | - | - | - | - | - |",
+        f"| {_pct(summaries[0].get('initial-macro-f1'))} | - | - | - | - | - | - "
+        "| - |",
     ]
     initial, target = summaries[0]["initial-accuracy"], summaries[0]["target-accuracy"]
     if initial >= target:
@@ -292,7 +303,7 @@ def markdown(
             f"| {_pct(s.get('final-macro-f1'))} "
             f"| {100 * s['best-accuracy']:.1f}% | {to_target} "
             f"| {_fmt(s['client-peak-mib'], '.0f', '-')} "
-            f"({_fmt(s.get('client-peak-extra-mib'), '.0f', '-')}) "
+            f"| {_step_peak(s)} "
             f"| {_fmt(None if upload is None else upload / 1024, '.1f', '-')} "
             f"| {_fmt(s['forward-passes-per-round'], '.0f', '-')} "
             f"| {s['wall-seconds']:.0f} |"
@@ -301,9 +312,14 @@ def markdown(
     lines += [
         "",
         "Each method ran as its own `spry run --method <name>` process here; "
-        "client peak is the largest resident set of a client worker process during "
-        "training (model, torch and Ray included), and in brackets its largest rise "
-        "above the level before training (the training step's own memory); upload "
+        "worker RSS is the largest resident set of a client worker process at its "
+        "peak step (model, torch and Ray included); client step peak is the largest "
+        "training step's own memory: its peak above the worker's baseline (weights "
+        "resident, freed memory returned, taken just before local training), at "
+        "that step's batch length, as `python -m benchmarks.memory` measures a "
+        "shape (`benchmarks/sim_memory.py` compares the two); * marks a run whose "
+        "workers did not run the live allocator (the rise then holds allocator "
+        "history, not comparable); upload "
         "counts the tensors (or scalars) a client returned; forward passes are "
         "summed over a round's clients (a jvp pass counts once). FedSGD-style "
         "methods (fedsgd, spry-iter, baffle, fwdllm) take one server step per "
@@ -312,6 +328,16 @@ def markdown(
         "rounds; `gain` is the final accuracy less the untrained model's (round 0).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _step_peak(summary: dict) -> str:
+    """'17.1 @ 51', or '-'; starred when not measured under the live allocator."""
+    extra = summary.get("client-peak-extra-mib")
+    if extra is None:
+        return "-"
+    tokens = summary.get("client-step-tokens")
+    star = "" if summary.get("client-live-allocator") else "*"
+    return f"{extra:.1f}{star}" + (f" @ {tokens}" if tokens else "")
 
 
 def _federated_table(summaries: list[dict]) -> list[str]:

@@ -62,7 +62,12 @@ def run(overrides: dict[str, ConfigValue]) -> int:
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     cfg = resolve({**_base_values(overrides), **overrides})
     cfg = preflight(cfg)
+    # Ray's raylet and workers inherit this process's environment: the workers then
+    # start under the live allocator, so a client's step peak is its live memory
+    # (glibc reads it only at start-up: it has no effect on this process itself)
+    from spry.memory import LIVE_ENV
 
+    os.environ.update(LIVE_ENV)
     from flwr.simulation import run_simulation
 
     server_app = _load(SERVER_APP_FACTORY)(cfg.to_mapping())  # type: ignore[operator]

@@ -8,6 +8,7 @@ learns (model, data, loss, metrics) is the run's task (`spry.tasks`).
 
 from __future__ import annotations
 
+import time
 from typing import NamedTuple
 
 import numpy as np
@@ -21,7 +22,7 @@ from spry.engines import FiniteDifference, GradientEngine
 from spry.engines.selection import CosineRankedDirections
 from spry.eval_finetune import finetune_and_score
 from spry.faults import CRASH, InjectedFault
-from spry.memory import track_peak_memory
+from spry.memory import StepPeaks, live_allocator, make_resident
 from spry.models import TrainableModel
 from spry.tasks import Task, device_for, load_task
 from spry.training import (
@@ -30,9 +31,13 @@ from spry.training import (
     make_client_engine,
     mask_seed,
     train_slice,
+    warm_up,
 )
 
 app = ClientApp()
+# (engine, device) pairs this process has run once: their kernels and lazy state
+# are resident, so a step's measured peak no longer holds them (`warm_up`)
+_WARMED: set[tuple[str, str]] = set()
 
 
 def _partition(context: Context) -> tuple[int, int]:
@@ -128,15 +133,23 @@ def train(msg: Message, context: Context) -> Message:
         for n, t in _arrays(msg, protocol.GUESS).items()
     }
     engine = make_client_engine(cfg.client, guess)
-    task.partition(partition_id)  # build the partition outside the measured block
+    task.partition(partition_id)  # build the partition outside the measured steps
     client = _Client(task, partition_id, device)
-    with track_peak_memory(device) as memory:
-        if fields.get(protocol.ONE_STEP, False):
-            tensors, report = _estimate(msg, cfg, client, trainable, names, engine)
-        else:
-            tensors, report = _train(
-                cfg, client, trainable, names, engine, server_round
-            )
+    # The step's own peak, measured as the memory benchmark measures it: every
+    # weight resident, freed memory handed back, one baseline, then each step
+    live = device != "cpu" or live_allocator()  # CPU: the allocator returns frees
+    make_resident(trainable.model)
+    _warm_up_once(cfg, client, trainable, names, engine, server_round)
+    peaks = StepPeaks(device)
+    peaks.start()
+    started = time.perf_counter()
+    if fields.get(protocol.ONE_STEP, False):
+        tensors, report = _estimate(msg, cfg, client, trainable, names, engine, peaks)
+    else:
+        tensors, report = _train(
+            cfg, client, trainable, names, engine, server_round, peaks
+        )
+    seconds = time.perf_counter() - started
     if cfg.strategy.upload_scalars:
         upload = ArrayRecord(
             {"scalars": Array(np.asarray(report.scalars, dtype=np.float64))}
@@ -151,9 +164,11 @@ def train(msg: Message, context: Context) -> Message:
             protocol.TRAIN_LOSS: report.mean_loss,
             protocol.STEPS: report.steps,
             protocol.FORWARD_PASSES: report.forward_passes,
-            protocol.TRAIN_SECONDS: memory.seconds,
-            protocol.PEAK_MEM_BYTES: memory.extra_bytes,
-            protocol.PEAK_MEM_TOTAL_BYTES: memory.peak_bytes,
+            protocol.TRAIN_SECONDS: seconds,
+            protocol.PEAK_MEM_BYTES: peaks.extra_bytes,
+            protocol.PEAK_MEM_TOTAL_BYTES: peaks.peak_bytes,
+            protocol.PEAK_STEP_TOKENS: peaks.tokens,
+            protocol.LIVE_ALLOCATOR: int(live),
             protocol.PARTITION_ID: partition_id,
         }
     )
@@ -166,6 +181,31 @@ class _Client(NamedTuple):
     device: str
 
 
+def _warm_up_once(
+    cfg: RunConfig,
+    client: _Client,
+    trainable: TrainableModel,
+    names: list[str],
+    engine: GradientEngine,
+    server_round: int,
+) -> None:
+    """The process's first run of this engine, on a tiny cut of a real batch.
+
+    As the memory benchmark warms up before its baseline (`spry.training.warm_up`);
+    without it the first client a worker trains would count torch's start-up
+    (kernel code paged in, lazy allocations) in its step peak. Once per process.
+    """
+    task, partition_id, device = client
+    key = (cfg.client.engine, device)
+    if key in _WARMED or not names:
+        return
+    batches = task.train_batches(trainable, partition_id, server_round, 0, device)
+    batch = next(batches, None)
+    if batch is not None:  # an empty partition: warm up with the next client
+        warm_up(trainable, names, batch, loss=task.loss, engine=engine)
+        _WARMED.add(key)
+
+
 def _train(
     cfg: RunConfig,
     client: _Client,
@@ -173,8 +213,9 @@ def _train(
     names: list[str],
     engine: GradientEngine,
     server_round: int,
+    peaks: StepPeaks,
 ) -> tuple[dict[str, np.ndarray], TrainReport]:
-    """Local epochs on the slice; returns the trained slice."""
+    """Local epochs on the slice, each step tracked by `peaks`; the trained slice."""
     task, partition_id, device = client
     report = train_slice(
         trainable,
@@ -188,6 +229,7 @@ def _train(
         seed=cfg.runtime.seed,
         server_round=server_round,
         partition_id=partition_id,
+        peaks=peaks,
     )
     live = trainable.parameters()
     return {n: _numpy(live[n]) for n in names}, report
@@ -200,10 +242,12 @@ def _estimate(
     trainable: TrainableModel,
     names: list[str],
     engine: GradientEngine,
+    peaks: StepPeaks,
 ) -> tuple[dict[str, np.ndarray], TrainReport]:
     """One estimate on one batch, along the directions the server's seed names.
 
-    The batch is the first of round `data-round`'s order.
+    The batch is the first of round `data-round`'s order; `peaks` tracks the
+    estimate.
     """
     task, partition_id, device = client
     fields = msg.content[protocol.CONFIG]
@@ -235,6 +279,7 @@ def _estimate(
         engine=engine,
         generator=generator,
         masks=masks if cfg.client.dropout else None,
+        peaks=peaks,
     )
     report = TrainReport(
         num_examples=len(next(iter(batch.values()))),

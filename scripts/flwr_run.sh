@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 export FLWR_HOME="${FLWR_HOME:-$PWD/.flwr-home}"
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1  # dependencies come from .venv
 export PATH="$PWD/.venv/bin:$PATH"  # flwr launches flower-superlink by name
+# The SuperLink it starts (and the simulation's workers under it) inherit this: the
+# live allocator (spry.memory.LIVE_ENV), so client step peaks measure live memory
+export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_:-65536}"
 
 stop_superlink() {
   local pids

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +60,15 @@ COLUMNS = (
     "train-loss",
     "clients",
     *_FROM_ROUND_LOG,
+    # The largest client step's peak: the worker's whole RSS at it, and its extra
+    # above the worker's baseline (weights resident, just before local training:
+    # the step's own memory, as `python -m benchmarks.memory` measures it), that
+    # step's batch length, and whether every client ran the live allocator (0: the
+    # extra also holds allocator history; not comparable with the benchmark)
     "client-peak-mib",
     "client-peak-extra-mib",
+    "client-step-tokens",
+    "client-live-allocator",
     "client-train-seconds-max",
     "upload-bytes-per-client",
     "forward-passes",
@@ -188,6 +195,8 @@ class RunRecorder:
             **{key: round_log.get(key) for key in _FROM_ROUND_LOG},
             "client-peak-mib": _mib(train.get("peak-mem-total-bytes-max")),
             "client-peak-extra-mib": _mib(train.get("peak-mem-bytes-max")),
+            "client-step-tokens": train.get("peak-step-tokens"),
+            "client-live-allocator": train.get("live-allocator-min"),
             "client-train-seconds-max": train.get("train-seconds-max"),
             "upload-bytes-per-client": train.get("upload-bytes-mean"),
             "forward-passes": train.get("forward-passes"),
@@ -230,8 +239,15 @@ class RunRecorder:
             parts.append(fed)
         if row["train-loss"] is not None:
             parts.append(f"train loss {row['train-loss']:.4f}")
+        if row["client-peak-extra-mib"] is not None:
+            step = f"client step peak +{row['client-peak-extra-mib']:.1f} MiB"
+            if row.get("client-step-tokens"):
+                step += f" at {row['client-step-tokens']} tokens"
+            if row.get("client-live-allocator") == 0:
+                step += " (not live: allocator history included)"
+            parts.append(step)
         if row["client-peak-mib"] is not None:
-            parts.append(f"client peak {row['client-peak-mib']:.0f} MiB")
+            parts.append(f"worker RSS {row['client-peak-mib']:.0f} MiB")
         if row["dropped"]:
             parts.append(f"dropped {row['dropped']}")
         if rejected:  # each one's reason is in its WARNING line and rounds.json
@@ -347,6 +363,7 @@ class RunRecorder:
                 _log_profiles(summary["profiles"])
         if self.rows:
             final = self.rows[-1]
+            summary["client-step-peak"] = client_step_peak(self.rows)
             summary.update(
                 {
                     "final-test-accuracy": final["test-accuracy"],
@@ -391,9 +408,17 @@ def profile_summary(
     """Per device profile: clients, client-rounds trained, and peak memory.
 
     Predicted is the memory model's peak for the slice a client was sent (what the
-    budget check used); measured is what the client reported (in a simulation
-    worker: its step's peak above its baseline, and the worker's whole RSS).
+    budget check used: a fresh process's whole peak). Measured is what the client
+    reported: its largest step's peak above its worker's baseline
+    (`measured-extra-mib-max`) and the worker's whole RSS (Ray's worker included,
+    not a device's process). With a memory model, a device's measured peak is the
+    model's own baseline (the probe process before its steps: interpreter, torch,
+    weights) plus the measured step extra, beside the predicted one; a client-round
+    whose measured peak exceeds its device's memory is counted in
+    `client-rounds-over-budget` and flagged `measured-exceeds-budget`.
     """
+    memory = fleet.memory
+    baseline = None if memory is None else memory.baseline_bytes
     table: dict[str, dict[str, Any]] = {}
     for profile in fleet.profiles:
         row = table.setdefault(
@@ -406,24 +431,40 @@ def profile_summary(
                 "client-rounds-trained": 0,
                 "slice-tensors-max": 0,
                 "predicted-peak-mib-max": None,
+                "measured-peak-mib-max": None,
+                "predicted-extra-mib-max": None,
                 "measured-extra-mib-max": None,
                 "measured-worker-rss-mib-max": None,
+                "client-rounds-over-budget": 0,
+                "measured-exceeds-budget": False,
             },
         )
         row["clients"] += 1
     for entry in round_log.values():
-        for partition, tensors, extra, total, predicted in entry.get("peaks", []):
-            row = table[fleet.profiles[partition].name]
+        # (partition, tensors, extra, total, predicted[, tokens]) per client-round
+        for partition, tensors, extra, total, predicted, *_ in entry.get("peaks", []):
+            profile = fleet.profiles[partition]
+            row = table[profile.name]
             row["client-rounds-trained"] += 1
             row["slice-tensors-max"] = max(row["slice-tensors-max"], tensors)
+            measured = None if baseline is None else baseline + extra
             for key, value in (
                 ("predicted-peak-mib-max", predicted),
+                ("measured-peak-mib-max", measured),
+                (
+                    "predicted-extra-mib-max",
+                    None if predicted is None or baseline is None
+                    else predicted - baseline,
+                ),
                 ("measured-extra-mib-max", extra),
                 ("measured-worker-rss-mib-max", total),
-            ):
+            ):  # fmt: skip
                 if value is not None:
                     mib = value / 2**20
                     row[key] = mib if row[key] is None else max(row[key], mib)
+            if measured is not None and measured > profile.budget_bytes:
+                row["client-rounds-over-budget"] += 1
+                row["measured-exceeds-budget"] = True
     return table
 
 
@@ -432,17 +473,55 @@ def _log_profiles(table: Mapping[str, Mapping[str, Any]]) -> None:
         log(
             INFO,
             "[spry] %-12s budget %s | %d clients | %d client-rounds | "
-            "slices up to %d tensors | predicted peak %s | measured step extra %s | "
-            "worker RSS %s MiB",
+            "slices up to %d tensors | peak predicted %s, measured %s MiB | "
+            "step extra predicted %s, measured %s MiB | worker RSS %s MiB",
             name,
             "none" if row["budget-mib"] is None else f"{row['budget-mib']:.0f} MiB",
             row["clients"],
             row["client-rounds-trained"],
             row["slice-tensors-max"],
             _fmt(row["predicted-peak-mib-max"]),
+            _fmt(row["measured-peak-mib-max"]),
+            _fmt(row["predicted-extra-mib-max"]),
             _fmt(row["measured-extra-mib-max"]),
             _fmt(row["measured-worker-rss-mib-max"]),
         )
+        if row["measured-exceeds-budget"]:
+            log(
+                WARNING,
+                "[spry] %s: %d client-rounds measured a peak (%s MiB) above the "
+                "device's memory (%s MiB): the memory model under-predicted them",
+                name,
+                row["client-rounds-over-budget"],
+                _fmt(row["measured-peak-mib-max"]),
+                _fmt(row["budget-mib"]),
+            )
+
+
+def client_step_peak(rows: list[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The run's largest client step peak, over its trained rounds (None: none).
+
+    `extra-mib` is the step's own memory above the worker's baseline (what the
+    memory benchmark reports for a shape); `tokens` the batch length it had;
+    `worker-rss-mib` the worker's whole resident set at its peak step (Ray,
+    Python, torch and the model included); `live-allocator` false when some
+    client's allocator kept freed memory (the extra is then not comparable).
+    """
+    trained = [r for r in rows if r.get("client-peak-extra-mib") is not None]
+    if not trained:
+        return None
+    peak = max(trained, key=lambda r: r["client-peak-extra-mib"])
+    live = [r.get("client-live-allocator") for r in trained]
+    return {
+        "extra-mib": peak["client-peak-extra-mib"],
+        "tokens": peak.get("client-step-tokens"),
+        "round": peak["round"],
+        "worker-rss-mib": max(r["client-peak-mib"] or 0.0 for r in trained),
+        "live-allocator": None if None in live else all(live),
+        "how": "largest single training step's peak RSS above the worker's "
+        "baseline (weights resident, freed memory returned, taken just before "
+        "local training); max over the run's clients and rounds",
+    }
 
 
 def _finite_or_none(value: float) -> float | None:

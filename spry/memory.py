@@ -5,13 +5,23 @@ resets it, so a long-lived process (a Ray worker training many rounds) measures 
 block on its own; the report is the peak *above* the RSS at the start of the block,
 plus the absolute peak. CUDA: `torch.cuda.max_memory_allocated` after a reset.
 (torch.profiler's memory view is wrong under forward AD, so it is not used.)
+
+A training step's own peak is measured the same way everywhere (the memory
+benchmark's worker, the memory model's probe, a client inside the simulation): the
+weights made resident (`make_resident`), freed memory handed back
+(`release_free_memory`), one baseline taken, then each step's high-water mark
+(`StepPeaks`). On the CPU that figure means something only under the live allocator
+(`LIVE_ENV`, `live_allocator`).
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import gc
+import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -108,6 +118,58 @@ def track_peak_memory(device: str | torch.device = "cpu") -> Iterator[MemoryRepo
         report.seconds = time.perf_counter() - start
 
 
+@dataclass
+class StepPeaks:
+    """The largest single step's peak above one baseline taken before the steps.
+
+    `start()` hands freed memory back and takes the baseline (the process holding
+    its model, data and everything but the steps); each `with peaks.step(...)`
+    resets the high-water mark, so what happens between steps (building the next
+    batch) is not counted. The steps' peak is their largest, above that one
+    baseline: what stays allocated from one step to the next (optimizer state made
+    by the first step) counts in the steps after it.
+
+    Parameters
+    ----------
+    device : str (default: "cpu")
+        "cpu" or a CUDA device.
+    """
+
+    device: str = "cpu"
+    baseline_bytes: int = 0
+    peak_bytes: int = 0  # the largest step's absolute peak
+    steps: int = 0
+    tokens: int = 0  # the largest step's batch length (0: not a token batch)
+    exact: bool = True
+    seconds: float = 0.0  # all steps' wall time
+
+    def start(self) -> None:
+        """Hand freed memory back and take the baseline."""
+        release_free_memory(self.device)
+        if torch.device(self.device).type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.baseline_bytes = torch.cuda.memory_allocated(self.device)
+        else:
+            self.baseline_bytes = cpu_rss_bytes()
+        self.peak_bytes = self.baseline_bytes
+
+    @contextmanager
+    def step(self, tokens: int = 0) -> Iterator[MemoryReport]:
+        """Track one step; `tokens` is its batch's length, kept for the largest."""
+        with track_peak_memory(self.device) as report:
+            yield report
+        self.steps += 1
+        self.seconds += report.seconds
+        self.exact = self.exact and report.exact
+        if report.peak_bytes > self.peak_bytes or self.steps == 1:
+            self.peak_bytes, self.tokens = report.peak_bytes, tokens
+
+    @property
+    def extra_bytes(self) -> int:
+        """The largest step's peak above the baseline."""
+        return max(self.peak_bytes - self.baseline_bytes, 0)
+
+
 def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
     """Bytes held by `tensors`, each storage counted once (tied weights share one)."""
     seen: dict[int, int] = {}
@@ -141,3 +203,52 @@ def release_free_memory(device: str) -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def live_env_set(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether `LIVE_ENV` is in this process's environment (default: os.environ)."""
+    env = os.environ if environ is None else environ
+    return all(env.get(k) == v for k, v in LIVE_ENV.items())
+
+
+@functools.cache
+def live_allocator() -> bool:
+    """Whether this process runs the live allocator: `LIVE_ENV` set, and obeyed.
+
+    The environment alone does not say it: glibc reads `MALLOC_MMAP_THRESHOLD_`
+    once, when the process starts, so a variable set later changes nothing. So
+    this also asks glibc: it frees a 4 MiB block (as glibc comes, it then raises
+    its mmap threshold to 4 MiB), allocates 32 blocks of 512 KiB, writes them, and
+    frees every other one. With the live threshold each block is its own mapping
+    and the 8 MiB freed leave the resident set; as glibc comes they are holes
+    between live heap blocks and stay. Live when at least 6 MiB came back. Checked
+    once per process (about a millisecond). Not glibc (no `libc.so.6`): False.
+    """
+    return live_env_set() and freed_blocks_leave_rss()
+
+
+def freed_blocks_leave_rss() -> bool:
+    """Whether freed 512 KiB blocks leave the RSS (glibc's side of `live_allocator`)."""
+    if not os.path.exists(_STATUS):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    block = 512 * 1024
+    raise_threshold = libc.malloc(4 * 2**20)
+    ctypes.memset(raise_threshold, 1, 4 * 2**20)
+    libc.free(raise_threshold)
+    blocks = [libc.malloc(block) for _ in range(32)]
+    for address in blocks:
+        ctypes.memset(address, 1, block)  # written, so resident
+    before = cpu_rss_bytes()
+    for address in blocks[::2]:
+        libc.free(address)
+    returned = before - cpu_rss_bytes()
+    for address in blocks[1::2]:
+        libc.free(address)
+    return returned >= 6 * 2**20

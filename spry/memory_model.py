@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .cache import cache_root
+from .memory import LIVE_ENV
 
 if TYPE_CHECKING:
     from .config import ConfigValue, RunConfig
@@ -63,6 +64,18 @@ class MemoryModel:
 
     def peak_bytes(self, params: int) -> float:
         return self.fixed_bytes + self.per_param_bytes * params
+
+    @property
+    def baseline_bytes(self) -> float | None:
+        """The probe process before its steps (interpreter, torch, the weights).
+
+        A client's step peak measured elsewhere (in a simulation worker) plus this
+        is what a device's training process would hold (None: no probes).
+        """
+        if not self.probes:
+            return None
+        small = self.probes[0]
+        return float(small["peak_bytes"] - small["step_extra_bytes"])
 
     @classmethod
     def fit(cls, small: dict, full: dict, num_tangents: int) -> MemoryModel:
@@ -100,6 +113,7 @@ def _cache_file(
             "names": list(names),
             "torch": torch.__version__,
             "python": sys.version_info[:2],
+            "allocator": "live",  # probes before it ran as glibc comes
         },
         sort_keys=True,
     )
@@ -126,7 +140,8 @@ def measure(
         capture_output=True,
         text=True,
         timeout=PROBE_TIMEOUT,
-        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+        # Under the live allocator, as the simulation's workers and the benchmark
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **LIVE_ENV},
     )
     if done.returncode != 0:
         raise RuntimeError(

@@ -28,8 +28,12 @@ LOSS = "loss"
 # With `eval-finetune-epochs` > 0: the held-out scores after fine-tuning a copy
 FINETUNED_ACCURACY = "finetuned-accuracy"
 FINETUNED_LOSS = "finetuned-loss"
-PEAK_MEM_BYTES = "peak-mem-bytes"  # peak above the client's baseline during training
+# The largest training step's peak above the client's baseline (taken once, weights
+# resident, just before local training), and the process's whole peak at that step
+PEAK_MEM_BYTES = "peak-mem-bytes"
 PEAK_MEM_TOTAL_BYTES = "peak-mem-total-bytes"
+PEAK_STEP_TOKENS = "peak-step-tokens"  # that step's batch length (0: not tokens)
+LIVE_ALLOCATOR = "live-allocator"  # 1: freed memory leaves RSS (CPU peaks mean it)
 TRAIN_SECONDS = "train-seconds"
 STEPS = "steps"
 FORWARD_PASSES = "forward-passes"  # model passes the engine ran (a jvp pass counts 1)

@@ -17,6 +17,7 @@ tangents, and every result with dropout off, are what they were without it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ from .engines import (
     rebuild_from_scalars,
 )
 from .engines.base import Batch
+from .memory import StepPeaks
 from .models import TrainableModel, is_head
 from .seeding import STREAM_DROPOUT, STREAM_TANGENTS, derive_seed, torch_generator
 
@@ -73,6 +75,7 @@ def train_slice(
     seed: int,
     server_round: int,
     partition_id: int,
+    peaks: StepPeaks | None = None,
 ) -> TrainReport:
     """Train the tensors in `slice_names` (stable names) for `cfg.local_epochs`.
 
@@ -80,7 +83,8 @@ def train_slice(
     Tensors outside the slice keep their values: they are not in the optimizer and
     the engine does not differentiate them. With `cfg.dropout` the model trains in
     train mode, each step's masks drawn from `mask_seed` (`with_seeded_masks`); it
-    is back in eval mode on return either way.
+    is back in eval mode on return either way. `peaks`, started by the caller,
+    tracks each step (estimate and optimizer update; not building the batch).
     """
     params = slice_params(trainable, slice_names)
     optimizer = make_optimizer(params, cfg, exact=engine.is_exact)
@@ -99,13 +103,14 @@ def train_slice(
                     if cfg.dropout
                     else loss
                 )
-                estimate = engine.estimate(
-                    trainable.model, step_loss, batch, params, generator=generator
-                )
-                for name, param in params.items():
-                    param.grad = estimate.grads[name]
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                with _tracked(peaks, batch):
+                    estimate = engine.estimate(
+                        trainable.model, step_loss, batch, params, generator=generator
+                    )
+                    for name, param in params.items():
+                        param.grad = estimate.grads[name]
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
                 n = len(next(iter(batch.values())))  # examples in this batch
                 steps += 1
                 passes += estimate.forward_passes
@@ -121,6 +126,58 @@ def train_slice(
         forward_passes=passes,
         scalars=tuple(scalars),
     )
+
+
+def warm_up(
+    trainable: TrainableModel,
+    slice_names: Sequence[str],
+    batch: Batch,
+    *,
+    loss: TaskLoss,
+    engine: GradientEngine,
+) -> None:
+    """One estimate on the first example of `batch` (8 tokens of it); nothing changes.
+
+    A process's first estimate with an engine pages in torch's kernels for it and
+    makes lazy allocations (thread pools, autograd and functorch state): start-up
+    cost, which then stays resident. The memory benchmark runs one such tiny step
+    before it takes its baseline, and so does a client, once per process and
+    engine, before its first measured steps; so a step's peak is the step's own.
+    The estimate is dropped and the slice's values restored (a zero-order engine
+    perturbs them in place), so training is as without it.
+    """
+    params = slice_params(trainable, slice_names)
+    kept = {n: p.detach().clone() for n, p in params.items()}
+    tiny = {k: _cut(v, batch_tokens(batch)) for k, v in batch.items()}
+    trainable.model.eval()
+    try:
+        engine.estimate(
+            trainable.model, loss, tiny, params, generator=torch.Generator()
+        )
+    finally:
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(kept[name])
+                param.grad = None
+
+
+def _cut(value: Any, tokens: int) -> Any:
+    """The first example; a token-aligned tensor also cut to its first 8 tokens."""
+    if not isinstance(value, torch.Tensor) or value.dim() == 0:
+        return value
+    if tokens and value.dim() >= 2 and value.shape[1] == tokens:
+        return value[:1, :8]
+    return value[:1]
+
+
+def batch_tokens(batch: Batch) -> int:
+    """A token batch's (padded) length; 0 for a batch without `input_ids`."""
+    ids = batch.get("input_ids")
+    return int(ids.shape[-1]) if isinstance(ids, torch.Tensor) else 0
+
+
+def _tracked(peaks: StepPeaks | None, batch: Batch) -> AbstractContextManager[Any]:
+    return nullcontext() if peaks is None else peaks.step(batch_tokens(batch))
 
 
 def step_generator(
@@ -278,23 +335,26 @@ def estimate_one_batch(
     engine: GradientEngine,
     generator: torch.Generator,
     masks: int | None = None,
+    peaks: StepPeaks | None = None,
 ) -> tuple[dict[str, torch.Tensor], GradientEstimate]:
     """One gradient estimate of the slice on one batch (FedSGD-style clients).
 
     `masks`, a seed, turns dropout on with every pass's masks drawn from it (as a
-    local step's with `dropout`, `with_seeded_masks`); None: eval mode. Returns the
-    estimate's gradients keyed by stable name, and the estimate.
+    local step's with `dropout`, `with_seeded_masks`); None: eval mode. `peaks`,
+    started by the caller, tracks the estimate. Returns the estimate's gradients
+    keyed by stable name, and the estimate.
     """
     params = slice_params(trainable, slice_names)
     trainable.model.train(masks is not None)
     try:
-        estimate = engine.estimate(
-            trainable.model,
-            loss if masks is None else with_seeded_masks(loss, masks),
-            batch,
-            params,
-            generator=generator,
-        )
+        with _tracked(peaks, batch):
+            estimate = engine.estimate(
+                trainable.model,
+                loss if masks is None else with_seeded_masks(loss, masks),
+                batch,
+                params,
+                generator=generator,
+            )
     finally:
         trainable.model.eval()
     grads = {n: estimate.grads[trainable.own_name(n)] for n in slice_names}

@@ -44,6 +44,8 @@ NON_NEGATIVE_METRICS = (
     protocol.TRAIN_SECONDS,
     protocol.PEAK_MEM_BYTES,
     protocol.PEAK_MEM_TOTAL_BYTES,
+    protocol.PEAK_STEP_TOKENS,
+    protocol.LIVE_ALLOCATOR,
 )
 TRAIN_METRICS = frozenset(
     {

@@ -620,6 +620,7 @@ class SlicedRounds(Strategy):
                 int(metrics.get(protocol.PEAK_MEM_BYTES, 0)),
                 int(metrics.get(protocol.PEAK_MEM_TOTAL_BYTES, 0)),
                 self.dealer.predicted_bytes(self.params(owned)),
+                int(metrics.get(protocol.PEAK_STEP_TOKENS, 0)),
             )
         )
         return seconds

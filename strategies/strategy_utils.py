@@ -70,7 +70,12 @@ def evaluate_metrics(records: list[RecordDict]) -> MetricRecord:
 
 
 def train_metrics(records: list[RecordDict]) -> MetricRecord:
-    """Weighted mean of losses and times; max of peak memory; total examples."""
+    """Weighted mean of losses and times; max of peak memory; total examples.
+
+    The step peak is the largest client's (its batch length beside it); the
+    allocator flag is the smallest, so one client measured without the live
+    allocator marks the round's peak as not comparable.
+    """
     metrics = [next(iter(r.metric_records.values())) for r in records]
     # The loss's weighted mean over the replies that report one (all keys were
     # checked: numbers, finite, known; a reply may leave optional ones out).
@@ -84,6 +89,8 @@ def train_metrics(records: list[RecordDict]) -> MetricRecord:
     def largest(key: str) -> int:
         return max(int(m.get(key, 0)) for m in metrics)
 
+    peak = max(metrics, key=lambda m: int(m.get(protocol.PEAK_MEM_BYTES, 0)))
+
     return MetricRecord(
         {
             protocol.TRAIN_LOSS: loss,
@@ -92,6 +99,10 @@ def train_metrics(records: list[RecordDict]) -> MetricRecord:
             ),
             "peak-mem-bytes-max": largest(protocol.PEAK_MEM_BYTES),
             "peak-mem-total-bytes-max": largest(protocol.PEAK_MEM_TOTAL_BYTES),
+            "peak-step-tokens": int(peak.get(protocol.PEAK_STEP_TOKENS, 0)),
+            "live-allocator-min": min(
+                int(m.get(protocol.LIVE_ALLOCATOR, 0)) for m in metrics
+            ),
             "clients": len(metrics),
             "forward-passes": sum(
                 int(m.get(protocol.FORWARD_PASSES, 0)) for m in metrics

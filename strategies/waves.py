@@ -33,7 +33,10 @@ class WaveResult:
     rejected: dict[int, str] = field(default_factory=dict)  # node id -> why invalid
     errors: list[str] = field(default_factory=list)  # genuine client errors
     device_seconds: float = 0.0
-    peaks: list[tuple[int, int, int, int, float | None]] = field(default_factory=list)
+    # (node, slice tensors, step extra, worker RSS, predicted, step tokens) per client
+    peaks: list[tuple[int, int, int, int, float | None, int]] = field(
+        default_factory=list
+    )
 
     def drop_counts(self) -> dict[str, int]:
         counts = Counter(self.dropped.values())

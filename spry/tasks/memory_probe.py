@@ -21,15 +21,16 @@ def probe(
 ) -> dict:
     """Measure, in this process, the peak of a client training `names` (stable).
 
-    The peak is the resident-set high-water mark during the two steps (interpreter,
-    torch and the weights included); on CUDA it is `max_memory_allocated`, GPU
-    memory only (a Jetson's unified memory also holds the process's CPU side,
-    which this leaves out).
+    The peak is the resident-set high-water mark of the larger of the two steps
+    (interpreter, torch and the weights included), measured as a simulation client
+    measures its steps (`spry.memory.StepPeaks`); on CUDA it is
+    `max_memory_allocated`, GPU memory only (a Jetson's unified memory also holds
+    the process's CPU side, which this leaves out).
     """
     import torch
 
-    from ..memory import make_resident, release_free_memory, track_peak_memory
-    from ..training import make_client_engine, train_slice
+    from ..memory import StepPeaks, make_resident
+    from ..training import make_client_engine, train_slice, warm_up
     from . import load_task
 
     torch.set_num_threads(cfg.runtime.client_num_cpus)
@@ -39,19 +40,22 @@ def probe(
     trainable, batch = task.probe_inputs(device, context)
     make_resident(trainable.model)
     engine = make_client_engine(cfg.client)
-    release_free_memory(device)
-    with track_peak_memory(device) as step:
-        train_slice(
-            trainable,
-            list(names),
-            lambda epoch: [batch, batch],
-            loss=task.loss,
-            engine=engine,
-            cfg=cfg.client,
-            seed=cfg.runtime.seed,
-            server_round=1,
-            partition_id=0,
-        )
+    # as a client and the benchmark: start-up cost in the baseline, not the step
+    warm_up(trainable, list(names), batch, loss=task.loss, engine=engine)
+    step = StepPeaks(device)
+    step.start()
+    train_slice(
+        trainable,
+        list(names),
+        lambda epoch: [batch, batch],
+        loss=task.loss,
+        engine=engine,
+        cfg=cfg.client,
+        seed=cfg.runtime.seed,
+        server_round=1,
+        partition_id=0,
+        peaks=step,
+    )
     live = trainable.parameters()
     return {
         "names": len(names),

@@ -38,10 +38,32 @@ def test_a_method_that_never_reaches_the_target_says_so():
     table = markdown([summary], rounds=2, reference="fedavg", extra=[])
     assert (
         "| fedmezo | 2 | 57.0% | 57.0% | 0.6800 | +2.0 | - | 57.0% | not reached "
-        "| 802 (-) "
+        "| 802 | - "
         "| 4.0 | 100 | 20 |" in table
     )
     assert "majority class 57.8%" in table
+
+
+def test_the_client_step_peak_is_a_column_of_its_own_with_its_batch_length():
+    # Prepare: round 2's step peaks higher, at a longer batch; one run measured
+    # under the live allocator, one from before (no allocator column)
+    rows = _rows([0.55, 0.56, 0.57])
+    for row, extra, tokens in zip(rows[1:], (15.0, 17.25), (44.0, 51.0), strict=True):
+        row.update({"client-peak-extra-mib": extra, "client-step-tokens": tokens})
+    live = [{**r, "client-live-allocator": 1.0} for r in rows]
+
+    # Execute
+    summary = summarize("spry", live, target=0.65)
+    before = summarize("spry", rows, target=0.65, label="spry-old")
+    table = markdown([summary, before], rounds=2, reference="fedavg", extra=[])
+
+    # Assert: the largest step and its own length; the old run starred
+    assert summary["client-peak-extra-mib"] == 17.25
+    assert summary["client-step-tokens"] == 51
+    assert summary["client-live-allocator"] and not before["client-live-allocator"]
+    assert "| worker RSS MiB | client step peak MiB @ tokens |" in table
+    assert "| 802 | 17.2 @ 51 |" in table
+    assert "| 802 | 17.2* @ 51 |" in table
 
 
 def test_unknown_method_is_refused_with_the_known_ones(capsys):

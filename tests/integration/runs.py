@@ -41,6 +41,7 @@ TIMING = {
     "client-train-seconds-max",
     "client-peak-mib",
     "client-peak-extra-mib",
+    "client-step-tokens",  # the peak step's length: whichever step peaked
 }
 
 

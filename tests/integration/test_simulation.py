@@ -71,6 +71,34 @@ def test_a_spry_run_is_complete_reproducible_and_leaves_nothing(
     assert survivors(tmp_path) == set()
 
 
+def test_clients_report_their_step_peak_from_workers_running_the_live_allocator(
+    reference_run,
+):
+    """Each reply's step peak is measured inside a real Ray worker under LIVE_ENV.
+
+    The worker checks it runs the live allocator (`spry.memory.live_allocator`:
+    LIVE_ENV in its environment and glibc returning freed blocks), which it can
+    only do when `spry run` put LIVE_ENV in the environment Ray's workers start
+    with; the step peak must then be the step's own memory: positive, well below
+    the worker's whole resident set, at a batch length the data can have.
+    """
+    run = reference_run.run_dir
+    rounds = strict_json(run / "rounds.json")
+    rows = metrics_rows(run)
+    summary = strict_json(run / "summary.json")
+
+    # Every trained round: every client ran the live allocator
+    assert all(r["client-live-allocator"] == "1" for r in rows[1:])
+    assert summary["client-step-peak"]["live-allocator"] is True
+    # Each client-round: (partition, tensors, extra, worker RSS, predicted, tokens)
+    peaks = [p for r in range(1, REFERENCE_ROUNDS + 1) for p in rounds[str(r)]["peaks"]]
+    assert len(peaks) == 3 * REFERENCE_ROUNDS
+    for _, _, extra, total, _, tokens in peaks:
+        assert 0 < extra < total / 4, (extra, total)  # the step, not the worker
+        assert 0 < tokens <= 64  # max-length
+    assert summary["client-step-peak"]["extra-mib"] == max(p[2] for p in peaks) / 2**20
+
+
 @pytest.mark.slow  # a third simulation
 def test_ctrl_c_stops_the_run_and_every_worker(tmp_path):
     proc = subprocess.Popen(

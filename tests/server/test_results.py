@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from server.results import RunRecorder
+from server.results import RunRecorder, profile_summary
 from spry.config import RunConfig
 from spry.devices import CATALOG, HOST, Fleet
 from spry.jsonfile import write_json
@@ -124,3 +124,28 @@ def test_rows_from_before_the_finetuned_score_still_reopen(tmp_path):
     assert first["federated-finetuned-accuracy"] == ""
     assert float(second["federated-finetuned-accuracy"]) == 0.8
     assert summary["final-federated-finetuned-accuracy"] == 0.8
+
+
+def test_a_device_row_sets_the_measured_peak_beside_the_prediction_and_flags_it():
+    # Prepare: a memory model whose probe process held 700 MiB before its steps and
+    # predicts 800 MiB; a phone of 1536 MiB; one client-round measured a 900 MiB step
+    # (700 + 900 > 1536: over), one a 100 MiB step
+    from spry.memory_model import MemoryModel
+
+    probe = {"peak_bytes": 760 * MIB, "step_extra_bytes": 60 * MIB, "params": 10}
+    memory = MemoryModel(760 * MIB, 0.0, probes=(probe, probe))
+    fleet = Fleet([CATALOG["phone-4gb"]] * 2, memory)
+    round_log = {
+        1: {"peaks": [(0, 4, 900 * MIB, 1700 * MIB, 800 * MIB, 64),
+                      (1, 4, 100 * MIB, 900 * MIB, 800 * MIB, 40)]},
+    }  # fmt: skip
+
+    # Execute
+    (row,) = profile_summary(fleet, round_log).values()
+
+    # Assert: measured peak = the probe's baseline + the measured step extra
+    assert row["predicted-peak-mib-max"] == 800
+    assert row["predicted-extra-mib-max"] == 100
+    assert row["measured-extra-mib-max"] == 900
+    assert row["measured-peak-mib-max"] == 1600
+    assert row["client-rounds-over-budget"] == 1 and row["measured-exceeds-budget"]
