@@ -186,3 +186,35 @@ def test_frozen_dtype_nf4_builds_codes_and_bfloat16_and_its_jvp_agrees(tiny_lm):
     # Assert: bfloat16 arithmetic rounds differently in the two passes (measured:
     # 4.1% here; the same model with plain bfloat16 frozen weights, 8.5%)
     assert derivative == pytest.approx(dotted, rel=0.1)
+
+
+def test_a_shape_built_straight_into_nf4_is_the_configured_models_layout():
+    from transformers import LlamaConfig
+
+    from spry.models.quantized_lm import build_quantized_causal_lm
+
+    # Prepare / Execute: a tiny Llama shape, never in float32
+    config = LlamaConfig(
+        vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+    )  # fmt: skip
+    built = build_quantized_causal_lm(config, "nf4")
+    reference = build_causal_lm(dtype="nf4", random_weights=config,
+                                with_tokenizer=False)  # fmt: skip
+
+    # Assert: the same modules, dtypes and trainable names as frozen-dtype=nf4
+    # (but RoPE's inverse frequencies: recomputed in float32 here, where
+    # cast_frozen casts that buffer to bfloat16)
+    def layout(model: nn.Module) -> dict[str, tuple]:
+        return {n: (type(m).__name__, tuple(
+            (k, t.dtype, tuple(t.shape)) for k, t in
+            [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]))
+            for n, m in model.named_modules() if "rotary" not in n}  # fmt: skip
+
+    assert layout(built.model) == layout(reference.model)
+    assert built.names == reference.names
+    assert not any(t.is_meta for t in [*built.model.parameters(),
+                                       *built.model.buffers()])  # fmt: skip
+    # ...and a forward-mode step runs on it and agrees with its own backprop
+    derivative, dotted = _derivative_and_dotted(built)
+    assert derivative == pytest.approx(dotted, rel=0.1)
