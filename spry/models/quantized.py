@@ -199,6 +199,11 @@ class QuantizedLinear(nn.Module):
         """The whole (out, in) weight in `dtype`: for tests and checks, not the step."""
         return torch.cat([w for _, w in self.blocks(dtype)])
 
+    def weight_rows(self, ids: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Rows `ids` of W in `dtype` (a label word's output row), no other row."""
+        codes, scales = self.codes[ids], self.scales[ids]
+        return dequantize_rows(codes, scales, self.scheme, self.in_features, dtype)
+
     def forward(self, x: Tensor) -> Tensor:
         return QuantizedMatmul.apply(x, self)
 

@@ -218,3 +218,23 @@ def test_a_shape_built_straight_into_nf4_is_the_configured_models_layout():
     # ...and a forward-mode step runs on it and agrees with its own backprop
     derivative, dotted = _derivative_and_dotted(built)
     assert derivative == pytest.approx(dotted, rel=0.1)
+
+
+def test_label_words_read_only_their_rows_of_a_quantized_output_layer(tiny_lm):
+    from spry.tasks.lm_classification.scoring import label_word_logits
+
+    # Prepare: an untied output layer, quantized
+    net = tiny_lm("int8").model
+    head = net.get_output_embeddings()
+    assert isinstance(head, QuantizedLinear)
+    ids = torch.tensor([7, 250])
+    gen = torch.Generator().manual_seed(4)
+    tokens = torch.randint(3, 300, (3, 10), generator=gen)
+    batch = {"input_ids": tokens, "attention_mask": torch.ones_like(tokens)}
+    # Execute
+    with torch.no_grad():
+        scores = label_word_logits(net, batch, ids)
+        full = net(**batch).logits[:, -1, ids].float()
+    # Assert: the rows alone, and the model's own logits there (bfloat16 compute)
+    torch.testing.assert_close(head.weight_rows(ids), head.dequantize()[ids])
+    torch.testing.assert_close(scores, full, rtol=2e-2, atol=2e-2)
