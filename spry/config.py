@@ -168,8 +168,9 @@ class ModelConfig(_Section):
     frozen_dtype: str = field(
         default="float32",
         metadata={
-            "help": "dtype of the frozen base weights: float32|bfloat16|float16 "
-            "(trainable tensors stay float32)"
+            "help": "dtype of the frozen base weights: float32|bfloat16|float16, "
+            "or int8|int4|nf4 (frozen linears as codes, the rest bfloat16); "
+            "trainable tensors stay float32"
         },
     )
 
@@ -200,7 +201,9 @@ class ModelConfig(_Section):
     )
 
     POOLINGS: ClassVar[tuple[str, ...]] = ("mean", "cls", "model")
-    FROZEN_DTYPES: ClassVar[tuple[str, ...]] = ("float32", "bfloat16", "float16")
+    FROZEN_DTYPES: ClassVar[tuple[str, ...]] = (
+        "float32", "bfloat16", "float16", "int8", "int4", "nf4",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         _require(

@@ -60,7 +60,9 @@ def causal_lm_loss(
     `chunk_tokens` positions go through the output layer at a time (0: the model's
     own forward computes all logits at once, the reference).
     """
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    # No KV cache: a training loss never reuses it, and it would keep every layer's
+    # keys and values (and their tangents, in forward mode) until the pass ends.
+    inputs = {k: v for k, v in batch.items() if k != "labels"} | {"use_cache": False}
     labels = next_token_labels(batch).reshape(-1)
     count = (labels != IGNORE).sum()
     if chunk_tokens <= 0:

@@ -52,6 +52,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--resume", action="store_true", help="keep points already in STEM.json")
     add("--report-only", action="store_true", help="rewrite the report from STEM.json")
     add("--no-agreement", action="store_true", help="skip the low-precision check")
+    add("--agreement-only", action="store_true", help="add the low-precision checks "
+        "missing from STEM.json, measure no point, rewrite the report")  # fmt: skip
     add("--list", action="store_true", help="print the points and stop")
     add("--worker", metavar="POINT_JSON", help="internal: measure one point")
     args = p.parse_args(argv)
@@ -94,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     path = args.out / f"{args.stem}.json"
     partial = args.out / f"{args.stem}.partial.json"  # written after every point
     previous, agreement = [], []
-    if args.resume or args.report_only:
+    if args.resume or args.report_only or args.agreement_only:
         for saved_file in (path, partial):
             if saved_file.exists():
                 saved = json.loads(saved_file.read_text())
@@ -103,8 +105,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                     saved = saved["records"]
                 previous += saved
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.report_only:
+    if args.report_only or args.agreement_only:
         records = previous
+        if args.agreement_only:
+            agreement = [*agreement, *low_precision_agreement(suite, agreement)]
     else:
         print(f"{len(points)} points, each in a fresh process", file=sys.stderr)
         records = run_points(
@@ -116,16 +120,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     partial.unlink(missing_ok=True)  # everything is in STEM.json now
 
 
-def low_precision_agreement(suite) -> list[dict]:
+def low_precision_agreement(suite, have: Sequence[dict] = ()) -> list[dict]:
     """jvp-vs-backprop agreement for each (model, dtype) the suite measures.
 
-    Only on models small enough to build twice here (MiniLM, causal LMs).
+    Only on models small enough to build twice here (MiniLM, causal LMs built
+    in float32: not the 7B shape), and not for the pairs already in `have`.
     """
     from .worker import agreement
 
-    out = []
+    out, done = [], {(a["model"], a["dtype"]) for a in have}
     for sweep in suite.sweeps:
         for dtype in sweep.dtypes:
+            if (sweep.model, dtype) in done or sweep.dtype != "float32":
+                continue
             if bench_model(sweep.model).kind != CLASSIFIER or sweep.model == "minilm":
                 print(f"agreement: {sweep.model} {dtype}", file=sys.stderr)
                 out.append(agreement(sweep.model, dtype))

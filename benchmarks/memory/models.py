@@ -4,6 +4,8 @@ Real weights where a package ships them (MiniLM, SmolLM2-135M); larger shapes ar
 built from a config with *random* weights (memory and step time do not depend on the
 values), and the report says so. `hf:NAME` loads any Hugging Face id or local folder
 with its weights; `random:NAME` builds NAME's config with random weights.
+`llama2-7b-shape` is built straight into a quantized form (`--dtypes nf4`, int4 or
+int8; `spry.models.quantized_lm`): in float32 it would not fit in memory here.
 
 The kind fixes the loss every engine differentiates: a classifier's pooled head, a
 causal LM's next-token loss over every position, or the `lm-classification` task's
@@ -21,6 +23,7 @@ from typing import Any
 from spry.config import ModelConfig
 from spry.models import TrainableModel, build_classifier
 from spry.models.causal_lm import DEFAULT_TARGETS, build_causal_lm
+from spry.models.quantized import SCHEMES
 
 CLASSIFIER, CAUSAL_LM, LABEL_WORDS = "classifier", "causal-lm", "lm-labelwords"
 # SmolLM2's tokens for " negative" and " positive": lm-classification's default
@@ -63,6 +66,20 @@ def _causal(config: Callable[[], Any] | None, name: str = "SmolLM2-135M-Instruct
     return build
 
 
+def _quantized_causal(config: Callable[[], Any], name: str):
+    def build(dtype: str, device: str) -> TrainableModel:
+        from spry.models.quantized_lm import build_quantized_causal_lm
+
+        if dtype not in SCHEMES or device != "cpu":
+            raise ValueError(
+                f"{name} is built in quantized form on the CPU only: its frozen "
+                f"dtype should be one of {list(SCHEMES)}, got {dtype!r} on {device}"
+            )
+        return build_quantized_causal_lm(config(), dtype, targets=DEFAULT_TARGETS)
+
+    return build
+
+
 def _bert_base() -> Any:
     from transformers import BertConfig
 
@@ -98,6 +115,16 @@ def _llama_1b() -> Any:
     )  # fmt: skip
 
 
+def _llama2_7b() -> Any:
+    from transformers import LlamaConfig
+
+    return LlamaConfig(  # Llama-2-7B's layout: 6.74B parameters, untied output
+        hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
+        tie_word_embeddings=False, max_position_embeddings=4096,
+    )  # fmt: skip
+
+
 def _tiny_bert() -> Any:
     from transformers import BertConfig
 
@@ -127,6 +154,12 @@ MODELS: dict[str, BenchModel] = {
         ),
         BenchModel("opt-1.3b-shape", CAUSAL_LM, "random", _causal(_opt_1_3b)),
         BenchModel("llama-1b-shape", CAUSAL_LM, "random", _causal(_llama_1b)),
+        BenchModel(
+            "llama2-7b-shape",
+            CAUSAL_LM,
+            "random",
+            _quantized_causal(_llama2_7b, "llama2-7b-shape"),
+        ),
         BenchModel("tiny-bert-shape", CLASSIFIER, "random", _classifier(_tiny_bert)),
         BenchModel("tiny-llama-shape", CAUSAL_LM, "random", _causal(_tiny_llama)),
         BenchModel(  # the lm-classification task's model and loss

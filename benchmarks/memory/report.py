@@ -100,11 +100,15 @@ def main_table(view: View, model: str, dtype: str = "float32") -> list[str]:
         "| total ÷ bp | extra ÷ inference | RSS peak (glibc) | step s | step ÷ bp |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    untimed = False
     for engine in ENGINES:
         r = view.memory(engine=engine, **where)
         if r is None:
             continue
         t = view.timing(engine=engine, **where)
+        step = num(t and t["step_seconds"], ".3f")
+        if t is None and r.get("measured_step_seconds"):  # no timing rerun
+            step, untimed = f"{r['measured_step_seconds']:.1f}*", True
         split = (
             f"{r['weights_mib']:.0f} / {r['optimizer_mib']:.2f} / "
             f"{r['runtime_mib']:.0f}"
@@ -115,9 +119,12 @@ def main_table(view: View, model: str, dtype: str = "float32") -> list[str]:
             f"| {ratio(r['total_mib'], bp and bp['total_mib'])} "
             f"| {ratio(r['extra_mib'], inf and inf['extra_mib'])} "
             f"| {num(t and t['rss_peak_mib'])} "
-            f"| {num(t and t['step_seconds'], '.3f')} "
+            f"| {step} "
             f"| {ratio(t and t['step_seconds'], bp_t and bp_t['step_seconds'])} |"
         )
+    if untimed:
+        out += ["", "\\* the measured step's wall time (live allocator): no "
+                "timing rerun at this point."]  # fmt: skip
     return out
 
 
@@ -253,12 +260,42 @@ def targets(view: View, agreement: Sequence[Record]) -> list[str]:
         row("step time forward ÷ backprop ≤ 1.1 at every timed point",
             f"{min(slow):.2f}–{max(slow):.2f} over {len(slow)} points",
             max(slow) <= 1.1)  # fmt: skip
+    paper_7b(view, row)
     for a in agreement:
         row(f"{a['model']}, {a['dtype']} frozen weights: jvp vs float32 backprop",
             f"median relative error {a['median_relative_error']:.4f} "
             f"({a['tangents']} tangents; vs its own backprop "
             f"{a['median_relative_error_same_dtype']:.4f})", None)  # fmt: skip
     return out
+
+
+# The Spry paper's peak memory for Llama-2-7B (arXiv 2405.15551), GB
+PAPER_7B = {"spry": 6.2, "backprop": 33.9}
+
+
+def paper_7b(view: View, row: Callable[[str, str, bool | None], None]) -> None:
+    """Rows for the Llama-2-7B shape beside the paper's figures, if measured."""
+    model = "llama2-7b-shape"
+    if model not in view.models():
+        return
+    for r in view.records:
+        if r["model"] != model or r["allocator"] != ("cuda" if view.cuda else "live"):
+            continue
+        engine = r["engine"]
+        what = "spry" if engine == "spry" else (
+            "backprop" if engine.startswith("backprop") else None)  # fmt: skip
+        gb = r["total_mib"] * 2**20 / 1e9
+        text = f"Llama-2-7B shape, {r['dtype']} frozen weights, b{r['batch']} " \
+            f"s{r['seq']}: {engine} total"  # fmt: skip
+        if what:
+            text += f" ≤ the paper's {what} ({PAPER_7B[what]} GB)"
+        row(
+            text,
+            f"{gb:.2f} GB (weights {r['weights_mib'] * 2**20 / 1e9:.2f}, extra "
+            f"{r['extra_mib'] * 2**20 / 1e9:.2f}; step "
+            f"{r['measured_step_seconds']:.0f} s)",
+            None if what is None else gb <= PAPER_7B[what],
+        )
 
 
 def markdown(records: Sequence[Record], agreement: Sequence[Record] = ()) -> str:
@@ -285,6 +322,7 @@ def markdown(records: Sequence[Record], agreement: Sequence[Record] = ()) -> str
     for model in view.models():
         rows = [r for r in view.records if r["model"] == model]
         point = view.main_point(model)
+        has_float32 = any(r["dtype"] == "float32" for r in rows)
         m = rows[0]
         weights = "random weights" if m["weights"] == "random" else "pretrained weights"
         out += [
@@ -299,12 +337,13 @@ def markdown(records: Sequence[Record], agreement: Sequence[Record] = ()) -> str
                 if point["chunk"]
                 else ""
             )
-            + ", float32:",  # fmt: skip
-            "",
-            *main_table(view, model),
+            + (", float32:" if has_float32 else ":"),  # fmt: skip
         ]
+        if has_float32:
+            out += ["", *main_table(view, model)]
         for dtype in sorted({r["dtype"] for r in rows} - {"float32"}):
-            out += ["", f"Same point, frozen weights in {dtype}:", "",
+            same = "Same point, f" if has_float32 else "F"
+            out += ["", f"{same}rozen weights in {dtype}:", "",
                     *main_table(view, model, dtype)]  # fmt: skip
         for sweep in ("seq", "batch"):
             if len(view.values(sweep, model)) > 1:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from spry.jsonfile import write_json
 from spry.memory import LIVE_ENV
+from spry.models.quantized import SCHEMES
 
 from .models import CAUSAL_LM, CLASSIFIER, bench_model
 from .worker import ENGINES, Point, Record
@@ -41,11 +42,17 @@ class ModelSweep:
     timed_seqs: tuple[int, ...] | None = None  # None: every seq of the sweep
     main_seq: int = 128
     engines: tuple[str, ...] = ENGINES
+    dtype: str = "float32"  # of every point but the `dtypes` ones
+    unchunked: bool = True  # causal LMs: also measure the loss over all logits
 
 
 @dataclass(frozen=True)
 class Suite:
-    """Sweeps per model, how many steps a timed point times, and a note."""
+    """Sweeps per model, how many steps a timed point times, and a note.
+
+    With `timed_steps` 0 no point runs again for timing: the measured step's own
+    wall time (live allocator) is the only time there is.
+    """
 
     sweeps: tuple[ModelSweep, ...]
     timed_steps: int = 3
@@ -57,12 +64,12 @@ SUITES: dict[str, Suite] = {
     # The published CPU report (benchmarks/results/memory.md), about an hour on 2 cores.
     "cpu": Suite(
         (
-            ModelSweep("minilm", dtypes=("bfloat16",)),
+            ModelSweep("minilm", dtypes=("bfloat16", *SCHEMES)),
             ModelSweep(
                 "smollm2-135m",
                 seqs=(64, 128, 256),
                 batches=(1, 4, 8, 16),
-                dtypes=("bfloat16",),
+                dtypes=("bfloat16", *SCHEMES),
                 main_seq=64,
             ),  # fmt: skip
             ModelSweep("bert-base-shape", batches=(), timed_seqs=(64, 128, 256)),
@@ -99,6 +106,24 @@ SUITES: dict[str, Suite] = {
             ),  # fmt: skip
         ),
         timed_steps=5,
+    ),
+    # Llama-2-7B's shape with 4-bit (NF4) frozen weights, built in that form, at
+    # the point the Spry paper reports (6.2 GB Spry, 33.9 GB backprop). Steps take
+    # minutes on 2 cores: one measured step per engine, no timing reruns.
+    "7b": Suite(
+        (
+            ModelSweep(
+                "llama2-7b-shape",
+                seqs=(64,),
+                batches=(),
+                dtype="nf4",
+                main_seq=64,
+                engines=("inference", "spry", "mezo", "backprop-checkpoint"),
+                unchunked=False,
+            ),  # fmt: skip
+        ),
+        timed_steps=0,
+        note="one measured step per engine; step time of that step",
     ),
     # A few minutes: MiniLM's main point and one longer sequence.
     "quick": Suite((ModelSweep("minilm", seqs=(128, 256), batches=()),)),
@@ -138,12 +163,12 @@ def plan(suite: Suite, *, device: str = "cpu", threads: int = 2) -> list[Point]:
         def add(
             batch: int, seq: int, *, timed: bool, sweep=sweep, chunk=chunk, **kw
         ) -> None:
-            kw = {"chunk": chunk, **base, **kw}
+            kw = {"chunk": chunk, "dtype": sweep.dtype, **base, **kw}
             for engine in sweep.engines:
                 p = Point(sweep.model, engine, batch, seq, **kw)
                 if cpu:  # memory with the live allocator; timing with glibc's
                     points.append(p)
-                    if timed:
+                    if timed and suite.timed_steps:
                         points.append(
                             replace(p, allocator="glibc", timed=suite.timed_steps)
                         )
@@ -157,7 +182,7 @@ def plan(suite: Suite, *, device: str = "cpu", threads: int = 2) -> list[Point]:
             add(batch, sweep.main_seq, timed=False)
         for dtype in sweep.dtypes:
             add(MAIN_BATCH, sweep.main_seq, timed=True, dtype=dtype)
-        if causal:  # what chunking the loss saves
+        if causal and sweep.unchunked:  # what chunking the loss saves
             for seq in sorted({sweep.main_seq, *sweep.seqs[:2]}):
                 add(MAIN_BATCH, seq, timed=False, chunk=0)
     points += suite.extra

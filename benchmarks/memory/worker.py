@@ -31,12 +31,14 @@ import torch
 from spry.config import ClientConfig, StrategyConfig
 from spry.memory import (
     LIVE_ENV,
+    cpu_rss_bytes,
     make_resident,
     release_free_memory,
     tensor_bytes,
     track_peak_memory,
 )
 from spry.models import TrainableModel, is_head
+from spry.models.quantized import weight_count
 
 from .models import CAUSAL_LM, LABEL_WORDS, BenchModel, bench_model
 
@@ -192,6 +194,7 @@ def run(point: Point) -> Record:
     trainable = model.build(point.dtype, dev)
     net = trainable.model
     built = time.perf_counter() - started
+    built_rss = cpu_rss_bytes() if not dev.startswith("cuda") else 0
     make_resident(net)
     step, optimizer, names = make_step(point, model, trainable)
     vocab = net.config.vocab_size
@@ -225,8 +228,9 @@ def run(point: Point) -> Record:
         "step_seconds": statistics.median(times) if times else None,
         "step_seconds_all": times,
         "build_seconds": built,
+        "build_rss_mib": built_rss / MIB,  # CPU: the process right after building
         "layers": net.config.num_hidden_layers,
-        "params_total": sum(p.numel() for p in net.parameters()),
+        "params_total": weight_count(net),  # quantized weights too
         "params_trainable": sum(p.numel() for p in trainable_params.values()),
         "params_stepped": sum(trainable_params[n].numel() for n in names),
         "device_name": torch.cuda.get_device_name(dev) if cuda else platform.machine(),

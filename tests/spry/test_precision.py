@@ -14,7 +14,7 @@ from spry.classification import classification_loss
 from spry.config import ModelConfig
 from spry.engines import directional_derivative, make_engine
 from spry.models import build_classifier
-from spry.models.precision import FROZEN_DTYPES, frozen_dtype
+from spry.models.precision import FROZEN_FORMATS, frozen_dtype
 
 
 def weight_bytes(model: torch.nn.Module, trainable: bool) -> int:
@@ -55,9 +55,9 @@ def derivative_and_exact(dtype: str) -> tuple[float, float]:
 
 
 def test_config_and_module_agree_on_the_dtypes():
-    assert set(ModelConfig.FROZEN_DTYPES) == set(FROZEN_DTYPES)
+    assert set(ModelConfig.FROZEN_DTYPES) == set(FROZEN_FORMATS)
     with pytest.raises(ValueError, match="frozen dtype"):
-        frozen_dtype("int8")
+        frozen_dtype("int8")  # a quantization scheme, not a torch dtype
     with pytest.raises(ValueError, match="frozen-dtype"):
         ModelConfig(frozen_dtype="fp8")
 

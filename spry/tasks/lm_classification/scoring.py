@@ -34,13 +34,15 @@ def label_word_logits(model: nn.Module, batch: Batch, label_ids: Tensor) -> Tens
     lm = _transformers_model(model)
     mask = batch["attention_mask"]
     hidden = lm.get_decoder()(
-        input_ids=batch["input_ids"], attention_mask=mask
-    ).last_hidden_state  # (B, T, H)
+        input_ids=batch["input_ids"], attention_mask=mask, use_cache=False
+    ).last_hidden_state  # (B, T, H): no KV cache kept for every layer
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     last = hidden[rows, last_positions(mask)].float()  # (B, H)
     head = lm.get_output_embeddings()
     ids = label_ids.to(hidden.device)
-    logits = last @ head.weight[ids].float().T  # (B, C)
+    # a quantized output layer (`frozen-dtype` int8, nf4) dequantizes these rows only
+    words = head.weight[ids] if hasattr(head, "weight") else head.weight_rows(ids)
+    logits = last @ words.float().T  # (B, C)
     if getattr(head, "bias", None) is not None:
         logits = logits + head.bias[ids].float()
     softcap = getattr(lm.config, "final_logit_softcapping", None)
