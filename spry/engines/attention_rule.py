@@ -118,6 +118,11 @@ def _attend_block(
     return out, o_t
 
 
+def _keys(k: Tensor) -> Tensor:
+    """K laid out so that K^T is contiguous for the score products."""
+    return k.transpose(-1, -2).contiguous().transpose(-1, -2)
+
+
 def _attend(
     q: Tensor,
     k: Tensor,
@@ -130,14 +135,13 @@ def _attend(
 ) -> tuple[Tensor | None, Tensor | None]:
     """(O, O_t) over all blocks of queries, heads last; a part not asked for: None.
 
-    Every operand is made contiguous once (keys transposed), not once per block: a
-    matmul with a strided (B, H, T, D) view copies it on every call.
+    Keys and values, which every block multiplies whole, are made contiguous once
+    (keys transposed): a matmul with a strided (B, H, T, D) view copies it on every
+    call. Queries are sliced per block, and a block's copy is a block's size.
     """
-    q, v = q.contiguous(), v.contiguous()
-    k = k.transpose(-1, -2).contiguous().transpose(-1, -2)
-    q_t, k_t, v_t = (None if t is None else t.contiguous() for t in tangents)
-    if k_t is not None:
-        k_t = k_t.transpose(-1, -2).contiguous().transpose(-1, -2)
+    q_t, k_t, v_t = tangents
+    k, k_t = (None if x is None else _keys(x) for x in (k, k_t))
+    v, v_t = (None if x is None else x.contiguous() for x in (v, v_t))
     blocks = [
         _attend_block(q, k, v, mask, const, rows, (q_t, k_t, v_t), primal)
         for rows in _blocks(q.shape[-2], const.block)

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from .attention_rule import eager_routed_to_fused
 from .duals import fused_active
+from .frozen_maps import is_frozen_map
 from .mlp_rules import (
     BertFeedForward,
     GatedFeedForward,
@@ -43,11 +44,6 @@ def _same_code(fn: Any, reference: Any) -> bool:
 
 def _frozen(*modules: nn.Module) -> bool:
     return all(not p.requires_grad for m in modules for p in m.parameters())
-
-
-def _plain_linear(*modules: Any) -> bool:
-    """Frozen nn.Linear layers, no adapter wrapped around them."""
-    return all(type(m) is nn.Linear for m in modules) and _frozen(*modules)
 
 
 def _layer_norm(module: nn.Module) -> Callable[[Tensor], Tensor] | None:
@@ -77,7 +73,7 @@ def _gated_mlp(module: nn.Module) -> Callable[[Tensor], Tensor] | None:
         return None
     linears = (module.gate_proj, module.up_proj, module.down_proj)
     act = activation_rule(module.act_fn)
-    if act is None or not _plain_linear(*linears):
+    if act is None or not is_frozen_map(*linears):
         return None
     block = GatedFeedForward(module.gate_proj, module.up_proj, act, module.down_proj)
     return partial(feed_forward, block)
@@ -101,7 +97,7 @@ def _bert_feed_forward(layer: nn.Module) -> Callable[[Tensor], Tensor] | None:
         return None
     act = activation_rule(inter.intermediate_act_fn)
     dropout_on = out.dropout.training and out.dropout.p > 0
-    if act is None or dropout_on or not _plain_linear(inter.dense, out.dense):
+    if act is None or dropout_on or not is_frozen_map(inter.dense, out.dense):
         return None
     norm = out.LayerNorm
     if type(norm) is not nn.LayerNorm or not _frozen(norm):

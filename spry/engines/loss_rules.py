@@ -17,41 +17,43 @@ and the tangent come from one pass; elsewhere the caller keeps its own loss.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .duals import fusing, in_jvp, join, split
+from .frozen_maps import affine, is_frozen_map, maps, with_bias
 
 # Bytes one block's float32 logits may take (a block holds about three such).
 BLOCK_BYTES = 8 * 2**20
 
 
 def applies(head: nn.Module) -> bool:
-    """In a fused forward-mode pass's jvp, with a frozen plain linear output layer."""
-    frozen = not any(p.requires_grad for p in head.parameters())
-    return type(head) is nn.Linear and frozen and fusing() and in_jvp()
+    """In a fused forward-mode pass's jvp, with a frozen linear output layer."""
+    return is_frozen_map(head) and fusing() and in_jvp()
 
 
 def linear_cross_entropy_sum(
-    head: nn.Linear, hidden: Tensor, labels: Tensor, ignore_index: int
+    head: nn.Module, hidden: Tensor, labels: Tensor, ignore_index: int
 ) -> Tensor:
     """sum_i CE(head(hidden_i), labels_i) over non-ignored positions, as a dual."""
     h, h_t = split(hidden)
-    rows = max(1, BLOCK_BYTES // (head.out_features * 4))
+    rows = max(1, BLOCK_BYTES // (head.out_features * 4))  # float32 logits
     total = h.new_zeros((), dtype=torch.float32)
     total_t = None
     for start in range(0, h.shape[0], rows):
         block, y = slice(start, start + rows), labels[start : start + rows]
         keep = y != ignore_index
         target = y.clamp_min(0)[:, None]
-        z = F.linear(h[block], head.weight, head.bias).float()
+        if h_t is None:
+            z, z_t = affine(head, h[block]).float(), None
+        else:
+            z, z_t = maps(head, h[block], h_t[block])
+            z, z_t = with_bias(head, z).float(), z_t.float()
         lse = torch.logsumexp(z, dim=-1)
         total = total + ((lse - z.gather(-1, target)[:, 0]) * keep).sum()
         if h_t is None:
             continue
         p = torch.exp(z - lse[:, None])
         del z
-        z_t = F.linear(h_t[block], head.weight).float()
         part = ((p * z_t).sum(-1) - z_t.gather(-1, target)[:, 0]) * keep
         total_t = part.sum() if total_t is None else total_t + part.sum()
     return join(total, total_t)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .duals import in_jvp, join, split
+from .frozen_maps import affine, maps, transposed, with_bias
 from .norm_rules import layer_norm_parts, project
 
 # Bytes one block of tokens' float32 intermediate activation may take.
@@ -56,22 +57,18 @@ def activation_rule(module: Any) -> Activation | None:
     return None
 
 
-def _w(layer: nn.Linear) -> Tensor:
-    return layer.weight
-
-
 class BertFeedForward:
     """BERT's feed-forward chunk: `output(intermediate(x), x)`, with its rule."""
 
-    def __init__(self, up: nn.Linear, act: Activation, down: nn.Linear,
+    def __init__(self, up: nn.Module, act: Activation, down: nn.Module,
                  norm: nn.LayerNorm) -> None:  # fmt: skip
         self.up, self.down, self.norm = up, down, norm
         self.act, self.act_t = act
         self.width = up.out_features
 
     def _sum(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        a = F.linear(x, _w(self.up), self.up.bias)
-        return a, F.linear(self.act(a), _w(self.down), self.down.bias) + x
+        a = affine(self.up, x)
+        return a, affine(self.down, self.act(a)) + x
 
     def primal(self, x: Tensor) -> Tensor:
         _, s = self._sum(x)
@@ -79,54 +76,49 @@ class BertFeedForward:
         return F.layer_norm(s, s.shape[-1:], n.weight, n.bias, n.eps)
 
     def both(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        a, s = self._sum(x)
-        a_t = self.act_t(F.linear(t, _w(self.up)), a)
-        s_t = F.linear(a_t, _w(self.down)) + t
+        a, a_t = maps(self.up, x, t)
+        a = with_bias(self.up, a)
+        z, z_t = maps(self.down, self.act(a), self.act_t(a_t, a))
+        s, s_t = with_bias(self.down, z) + x, z_t + t
         xh, r = layer_norm_parts(s, self.norm.eps)
         n = self.norm
-        y = xh * n.weight + n.bias
-        return y, project(xh, r, s_t, centre=True) * n.weight
+        return xh * n.weight + n.bias, project(xh, r, s_t, centre=True) * n.weight
 
     def grad(self, x: Tensor, g: Tensor) -> Tensor:
         a, s = self._sum(x)
         xh, r = layer_norm_parts(s, self.norm.eps)
         g_s = project(xh, r, g * self.norm.weight, centre=True)
-        g_a = self.act_t(g_s @ _w(self.down), a)
-        return g_s + g_a @ _w(self.up)
+        g_a = self.act_t(transposed(self.down, g_s), a)
+        return g_s + transposed(self.up, g_a)
 
 
 class GatedFeedForward:
     """Llama's MLP: `down(act(gate(x)) * up(x))`, with its rule."""
 
-    def __init__(self, gate: nn.Linear, up: nn.Linear, act: Activation,
-                 down: nn.Linear) -> None:  # fmt: skip
+    def __init__(self, gate: nn.Module, up: nn.Module, act: Activation,
+                 down: nn.Module) -> None:  # fmt: skip
         self.gate, self.up, self.down = gate, up, down
         self.act, self.act_t = act
         self.width = gate.out_features
 
-    def _gu(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return (
-            F.linear(x, _w(self.gate), self.gate.bias),
-            F.linear(x, _w(self.up), self.up.bias),
-        )
-
     def primal(self, x: Tensor) -> Tensor:
-        g, u = self._gu(x)
-        return F.linear(self.act(g) * u, _w(self.down), self.down.bias)
+        g, u = affine(self.gate, x), affine(self.up, x)
+        return affine(self.down, self.act(g) * u)
 
     def both(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        g, u = self._gu(x)
-        z_t = self.act_t(F.linear(t, _w(self.gate)), g) * u
+        g, g_t = maps(self.gate, x, t)
+        u, u_t = maps(self.up, x, t)
+        g, u = with_bias(self.gate, g), with_bias(self.up, u)
         act = self.act(g)
-        z_t = torch.addcmul(z_t, act, F.linear(t, _w(self.up)))
-        y = F.linear(act * u, _w(self.down), self.down.bias)
-        return y, F.linear(z_t, _w(self.down))
+        z_t = torch.addcmul(self.act_t(g_t, g) * u, act, u_t)
+        y, y_t = maps(self.down, act * u, z_t)
+        return with_bias(self.down, y), y_t
 
     def grad(self, x: Tensor, grad: Tensor) -> Tensor:
-        g, u = self._gu(x)
-        g_z = grad @ _w(self.down)
+        g, u = affine(self.gate, x), affine(self.up, x)
+        g_z = transposed(self.down, grad)
         g_g = self.act_t(g_z * u, g)
-        return g_g @ _w(self.gate) + (g_z * self.act(g)) @ _w(self.up)
+        return transposed(self.gate, g_g) + transposed(self.up, g_z * self.act(g))
 
 
 FeedForward = BertFeedForward | GatedFeedForward

@@ -286,3 +286,30 @@ def test_chunked_causal_lm_loss_gets_backprops_directional_derivative(monkeypatc
             values.append(value)
         torch.testing.assert_close(values[0], values[1])
     assert len(calls) == 6  # 33 positions: 3 chunks in each of 2 fused passes
+
+
+def test_quantized_frozen_layers_take_the_fused_rules(monkeypatch):
+    """A 4-bit LoRA Llama: the MLPs and the output layer fuse, with the same jvp."""
+    from spry.engines import loss_rules
+    from spry.language_modeling import make_causal_lm_loss
+    from spry.models.quantized import quantize_frozen
+
+    monkeypatch.setattr(loss_rules, "BLOCK_BYTES", 5 * 50 * 4)
+    model = get_peft_model(_tiny_llama(), LoraConfig(r=2, target_modules=["v_proj"]))
+    quantize_frozen(model, "nf4")
+    assert {type(m).__name__ for m, _, _ in routed(model)} >= {"LlamaMLP"}
+    gen = _gen()
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        for p in params.values():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    batch = {"input_ids": torch.randint(3, 50, (2, 10), generator=gen)}
+    loss = make_causal_lm_loss(8)
+    grads = torch.autograd.grad(loss(model, batch)[0], list(params.values()))
+    tangent = {n: torch.randn(p.shape, generator=gen) for n, p in params.items()}
+    exact = sum((g * tangent[n]).sum() for g, n in zip(grads, params, strict=True))
+    for fused in (True, False):
+        _, derivative, _ = directional_derivative(
+            model, loss, batch, params, tangent, fused=fused
+        )
+        torch.testing.assert_close(derivative, exact, rtol=1e-4, atol=1e-6)
