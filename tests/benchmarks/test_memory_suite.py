@@ -25,7 +25,9 @@ def test_every_suite_measures_every_engine_at_each_models_main_point(name, devic
             and p.dtype == sweep.dtype and p.allocator in ("live", "cuda")
         }  # fmt: skip
         assert main == set(sweep.engines), sweep.model
-        if name != "7b":  # the 7B point measures the paper's engines only
+        if name == "fused":  # before and after the fused rules, every engine
+            assert sweep.engines == (*ENGINES, "spry-unfused")
+        elif name != "7b":  # the 7B point measures the paper's engines only
             assert sweep.engines == ENGINES
     if device == "cpu":  # memory from the live allocator, time with glibc's
         assert all(p.timed == 0 for p in points if p.allocator == "live")
