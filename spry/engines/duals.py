@@ -56,7 +56,3 @@ def split(x: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
 def join(primal: Tensor, tangent: Tensor | None) -> Tensor:
     """The dual tensor with this primal and tangent (the primal alone if None)."""
     return primal if tangent is None else fwAD.make_dual(primal, tangent)
-
-
-def any_tangent(*tangents: Tensor | None) -> bool:
-    return any(t is not None for t in tangents)

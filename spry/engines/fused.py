@@ -30,7 +30,7 @@ from .mlp_rules import (
     activation_rule,
     feed_forward,
 )
-from .norm_rules import FrozenLayerNorm, FrozenRMSNorm, NormConstants
+from .norm_rules import FrozenNorm, NormConstants
 
 
 def _code(fn: Any) -> tuple | None:
@@ -51,8 +51,8 @@ def _layer_norm(module: nn.Module) -> Callable[[Tensor], Tensor] | None:
         return None
     if not _frozen(module):
         return None
-    const = NormConstants(module.weight, module.bias, module.eps)
-    return lambda x: FrozenLayerNorm.apply(x, const)
+    const = NormConstants(module.weight, module.bias, module.eps, rms=False)
+    return lambda x: FrozenNorm.apply(x, const)
 
 
 def _rms_norm(module: nn.Module) -> Callable[[Tensor], Tensor] | None:
@@ -62,8 +62,8 @@ def _rms_norm(module: nn.Module) -> Callable[[Tensor], Tensor] | None:
         return None
     if not _frozen(module):
         return None
-    const = NormConstants(module.weight, None, module.variance_epsilon)
-    return lambda x: FrozenRMSNorm.apply(x, const)
+    const = NormConstants(module.weight, None, module.variance_epsilon, rms=True)
+    return lambda x: FrozenNorm.apply(x, const)
 
 
 def _gated_mlp(module: nn.Module) -> Callable[[Tensor], Tensor] | None:

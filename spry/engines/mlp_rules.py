@@ -128,7 +128,7 @@ def _tangent(block: FeedForward, x: Tensor, t: Tensor) -> Tensor:
     return block.both(x, t)[1]
 
 
-def _rows(block: FeedForward, x: Tensor) -> int:
+def _rows(block: FeedForward) -> int:
     return max(1, BLOCK_BYTES // (block.width * 4))
 
 
@@ -153,7 +153,7 @@ def _blockwise(fn: Callable[..., Any], rows: int, *tensors: Tensor) -> Any:
 
 def feed_forward(block: FeedForward, x: Tensor) -> Tensor:
     """The block's output; in a jvp, its primal and tangent in one blockwise pass."""
-    rows = _rows(block, x)
+    rows = _rows(block)
     if in_jvp():
         x, t = split(x)
         if t is None:
@@ -169,7 +169,7 @@ class FrozenFeedForward(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor, block: FeedForward) -> Tensor:
-        return _blockwise(block.primal, _rows(block, x), x)
+        return _blockwise(block.primal, _rows(block), x)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Tensor, FeedForward], _: Tensor) -> None:
@@ -180,9 +180,9 @@ class FrozenFeedForward(torch.autograd.Function):
     @staticmethod
     def jvp(ctx: Any, x_t: Tensor, _: None) -> Tensor:
         (x,) = ctx.saved_tensors
-        return _blockwise(partial(_tangent, ctx.block), _rows(ctx.block, x), x, x_t)
+        return _blockwise(partial(_tangent, ctx.block), _rows(ctx.block), x, x_t)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         (x,) = ctx.saved_tensors
-        return _blockwise(ctx.block.grad, _rows(ctx.block, x), x, grad), None
+        return _blockwise(ctx.block.grad, _rows(ctx.block), x, grad), None

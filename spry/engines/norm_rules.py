@@ -27,12 +27,18 @@ from torch import Tensor
 
 
 class NormConstants:
-    """A frozen norm's weight, bias and epsilon, out of sight of autograd."""
+    """A frozen norm's kind, weight, bias and epsilon, out of sight of autograd."""
 
-    __slots__ = ("weight", "bias", "eps")
+    __slots__ = ("rms", "weight", "bias", "eps")
 
-    def __init__(self, weight: Tensor | None, bias: Tensor | None, eps: float) -> None:
-        self.weight, self.bias, self.eps = weight, bias, eps
+    def __init__(
+        self, weight: Tensor | None, bias: Tensor | None, eps: float, *, rms: bool
+    ) -> None:
+        self.rms, self.weight, self.bias, self.eps = rms, weight, bias, eps
+
+    def parts(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(xh, r) of this norm's kind."""
+        return (rms_norm_parts if self.rms else layer_norm_parts)(x, self.eps)
 
 
 def layer_norm_parts(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
@@ -61,13 +67,19 @@ def _scaled(t: Tensor, weight: Tensor | None) -> Tensor:
     return t if weight is None else t * weight
 
 
-class FrozenLayerNorm(torch.autograd.Function):
-    """F.layer_norm over the last dimension with frozen weight and bias."""
+class FrozenNorm(torch.autograd.Function):
+    """A frozen LayerNorm (F.layer_norm over the last dimension) or Llama's RMSNorm.
+
+    RMSNorm, as Llama's: weight * (x * rsqrt(mean(x^2) + eps)), in float32, cast back
+    to the input's dtype before the weight.
+    """
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(x: Tensor, const: NormConstants) -> Tensor:
+        if const.rms:
+            return _scaled(const.parts(x)[0].to(x.dtype), const.weight)
         return F.layer_norm(x, x.shape[-1:], const.weight, const.bias, const.eps)
 
     @staticmethod
@@ -81,44 +93,15 @@ class FrozenLayerNorm(torch.autograd.Function):
     @staticmethod
     def jvp(ctx: Any, x_t: Tensor, _: None) -> Tensor:
         (x,) = ctx.saved_tensors
-        xh, r = layer_norm_parts(x, ctx.const.eps)
-        return _scaled(project(xh, r, x_t, centre=True), ctx.const.weight)
+        const = ctx.const
+        xh, r = const.parts(x)
+        t = project(xh, r, x_t, centre=not const.rms).to(x.dtype)
+        return _scaled(t, const.weight)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         (x,) = ctx.saved_tensors
-        xh, r = layer_norm_parts(x, ctx.const.eps)
-        return project(xh, r, _scaled(grad, ctx.const.weight), centre=True), None
-
-
-class FrozenRMSNorm(torch.autograd.Function):
-    """Llama's RMSNorm: weight * (x * rsqrt(mean(x^2) + eps)) in float32, cast back."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x: Tensor, const: NormConstants) -> Tensor:
-        xh, _ = rms_norm_parts(x, const.eps)
-        return _scaled(xh.to(x.dtype), const.weight)
-
-    @staticmethod
-    def setup_context(
-        ctx: Any, inputs: tuple[Tensor, NormConstants], _: Tensor
-    ) -> None:
-        ctx.const = inputs[1]
-        ctx.save_for_forward(inputs[0])
-        ctx.save_for_backward(inputs[0])
-
-    @staticmethod
-    def jvp(ctx: Any, x_t: Tensor, _: None) -> Tensor:
-        (x,) = ctx.saved_tensors
-        xh, r = rms_norm_parts(x, ctx.const.eps)
-        t = project(xh, r, x_t, centre=False).to(x.dtype)
-        return _scaled(t, ctx.const.weight)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        (x,) = ctx.saved_tensors
-        xh, r = rms_norm_parts(x, ctx.const.eps)
-        g = project(xh, r, _scaled(grad, ctx.const.weight), centre=False)
+        const = ctx.const
+        xh, r = const.parts(x)
+        g = project(xh, r, _scaled(grad, const.weight), centre=not const.rms)
         return g.to(x.dtype), None
