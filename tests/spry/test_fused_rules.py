@@ -20,7 +20,7 @@ from spry.engines import attention_rule, mlp_rules
 from spry.engines.attention_rule import fused_attention
 from spry.engines.forward import directional_derivative
 from spry.engines.fused import fused_rules, routed
-from spry.engines.norm_rules import FrozenLayerNorm, FrozenRMSNorm, NormConstants
+from spry.engines.norm_rules import FrozenNorm, NormConstants
 
 MIN = torch.finfo(torch.float32).min
 
@@ -59,6 +59,31 @@ def _assert_rule(plain, fused, primals):
     g = torch.autograd.grad((fused(*leaves) * weights).sum(), leaves)
     for a, b in zip(e, g, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def _moved_adapters(model, gen):
+    """The model's trainable tensors, moved off LoRA B's zero init."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        for p in params.values():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    return params
+
+
+def _assert_jvp_is_backprops(model, loss, batch, params, gen, *, tangents=1):
+    """Fused and unfused: the same loss, and jvp = backprop's gradient . tangent."""
+    grads = torch.autograd.grad(loss(model, batch)[0], list(params.values()))
+    for _ in range(tangents):
+        tangent = {n: torch.randn(p.shape, generator=gen) for n, p in params.items()}
+        exact = sum((g * tangent[n]).sum() for g, n in zip(grads, params, strict=True))
+        values = []
+        for fused in (True, False):
+            value, derivative, _ = directional_derivative(
+                model, loss, batch, params, tangent, fused=fused
+            )
+            torch.testing.assert_close(derivative, exact, rtol=1e-4, atol=1e-6)
+            values.append(value)
+        torch.testing.assert_close(values[0], values[1])
 
 
 class _Attention(nn.Module):
@@ -120,12 +145,12 @@ def test_layer_norm_and_rms_norm_equal_their_modules_under_forward_ad():
     norm = nn.LayerNorm(16).requires_grad_(False)
     nn.init.normal_(norm.weight, generator=gen)
     nn.init.normal_(norm.bias, generator=gen)
-    const = NormConstants(norm.weight, norm.bias, norm.eps)
-    _assert_rule(norm, lambda x: FrozenLayerNorm.apply(x, const), (x,))
+    const = NormConstants(norm.weight, norm.bias, norm.eps, rms=False)
+    _assert_rule(norm, lambda x: FrozenNorm.apply(x, const), (x,))
     rms = LlamaRMSNorm(16, eps=1e-6).requires_grad_(False)
     nn.init.normal_(rms.weight, generator=gen)
-    const = NormConstants(rms.weight, None, rms.variance_epsilon)
-    _assert_rule(rms, lambda x: FrozenRMSNorm.apply(x, const), (x,))
+    const = NormConstants(rms.weight, None, rms.variance_epsilon, rms=True)
+    _assert_rule(rms, lambda x: FrozenNorm.apply(x, const), (x,))
 
 
 def _tiny_bert() -> BertModel:
@@ -186,10 +211,7 @@ def test_a_lora_model_gets_backprops_directional_derivative(build):
     targets = ["query", "value"] if build is _tiny_bert else ["q_proj", "v_proj"]
     model = get_peft_model(build(), LoraConfig(r=2, target_modules=targets))
     gen = _gen()
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    with torch.no_grad():
-        for p in params.values():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    params = _moved_adapters(model, gen)
     ids = torch.randint(3, 50, (3, 12), generator=gen)
     mask = torch.ones_like(ids)
     mask[0, 7:] = 0
@@ -201,14 +223,7 @@ def test_a_lora_model_gets_backprops_directional_derivative(build):
         return (hidden.tanh() * batch["attention_mask"][..., None]).square().mean(), {}
 
     assert routed(model)  # the fused path is really taken
-    grads = torch.autograd.grad(loss(model, batch)[0], list(params.values()))
-    tangent = {n: torch.randn(p.shape, generator=gen) for n, p in params.items()}
-    exact = sum((g * tangent[n]).sum() for g, n in zip(grads, params, strict=True))
-    for fused in (True, False):
-        _, derivative, _ = directional_derivative(
-            model, loss, batch, params, tangent, fused=fused
-        )
-        torch.testing.assert_close(derivative, exact, rtol=1e-4, atol=1e-6)
+    _assert_jvp_is_backprops(model, loss, batch, params, gen)
     assert not any("forward" in vars(m) for m in model.modules())  # restored
 
 
@@ -261,30 +276,13 @@ def test_chunked_causal_lm_loss_gets_backprops_directional_derivative(monkeypatc
     )
     model = get_peft_model(_tiny_llama(), LoraConfig(r=2, target_modules=["v_proj"]))
     gen = _gen()
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    with torch.no_grad():
-        for p in params.values():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    params = _moved_adapters(model, gen)
     ids = torch.randint(3, 50, (3, 12), generator=gen)
     mask = torch.ones_like(ids)
     mask[1, 8:] = 0  # padding: ignored positions
     batch = {"input_ids": ids, "attention_mask": mask}
     loss = make_causal_lm_loss(16)
-    grads = torch.autograd.grad(loss(model, batch)[0], list(params.values()))
-    tangents = [
-        {n: torch.randn(p.shape, generator=gen) for n, p in params.items()}
-        for _ in range(2)
-    ]
-    for tangent in tangents:
-        exact = sum((g * tangent[n]).sum() for g, n in zip(grads, params, strict=True))
-        values = []
-        for fused in (True, False):
-            value, derivative, _ = directional_derivative(
-                model, loss, batch, params, tangent, fused=fused
-            )
-            torch.testing.assert_close(derivative, exact, rtol=1e-4, atol=1e-6)
-            values.append(value)
-        torch.testing.assert_close(values[0], values[1])
+    _assert_jvp_is_backprops(model, loss, batch, params, gen, tangents=2)
     assert len(calls) == 6  # 33 positions: 3 chunks in each of 2 fused passes
 
 
@@ -299,17 +297,7 @@ def test_quantized_frozen_layers_take_the_fused_rules(monkeypatch):
     quantize_frozen(model, "nf4")
     assert {type(m).__name__ for m, _, _ in routed(model)} >= {"LlamaMLP"}
     gen = _gen()
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    with torch.no_grad():
-        for p in params.values():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    params = _moved_adapters(model, gen)
     batch = {"input_ids": torch.randint(3, 50, (2, 10), generator=gen)}
     loss = make_causal_lm_loss(8)
-    grads = torch.autograd.grad(loss(model, batch)[0], list(params.values()))
-    tangent = {n: torch.randn(p.shape, generator=gen) for n, p in params.items()}
-    exact = sum((g * tangent[n]).sum() for g, n in zip(grads, params, strict=True))
-    for fused in (True, False):
-        _, derivative, _ = directional_derivative(
-            model, loss, batch, params, tangent, fused=fused
-        )
-        torch.testing.assert_close(derivative, exact, rtol=1e-4, atol=1e-6)
+    _assert_jvp_is_backprops(model, loss, batch, params, gen)
