@@ -351,6 +351,14 @@ class ClientConfig(_Section):
             "PyTorch's per-operator forward-AD rules (same result, more memory)"
         },
     )
+    fused_block_mib: float = field(
+        default=2.0,
+        metadata={
+            "help": "forward: MiB one block of a fused rule's work may take; larger "
+            "blocks are faster and hold more memory (benchmarks/results/"
+            "memory_blocks.md measures the trade)"
+        },
+    )
     head_gradient: str = field(
         default="exact",
         metadata={
@@ -429,6 +437,10 @@ class ClientConfig(_Section):
         _require(
             self.tangent_batch >= 0,
             f"`tangent-batch` should be >= 0, got {self.tangent_batch}",
+        )
+        _require(
+            self.fused_block_mib > 0,
+            f"`fused-block-mib` should be > 0, got {self.fused_block_mib}",
         )
         _require(
             self.head_gradient in self.HEAD_GRADIENTS,
@@ -510,6 +522,7 @@ class ClientConfig(_Section):
                 distribution=self.tangent_distribution,
                 tangent_batch=self.tangent_batch,
                 fused=self.fused_rules,
+                block_mib=self.fused_block_mib,
             )
         return options
 

@@ -147,6 +147,23 @@ SUITES: dict[str, Suite] = {
         ),  # fmt: skip
         note="main points only; spry-unfused: PyTorch's per-operator forward-AD rules",
     ),
+    # The fused rules' block budget (`fused-block-mib`): 2 MiB (spry, the default),
+    # 8 and 32 MiB, against backprop, at the encoders' main points, every point
+    # timed: about 30 minutes on 2 cores. Time it on a quiet machine.
+    "blocks": Suite(
+        tuple(
+            ModelSweep(
+                model,
+                seqs=(128,),
+                batches=(),
+                main_seq=128,
+                engines=("inference", "backprop", "spry", "spry-b8", "spry-b32"),
+            )
+            for model in ("minilm", "bert-base-shape", "roberta-large-shape")
+        ),  # fmt: skip
+        timed_steps=5,
+        note="main points only; spry-bN: the fused rules' blocks at N MiB",
+    ),
 }
 
 

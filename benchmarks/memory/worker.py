@@ -48,8 +48,11 @@ ENGINES = ("inference", "backprop", "backprop-checkpoint", "spry", "fedfgd", "me
 # client with N tangents in one vmapped pass; spry-kN-seq the same N tangents one
 # jvp after another (`tangent-batch=1`): the same estimate, K = 1's memory.
 # spry-unfused is Spry's client with PyTorch's per-operator forward-AD rules instead
-# of the fused ones (`spry.engines.fused`): the before of that change.
-LEVER_ENGINES = ("spry-k4", "spry-k8", "spry-k8-seq", "spry-unfused")
+# of the fused ones (`spry.engines.fused`): the before of that change. spry-bN is
+# Spry's client with N MiB blocks for the fused rules (`fused-block-mib`; 2 by default).
+LEVER_ENGINES = (
+    "spry-k4", "spry-k8", "spry-k8-seq", "spry-unfused", "spry-b8", "spry-b32",
+)  # fmt: skip
 Batch = dict[str, torch.Tensor]
 Record = dict[str, Any]
 
@@ -111,18 +114,20 @@ def make_engine_for(engine: str):
     """
     from spry.engines import ForwardGradient, make_engine
 
-    if engine in ("spry", "spry-unfused") or engine.startswith("spry-k"):
+    if engine in ("spry", "spry-unfused") or engine[:6] in ("spry-k", "spry-b"):
         # the default client: K tangents (spry-kN: N), exact head, its slice
         client = ClientConfig()
         exact = is_head if client.head_gradient == "exact" else None
         k, _, sequential = engine[6:].partition("-")
         tangents = int(k) if engine.startswith("spry-k") else client.num_tangents
+        blocks = float(k) if engine.startswith("spry-b") else client.fused_block_mib
         return ForwardGradient(
             num_tangents=tangents,
             distribution=client.tangent_distribution,
             tangent_batch=1 if sequential == "seq" else client.tangent_batch,
             exact=exact,
             fused=engine != "spry-unfused",
+            block_mib=blocks,
         ), "slice"
     if engine == "fedfgd":  # forward gradient over every trainable tensor
         return ForwardGradient(num_tangents=1), None

@@ -37,11 +37,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .duals import in_jvp, join, split
+from .duals import block_bytes, in_jvp, join, split
 
-# Bytes one block's (batch, heads, queries, keys) float32 tensor may take: a block's
-# primal and tangent work holds about six of them. Small blocks cost Python calls.
-BLOCK_BYTES = 2 * 2**20
 # Keyword arguments that change what eager attention computes in ways not handled here.
 _UNHANDLED = ("sliding_window", "softcap", "s_aux", "sinks", "head_mask")
 
@@ -202,9 +199,13 @@ class FusedAttention(torch.autograd.Function):
 
 
 def block_size(q: Tensor, keys: int) -> int:
-    """Queries per block: one block's scores within `BLOCK_BYTES` (at least one row)."""
+    """Queries per block: their float32 scores within the budget (at least one row).
+
+    The budget is `duals.block_bytes`. A block's primal and tangent work holds about
+    six (batch, heads, queries, keys) tensors; small blocks cost Python calls.
+    """
     row = q.shape[0] * q.shape[1] * keys * 4  # float32 scores of one query row
-    return max(1, min(q.shape[-2], BLOCK_BYTES // max(row, 1)))
+    return max(1, min(q.shape[-2], block_bytes() // max(row, 1)))
 
 
 def _repeat_heads(x: Tensor, groups: int) -> Tensor:

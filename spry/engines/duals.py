@@ -23,6 +23,13 @@ from torch._C._functorch import TransformType, peek_interpreter_stack
 
 _FUSED: ContextVar[bool] = ContextVar("fused_rules", default=False)
 
+# Bytes one block of a fused rule's work may take (a rule's module docstring says
+# which tensor it sizes by). Larger blocks: fewer, larger kernels and more memory.
+DEFAULT_BLOCK_MIB = 2.0
+_BLOCK_BYTES: ContextVar[int] = ContextVar(
+    "fused_block_bytes", default=int(DEFAULT_BLOCK_MIB * 2**20)
+)
+
 
 @contextmanager
 def fused_active() -> Iterator[None]:
@@ -32,6 +39,23 @@ def fused_active() -> Iterator[None]:
         yield
     finally:
         _FUSED.reset(token)
+
+
+@contextmanager
+def block_budget(mib: float) -> Iterator[None]:
+    """Size the fused rules' blocks to `mib` MiB within the block: speed for memory."""
+    if not mib > 0:
+        raise ValueError(f"the block budget should be > 0 MiB, got {mib}")
+    token = _BLOCK_BYTES.set(max(1, int(mib * 2**20)))
+    try:
+        yield
+    finally:
+        _BLOCK_BYTES.reset(token)
+
+
+def block_bytes() -> int:
+    """The fused rules' block budget in bytes (`block_budget`; 2 MiB by default)."""
+    return _BLOCK_BYTES.get()
 
 
 def fusing() -> bool:

@@ -54,6 +54,7 @@ from .directions import (
     sample_directions,
     unflatten,
 )
+from .duals import DEFAULT_BLOCK_MIB, block_budget
 from .frozen import frozen_linears
 from .fused import fused_rules
 
@@ -269,6 +270,9 @@ class ForwardGradient(GradientEngine):
     fused : bool (default: True)
         Attention, norms and frozen feed-forward blocks take their fused tangent
         rules (`fused.py`); False: PyTorch's per-operator forward-AD rules.
+    block_mib : float (default: 2.0)
+        MiB one block of a fused rule's work may take (`duals.block_budget`):
+        larger blocks run fewer, larger kernels and hold more memory at the peak.
     """
 
     name = "forward"
@@ -283,6 +287,7 @@ class ForwardGradient(GradientEngine):
         guess: Mapping[str, Tensor] | None = None,
         guess_weight: float = 0.0,
         fused: bool = True,
+        block_mib: float = DEFAULT_BLOCK_MIB,
     ) -> None:
         if num_tangents < 1:
             raise ValueError(f"`num_tangents` should be >= 1, got {num_tangents}")
@@ -294,6 +299,8 @@ class ForwardGradient(GradientEngine):
             raise ValueError(f"`tangent_batch` should be >= 0, got {tangent_batch}")
         if not 0.0 <= guess_weight < 1.0:
             raise ValueError(f"`guess_weight` should be in [0, 1), got {guess_weight}")
+        if not block_mib > 0:
+            raise ValueError(f"`block_mib` should be > 0, got {block_mib}")
         self.num_tangents = num_tangents
         self.distribution = distribution
         self.tangent_batch = tangent_batch
@@ -301,6 +308,7 @@ class ForwardGradient(GradientEngine):
         self.guess = dict(guess or {})
         self.guess_weight = guess_weight
         self.fused = fused
+        self.block_mib = block_mib
 
     def is_exact(self, name: str) -> bool:
         return self.exact is not None and self.exact(name)
@@ -312,6 +320,17 @@ class ForwardGradient(GradientEngine):
         batch: Batch,
         params: Params,
         *,
+        generator: torch.Generator,
+    ) -> GradientEstimate:
+        with block_budget(self.block_mib):
+            return self._estimate(model, loss, batch, params, generator)
+
+    def _estimate(
+        self,
+        model: nn.Module,
+        loss: TaskLoss,
+        batch: Batch,
+        params: Params,
         generator: torch.Generator,
     ) -> GradientEstimate:
         is_exact = self.exact or (lambda _: False)

@@ -19,11 +19,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .duals import fusing, in_jvp, join, split
+from .duals import block_bytes, fusing, in_jvp, join, split
 from .frozen_maps import affine, is_frozen_map, maps, with_bias
 
-# Bytes one block's float32 logits may take (a block holds about three such).
-BLOCK_BYTES = 8 * 2**20
+# One block's float32 logits may take this many block budgets (`duals.block_bytes`):
+# a block holds about three such, and vocabularies are wide.
+LOGIT_BUDGETS = 4
 
 
 def applies(head: nn.Module) -> bool:
@@ -36,7 +37,7 @@ def linear_cross_entropy_sum(
 ) -> Tensor:
     """sum_i CE(head(hidden_i), labels_i) over non-ignored positions, as a dual."""
     h, h_t = split(hidden)
-    rows = max(1, BLOCK_BYTES // (head.out_features * 4))  # float32 logits
+    rows = max(1, LOGIT_BUDGETS * block_bytes() // (head.out_features * 4))
     total = h.new_zeros((), dtype=torch.float32)
     total_t = None
     for start in range(0, h.shape[0], rows):

@@ -27,12 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .duals import in_jvp, join, split
+from .duals import block_bytes, in_jvp, join, split
 from .frozen_maps import affine, maps, transposed, with_bias
 from .norm_rules import layer_norm_parts, project
-
-# Bytes one block of tokens' float32 intermediate activation may take.
-BLOCK_BYTES = 2 * 2**20
 
 # An activation as (f(x), f'(x) * t): the derivative times a tangent is one kernel.
 Activation = tuple[Callable[[Tensor], Tensor], Callable[[Tensor, Tensor], Tensor]]
@@ -129,7 +126,8 @@ def _tangent(block: FeedForward, x: Tensor, t: Tensor) -> Tensor:
 
 
 def _rows(block: FeedForward) -> int:
-    return max(1, BLOCK_BYTES // (block.width * 4))
+    """Tokens per block: their float32 intermediate activation within the budget."""
+    return max(1, block_bytes() // (block.width * 4))
 
 
 def _blockwise(fn: Callable[..., Any], rows: int, *tensors: Tensor) -> Any:

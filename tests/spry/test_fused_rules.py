@@ -16,8 +16,9 @@ from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
 from transformers.models.llama.modeling_llama import eager_attention_forward as eager
 
-from spry.engines import attention_rule, mlp_rules
+from spry.engines import attention_rule
 from spry.engines.attention_rule import fused_attention
+from spry.engines.duals import block_budget
 from spry.engines.forward import directional_derivative
 from spry.engines.fused import fused_rules, routed
 from spry.engines.norm_rules import FrozenNorm, NormConstants
@@ -25,11 +26,35 @@ from spry.engines.norm_rules import FrozenNorm, NormConstants
 MIN = torch.finfo(torch.float32).min
 
 
+def _mib(nbytes: int) -> float:
+    return nbytes / 2**20
+
+
 @pytest.fixture(autouse=True)
-def small_blocks(monkeypatch):
-    """Blocks of a few rows, so that every blockwise path runs several blocks."""
-    monkeypatch.setattr(attention_rule, "BLOCK_BYTES", 2 * 4 * 3 * 10 * 4)
-    monkeypatch.setattr(mlp_rules, "BLOCK_BYTES", 7 * 48 * 4)
+def small_blocks():
+    """Blocks of a few rows, so that every blockwise path runs several blocks:
+    3 query rows of (2, 4, *, 10) scores, 5 tokens of a 48-wide activation."""
+    with block_budget(_mib(2 * 4 * 3 * 10 * 4)):
+        yield
+
+
+@pytest.fixture
+def logit_blocks(small_blocks):
+    """Output-layer blocks of 5 positions of a 50-word vocabulary."""
+    from spry.engines.loss_rules import LOGIT_BUDGETS
+
+    with block_budget(_mib(5 * 50 * 4 // LOGIT_BUDGETS)):
+        yield
+
+
+def test_the_block_budget_sizes_the_blocks():
+    """Twice the budget, twice the rows; no budget at all is refused."""
+    q = torch.zeros(2, 4, 64, 8)
+    rows = attention_rule.block_size(q, keys=10)
+    with block_budget(_mib(2 * 2 * 4 * 3 * 10 * 4)):
+        assert attention_rule.block_size(q, keys=10) == 2 * rows == 6
+    with pytest.raises(ValueError, match="> 0 MiB"), block_budget(0):
+        pass
 
 
 def _gen() -> torch.Generator:
@@ -263,12 +288,13 @@ def test_rules_under_grad_nested_in_a_jvp_take_the_function_route():
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
 
 
-def test_chunked_causal_lm_loss_gets_backprops_directional_derivative(monkeypatch):
+def test_chunked_causal_lm_loss_gets_backprops_directional_derivative(
+    monkeypatch, logit_blocks
+):
     """The fused output-layer cross-entropy (blocks of 5 positions) = backprop's."""
     from spry.engines import loss_rules
     from spry.language_modeling import make_causal_lm_loss
 
-    monkeypatch.setattr(loss_rules, "BLOCK_BYTES", 5 * 50 * 4)
     calls = []
     rule = loss_rules.linear_cross_entropy_sum
     monkeypatch.setattr(
@@ -286,13 +312,11 @@ def test_chunked_causal_lm_loss_gets_backprops_directional_derivative(monkeypatc
     assert len(calls) == 6  # 33 positions: 3 chunks in each of 2 fused passes
 
 
-def test_quantized_frozen_layers_take_the_fused_rules(monkeypatch):
+def test_quantized_frozen_layers_take_the_fused_rules(logit_blocks):
     """A 4-bit LoRA Llama: the MLPs and the output layer fuse, with the same jvp."""
-    from spry.engines import loss_rules
     from spry.language_modeling import make_causal_lm_loss
     from spry.models.quantized import quantize_frozen
 
-    monkeypatch.setattr(loss_rules, "BLOCK_BYTES", 5 * 50 * 4)
     model = get_peft_model(_tiny_llama(), LoraConfig(r=2, target_modules=["v_proj"]))
     quantize_frozen(model, "nf4")
     assert {type(m).__name__ for m, _, _ in routed(model)} >= {"LlamaMLP"}
