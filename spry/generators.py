@@ -1,0 +1,176 @@
+"""Where a task's generated text comes from: the local model, an endpoint, a script.
+
+Tasks that write text (Conifer's attempts, xFinder's outputs to read answers from,
+MUSTARD's problems, SOAP's code) ask a `Generator` for the continuation of each
+prompt. Three kinds answer the same call:
+
+- `LocalGenerator`: a client's own causal LM, greedy and batched
+  (`spry.generation`), so what fine-tuning changes shows in what it writes;
+- `EndpointGenerator`: any OpenAI-compatible server (llama.cpp's, vLLM, Ollama, a
+  hosted API): a stronger writer than a device holds, for data synthesis;
+- `ScriptedGenerator`: a function of the prompt, for tests and fixed pipelines.
+
+A task option names one (`make_generator`): "local", an http(s) URL of the server's
+`/v1` root, or "module:function" for a scripted one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .generation import generate
+
+# Environment variables an endpoint's API key is read from, first set wins.
+API_KEY_VARIABLES = ("SPRY_ENDPOINT_KEY", "OPENAI_API_KEY")
+
+
+class Generator(Protocol):
+    """Continuations of prompts, one string each, in order."""
+
+    def __call__(
+        self, prompts: Sequence[str], *, max_new_tokens: int
+    ) -> list[str]: ...  # fmt: skip
+
+
+@dataclass
+class LocalGenerator:
+    """Greedy continuations from a causal LM (and its tokenizer) in this process."""
+
+    model: Any
+    tokenizer: Any
+    batch_size: int = 16
+    max_prompt_tokens: int = 0
+    device: str = "cpu"
+
+    def __call__(self, prompts: Sequence[str], *, max_new_tokens: int) -> list[str]:
+        return generate(
+            self.model,
+            self.tokenizer,
+            list(prompts),
+            max_new_tokens=max_new_tokens,
+            batch_size=self.batch_size,
+            max_prompt_tokens=self.max_prompt_tokens,
+            device=self.device,
+        )
+
+
+class EndpointError(RuntimeError):
+    """An OpenAI-compatible endpoint could not be reached or answered nonsense."""
+
+
+@dataclass
+class EndpointGenerator:
+    """Continuations from an OpenAI-compatible server, at temperature 0.
+
+    `url` is the API root (e.g. http://127.0.0.1:8080/v1). `chat` sends each prompt
+    as one user message to `/chat/completions` (instruction-tuned servers that only
+    speak chat); otherwise `/completions` continues the prompt as written, as the
+    local generator does. The key, if the server wants one, comes from
+    `SPRY_ENDPOINT_KEY` or `OPENAI_API_KEY`.
+    """
+
+    url: str
+    model: str = "default"
+    chat: bool = False
+    timeout: float = 120.0
+    retries: int = 2
+
+    def __call__(self, prompts: Sequence[str], *, max_new_tokens: int) -> list[str]:
+        return [self._one(prompt, max_new_tokens) for prompt in prompts]
+
+    def _one(self, prompt: str, max_new_tokens: int) -> str:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": max_new_tokens,
+            "temperature": 0.0,
+        }
+        if self.chat:
+            body["messages"] = [{"role": "user", "content": prompt}]
+        else:
+            body["prompt"] = prompt
+        reply = self._post("chat/completions" if self.chat else "completions", body)
+        try:
+            choice = reply["choices"][0]
+            text = choice["message"]["content"] if self.chat else choice["text"]
+        except (KeyError, IndexError, TypeError):
+            raise EndpointError(
+                f"{self.url}: a reply without choices[0] text: {str(reply)[:200]}"
+            ) from None
+        return str(text or "")
+
+    def _post(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
+        address = f"{self.url.rstrip('/')}/{route}"
+        headers = {"Content-Type": "application/json"}
+        key = next((os.environ[v] for v in API_KEY_VARIABLES if os.environ.get(v)), "")
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        request = urllib.request.Request(
+            address, data=json.dumps(body).encode(), headers=headers, method="POST"
+        )
+        for attempt in range(self.retries + 1):
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    return json.loads(response.read())
+            except urllib.error.HTTPError as error:  # the server said no: say why
+                detail = error.read().decode(errors="replace")[:300]
+                raise EndpointError(f"{address}: HTTP {error.code}: {detail}") from None
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+                if attempt == self.retries:
+                    raise EndpointError(
+                        f"{address} unreachable after {attempt + 1} tries: {error}"
+                    ) from None
+                time.sleep(0.5 * 2**attempt)
+            except json.JSONDecodeError as error:
+                raise EndpointError(f"{address}: not JSON: {error}") from None
+        raise AssertionError("unreachable")
+
+
+@dataclass
+class ScriptedGenerator:
+    """Continuations from a function of the prompt (and the token budget)."""
+
+    write: Callable[[str], str]
+
+    def __call__(self, prompts: Sequence[str], *, max_new_tokens: int) -> list[str]:
+        return [self.write(prompt) for prompt in prompts]
+
+
+def make_generator(
+    spec: str,
+    *,
+    local: Callable[[], LocalGenerator] | None = None,
+    model: str = "default",
+    chat: bool = False,
+) -> Generator:
+    """The generator a task option names.
+
+    "local": `local()` (the task's own model); "http://..." or "https://...": an
+    OpenAI-compatible endpoint serving `model`; "package.module:function": a
+    scripted generator calling that function on each prompt.
+    """
+    spec = spec.strip()
+    if spec == "local":
+        if local is None:
+            raise ValueError("no local model to generate with here")
+        return local()
+    if spec.startswith(("http://", "https://")):
+        return EndpointGenerator(spec, model=model, chat=chat)
+    module, colon, function = spec.partition(":")
+    if colon and module and function:
+        try:
+            write = getattr(importlib.import_module(module), function)
+        except (ImportError, AttributeError) as error:
+            raise ValueError(f"generator {spec!r}: {error}") from None
+        return ScriptedGenerator(write)
+    raise ValueError(
+        f"generator {spec!r}: expected 'local', an http(s):// URL of an "
+        "OpenAI-compatible API root, or 'module:function'"
+    )

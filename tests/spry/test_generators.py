@@ -1,0 +1,67 @@
+"""Generators: the local model, a scripted function, an endpoint's failures named."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from spry.generation import generate
+from spry.generators import (
+    EndpointError,
+    EndpointGenerator,
+    LocalGenerator,
+    ScriptedGenerator,
+    make_generator,
+)
+from spry.models.causal_lm import build_causal_lm
+from tests.helpers import tiny_llama
+from tests.tasks.test_causal_lm_task import WORDS, word_tokenizer
+
+
+def shout(prompt: str) -> str:
+    return prompt.upper()
+
+
+def test_a_scripted_generator_is_named_by_module_and_function():
+    writer = make_generator(f"{__name__}:shout")
+    assert isinstance(writer, ScriptedGenerator)
+    assert writer(["ab", "c"], max_new_tokens=4) == ["AB", "C"]
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("tests.spry.test_generators:nothing_here", "nothing_here"),
+        ("no_such_module_here:f", "no_such_module_here"),
+        ("ftp://host/v1", "expected 'local'"),
+        ("local", "no local model"),
+    ],
+)
+def test_a_bad_generator_spec_is_refused_with_its_reason(spec, message):
+    with pytest.raises(ValueError, match=message):
+        make_generator(spec)
+
+
+def test_the_local_generator_writes_what_greedy_generation_writes():
+    trainable = build_causal_lm(random_weights=tiny_llama(len(WORDS) + 3), seed=0)
+    tokenizer = word_tokenizer()
+    prompts = [" ".join(WORDS[:3]), " ".join(WORDS[2:4])]
+    writer = make_generator(
+        "local", local=lambda: LocalGenerator(trainable.model, tokenizer, batch_size=1)
+    )
+    expected = generate(trainable.model, tokenizer, prompts, max_new_tokens=5)
+    assert writer(prompts, max_new_tokens=5) == expected
+    assert any(text for text in expected)  # it wrote something to compare
+
+
+def test_an_unreachable_endpoint_fails_with_its_address():
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1"
+    writer = make_generator(url, model="m")
+    assert isinstance(writer, EndpointGenerator)
+    writer.retries = 0
+    with pytest.raises(EndpointError, match=f"127.0.0.1:{port}/v1/completions"):
+        writer(["hello"], max_new_tokens=2)
