@@ -164,7 +164,11 @@ def make_generator(
     if spec.startswith(("http://", "https://")):
         return EndpointGenerator(spec, model=model, chat=chat)
     module, colon, function = spec.partition(":")
-    if colon and module and function:
+    if (
+        colon
+        and function.isidentifier()
+        and all(part.isidentifier() for part in module.split("."))
+    ):
         try:
             write = getattr(importlib.import_module(module), function)
         except (ImportError, AttributeError) as error:
