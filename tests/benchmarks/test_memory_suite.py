@@ -27,6 +27,8 @@ def test_every_suite_measures_every_engine_at_each_models_main_point(name, devic
         assert main == set(sweep.engines), sweep.model
         if name == "fused":  # before and after the fused rules, every engine
             assert sweep.engines == (*ENGINES, "spry-unfused")
+        elif name == "blocks":  # the block budget's levers against backprop
+            assert {"backprop", "spry", "spry-b8", "spry-b32"} <= set(sweep.engines)
         elif name != "7b":  # the 7B point measures the paper's engines only
             assert sweep.engines == ENGINES
     if device == "cpu":  # memory from the live allocator, time with glibc's
@@ -137,3 +139,14 @@ def test_a_label_words_point_measures_in_a_fresh_process():
     assert "error" not in record, record.get("error")
     assert record["kind"] == "lm-labelwords" and record["extra_mib"] >= 0
     assert record["params_stepped"] < record["params_trainable"]  # Spry's slice
+
+
+def test_lever_engines_are_the_default_client_with_one_setting_changed():
+    from benchmarks.memory.worker import make_engine_for
+
+    spry, scope = make_engine_for("spry")
+    assert scope == "slice" and spry.fused and spry.block_mib == 2.0
+    assert make_engine_for("spry-b32")[0].block_mib == 32.0
+    assert not make_engine_for("spry-unfused")[0].fused
+    k8 = make_engine_for("spry-k8-seq")[0]
+    assert (k8.num_tangents, k8.tangent_batch, k8.block_mib) == (8, 1, 2.0)
