@@ -32,6 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..engines.duals import fusing, in_jvp, join, split
+from ..engines.frozen_maps import maps, with_bias
+
 SCHEMES: tuple[str, ...] = ("int8", "int4", "nf4")
 GROUP_SIZE = 64  # 4-bit schemes: weights per scale, along the input dimension
 BLOCK_ELEMENTS = 2**21  # weights dequantized at a time (8 MiB in float32)
@@ -205,6 +208,11 @@ class QuantizedLinear(nn.Module):
         return dequantize_rows(codes, scales, self.scheme, self.in_features, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
+        if fusing() and in_jvp():  # primal and tangent from one dequantization
+            primal, tangent = split(x)
+            if tangent is not None:
+                y, y_t = maps(self, primal, tangent)
+                return join(with_bias(self, y), y_t)
         return QuantizedMatmul.apply(x, self)
 
     def extra_repr(self) -> str:

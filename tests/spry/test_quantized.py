@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spry.engines import directional_derivative, make_engine
+from spry.engines.duals import fused_active
 from spry.engines.frozen import frozen_linears
 from spry.language_modeling import make_causal_lm_loss
 from spry.models import quantized
@@ -91,6 +92,18 @@ def test_value_jvp_and_input_gradient_are_those_of_the_dequantized_weight(
     with torch.no_grad(), frozen_linears(layer):
         _, tangent = torch.func.jvp(layer, (x,), (v,))
     torch.testing.assert_close(tangent, v @ w.T)
+    # with the fused rules on, primal and tangent come from one dequantization
+    walks, blocks = [], layer.blocks
+    layer.blocks = lambda dtype: walks.append(dtype) or blocks(dtype)
+    with torch.no_grad(), frozen_linears(layer):
+        torch.func.jvp(layer, (x,), (v,))
+        assert len(walks) == 2  # the Function: forward, then jvp
+        with fused_active():
+            value, fused = torch.func.jvp(layer, (x,), (v,))
+    assert len(walks) == 3
+    del layer.blocks
+    torch.testing.assert_close(value, F.linear(x, w, layer.bias))
+    torch.testing.assert_close(fused, v @ w.T)
     # ...and batched over tangents by vmap (K tangents in one pass)
     vs = torch.randn(3, 4, 130, generator=gen)
     with torch.no_grad():
