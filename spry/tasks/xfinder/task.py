@@ -215,6 +215,16 @@ class XFinderTask(CausalLMTask):
             cache[id(rows)] = (rows, hits)  # the rows kept: their id stays theirs
         return cache[id(rows)][1]
 
+    def extractor(self, trainable: TrainableModel, device: str = "cpu") -> Generator:
+        """The extractor `evaluate` scores: `trainable`, greedy, batched."""
+        return LocalGenerator(
+            trainable.model,
+            trainable.tokenizer,
+            batch_size=self.run.client.eval_batch_size,
+            max_prompt_tokens=max(1, self.run.model.max_length - 1),
+            device=device,
+        )
+
     @torch.no_grad()
     def evaluate(
         self, trainable: TrainableModel, rows: Rows, device: str = "cpu"
@@ -229,13 +239,7 @@ class XFinderTask(CausalLMTask):
             loss, n = self.loss(trainable.model, batch)
             total += float(loss) * int(n)
             count += int(n)
-        extractor = LocalGenerator(
-            trainable.model,
-            trainable.tokenizer,
-            batch_size=size,
-            max_prompt_tokens=max(1, self.run.model.max_length - 1),
-            device=device,
-        )
+        extractor = self.extractor(trainable, device)
         items = [_item(rows, i) for i in range(len(rows))]
         found = extract_many(
             items,
