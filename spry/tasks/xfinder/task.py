@@ -122,6 +122,14 @@ class XFinderTask(CausalLMTask):
     # prompts hold a question (a review of at most 20 words), four options and an
     # output: about 130 SmolLM2 tokens at most, so 192 never cuts one
     run_defaults = {**CausalLMTask.run_defaults, "max-length": 192}
+    # The baselines at the rates sft's central probe found for this model and LoRA
+    # (benchmarks/results/sft_probe.md): backprop 1e-2 beat 1e-3; MeZO diverged at
+    # 0.02 and learnt at 0.005 with plain SGD. Not re-probed on this task.
+    method_defaults = {
+        **CausalLMTask.method_defaults,
+        "fedavg": {"lr": 0.01},
+        "fedmezo": {"client-optimizer": "sgd", "lr": 0.005},
+    }
 
     @property
     def opts(self) -> XFinderOptions:
