@@ -10,9 +10,11 @@
 - xfinder: a SmolLM2 extractor (LoRA) fine-tuned on the task's key-answer-finder
   set by spry, fedavg and fedmezo (one run each, same seed), against OpenCompass's
   RegEx: extraction accuracy by output style on the held-out set. Sized for about
-  10 minutes a method on 2 free cores: 3 rounds, 10 clients (800 training rows), 2
-  a round, one local epoch of batches of 8; 12 held-out questions in every style
-  (about 105 rows), scored before training and after the last round only.
+  10 minutes a method on 2 free cores (Spry's K = 8 step is the slowest, about
+  20 s, sft_probe.md): 3 rounds, 20 clients holding 800 training rows (about 36
+  to train on each: 5 batches of 8, one local epoch), 2 a round; 12 held-out
+  questions in every style that fits (105 rows), scored before training and
+  after the last round only.
 
     python -m benchmarks.tasks                    # both, their default settings
     python -m benchmarks.tasks --task raee --rounds 5
