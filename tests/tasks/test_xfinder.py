@@ -452,6 +452,20 @@ def test_options_are_checked_and_the_task_is_registered():
         build_options(XFinderTask, {"max-new-tokens": 0})
 
 
+def test_each_method_gets_its_own_rates():
+    from cli.main import build_parser, overrides_from_args
+
+    def overrides(*argv: str) -> dict:
+        return overrides_from_args(build_parser().parse_args(["run", *argv]))
+
+    mezo = overrides("--task", "xfinder", "--method", "fedmezo")
+    assert mezo["lr"] == 0.005 and mezo["client-optimizer"] == "sgd"
+    assert overrides("--task", "xfinder", "--method", "fedavg")["lr"] == 0.01
+    spry = overrides("--task", "xfinder")
+    assert spry["lr"] == 3.0 and spry["max-length"] == 192
+    assert overrides("--task", "xfinder", "--set", "lr=0.5")["lr"] == "0.5"
+
+
 # -- in Flower's simulation engine ---------------------------------------------------
 
 
