@@ -141,7 +141,8 @@ def xfinder_table(
     methods = list(runs)
     first = runs[methods[0]][0]["xfinder"]
     held_out = set(first["held-out-only-styles"])
-    before = runs[methods[0]][1][0]  # round 0: the same untrained model for all
+    # the first evaluation (round 0): the same untrained model in every run
+    before = first.get("first", {})
 
     def pct(value: float | None) -> str:
         return "-" if value is None else f"{100 * value:.1f}%"
@@ -156,12 +157,14 @@ def xfinder_table(
         cells = [pct(runs[m][0]["xfinder"]["extractor"].get(style)) for m in methods]
         lines.append(
             f"| {style}{mark} | {count:.0f} | {pct(first['regex'][style])} | "
-            f"{pct(before.get(f'test-accuracy-{style}'))} | " + " | ".join(cells) + " |"
+            f"{pct(before.get('extractor', {}).get(style))} | "
+            + " | ".join(cells)
+            + " |"
         )
     total = [pct(runs[m][0]["xfinder"]["accuracy"]) for m in methods]
     lines.append(
         f"| **all** | {sum(first['rows'].values()):.0f} | "
-        f"{pct(first['regex-accuracy'])} | {pct(before.get('test-accuracy'))} | "
+        f"{pct(first['regex-accuracy'])} | {pct(before.get('accuracy'))} | "
         + " | ".join(total)
         + " |"
     )

@@ -398,6 +398,14 @@ def test_finish_reports_extractor_and_regex_by_style_on_the_test_set():
     assert report["regex-accuracy"] == pytest.approx(np.mean(regex))
     assert report["regex"]["bare"] == 1.0  # a bare answer: every framework gets it
     assert report["regex"]["chain-of-thought"] < 1.0
+    # a second evaluation (a later round) is the last; the first one is kept
+    task.extractor = lambda *_: ScriptedGenerator(lambda p: " Yes")
+    again = task.evaluate(trainable, test)
+    report = task.finish(trainable, None)["xfinder"]
+    assert report["accuracy"] == again["accuracy"] != scores["accuracy"]
+    assert report["first"]["accuracy"] == scores["accuracy"]
+    assert report["first"]["extractor"]["refusal"] == 1.0
+    assert report["extractor"]["refusal"] == 0.0
 
 
 def writes_half(prompt: str) -> str:

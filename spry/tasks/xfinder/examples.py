@@ -118,10 +118,15 @@ def _arithmetic(rng: np.random.Generator) -> Question:
     return Question("arithmetic", text, str(value), str(wrong), unit=unit)
 
 
+def _choosable(word: str) -> bool:
+    """A word a which-word question may offer: alphabetic, 4 letters or more."""
+    return len(word) >= 4 and word.isalpha()
+
+
 def _multiple_choice(
     rng: np.random.Generator, review: str, label: str, vocabulary: Sequence[str]
 ) -> Question:
-    present = sorted({w.lower() for w in _words(review) if len(w) >= 4 and w.isalpha()})
+    present = sorted({w.lower() for w in _words(review) if _choosable(w)})
     if present and rng.random() < 0.5:
         answer_text = present[int(rng.integers(len(present)))]
         lowered = {w.lower() for w in _words(review)}
@@ -180,9 +185,8 @@ def make_questions(
     short = [i for i, t in enumerate(texts) if 0 < len(_words(t)) <= MAX_REVIEW_WORDS]
     order = [short[int(i)] for i in rng.permutation(len(short))]
     vocabulary = sorted(
-        {w.lower() for i in short for w in _words(texts[i]) if len(w) >= 4} - {""}
+        {w.lower() for i in short for w in _words(texts[i]) if _choosable(w)}
     )
-    vocabulary = [w for w in vocabulary if w.isalpha()]
     questions: list[Question] = []
     for n in range(count):
         kind = KINDS[n % len(KINDS)]

@@ -18,7 +18,8 @@ extractors are small causal LMs fine-tuned on KAF).
 - `evaluate`: the key answer generated greedily (`max-new-tokens`, 12), compared
   with `same_answer`: `accuracy` overall, `accuracy-<style>` and `accuracy-<kind>`,
   the teacher-forced `loss`, and `regex-accuracy`, OpenCompass's RegEx on the same
-  rows (computed once per row set); `finish` keeps both per style for the summary.
+  rows (computed once per row set); `finish` keeps both per style for the summary,
+  with the extractor's scores at the process's first evaluation (round 0: untrained).
 """
 
 from __future__ import annotations
@@ -279,6 +280,12 @@ class XFinderTask(CausalLMTask):
                 "accuracy": scores["accuracy"],
                 "regex-accuracy": scores["regex-accuracy"],
             }
+            # the process's first central evaluation: the untrained extractor in a
+            # fresh run (round 0), whose per-style scores metrics.csv does not keep
+            self.__dict__.setdefault(
+                "_first_test",
+                {k: self._last_test[k] for k in ("extractor", "accuracy")},
+            )
         return scores
 
     def finish(self, trainable: TrainableModel, results: Path) -> dict[str, Any]:
@@ -289,7 +296,8 @@ class XFinderTask(CausalLMTask):
         styles = [*HELD_OUT_STYLES]
         if self.opts.model_outputs:
             styles.append(MODEL_STYLE)
-        return {"xfinder": {**last, "held-out-only-styles": styles}}
+        first = getattr(self, "_first_test", {})
+        return {"xfinder": {**last, "first": first, "held-out-only-styles": styles}}
 
 
 def _item(rows: Rows, i: int) -> tuple[str, str, str, Sequence[str]]:
