@@ -460,7 +460,7 @@ def model_prompt(q: Question) -> str:
         answer = f"{q.answer}) {q.option_text(q.answer)}"
     return (
         f"{q.text}{options}\nThe correct answer is {answer}. Answer the question "
-        "in one short sentence that states this answer.\nResponse:"
+        "in one short sentence that states this answer."
     )
 
 
