@@ -505,3 +505,37 @@ def test_two_rounds_in_the_simulation_engine(tmp_path):
     report = summary["xfinder"]
     assert set(report["extractor"]) == set(small.test["style"])
     assert 0 <= report["accuracy"] <= 1 and report["regex-accuracy"] > 0.3
+
+
+def test_the_benchmark_table_lines_up_methods_by_style():
+    from benchmarks.tasks import METHODS, SETTINGS, xfinder_table
+
+    assert METHODS["xfinder"] == ["spry", "fedavg", "fedmezo"]
+    assert "xfinder.test-questions=12" in SETTINGS["xfinder"]
+
+    def summary(bare: float, boxed: float) -> dict:
+        return {
+            "xfinder": {
+                "extractor": {"bare": bare, "latex-boxed": boxed},
+                "regex": {"bare": 1.0, "latex-boxed": 0.5},
+                "rows": {"bare": 2.0, "latex-boxed": 2.0},
+                "accuracy": (bare + boxed) / 2,
+                "regex-accuracy": 0.75,
+                "first": {
+                    "extractor": {"bare": 0.0, "latex-boxed": 0.5},
+                    "accuracy": 0.25,
+                },
+                "held-out-only-styles": ["latex-boxed"],
+            }
+        }
+
+    rows = [{"round": 0.0}, {"round": 3.0}]
+    runs = {"spry": (summary(0.5, 0.0), rows), "fedavg": (summary(1.0, 0.5), rows)}
+    lines = xfinder_table(runs)
+    assert lines[0].endswith("| extractor, spry | extractor, fedavg |")
+    assert lines[2] == "| bare | 2 | 100.0% | 0.0% | 50.0% | 100.0% |"
+    assert (
+        lines[3] == "| latex-boxed (held-out only) | 2 | 50.0% | 50.0% | 0.0% | 50.0% |"
+    )
+    assert lines[4] == "| **all** | 4 | 75.0% | 25.0% | 25.0% | 75.0% |"
+    assert "after 3 rounds" in lines[6]
