@@ -7,9 +7,18 @@
 - verix: a ReLU MLP trained with Spry on the offline 8x8 digits, then verified
   explanations of test images: explanation size, seconds per explanation, soundness;
   the masks are copied next to the table.
+- xfinder: a SmolLM2 extractor (LoRA) fine-tuned on the task's key-answer-finder
+  set by spry, fedavg and fedmezo (one run each, same seed), against OpenCompass's
+  RegEx: extraction accuracy by output style on the held-out set. Sized for about
+  10 minutes a method on 2 free cores (Spry's K = 8 step is the slowest, about
+  20 s, sft_probe.md): 3 rounds, 20 clients holding 800 training rows (about 36
+  to train on each: 5 batches of 8, one local epoch), 2 a round; 12 held-out
+  questions in every style that fits (105 rows), scored before training and
+  after the last round only.
 
     python -m benchmarks.tasks                    # both, their default settings
     python -m benchmarks.tasks --task raee --rounds 5
+    python -m benchmarks.tasks --task xfinder      # three runs: spry, fedavg, fedmezo
 Writes benchmarks/results/task_<name>.{md,json} (and the VeriX mask grid).
 """
 
@@ -32,22 +41,44 @@ RESULTS = ROOT / "benchmarks" / "results"
 SETTINGS: dict[str, list[str]] = {  # on top of the task's own `run_defaults`
     "raee": [],
     "verix": ["verix.checker=marabou"],  # re-checked by a fresh solver instance
+    "xfinder": [
+        "num-clients=10",
+        "clients-per-round=2",
+        "eval-clients-per-round=0",
+        "batch-size=8",
+        "eval-every=3",
+        "xfinder.test-questions=12",
+    ],  # fmt: skip
 }
+# Rounds when `--rounds` is not given (default 20)
+ROUNDS = {"xfinder": 3}
+# Tasks compared across methods: one run per method, the same seed; the table
+# function gets {method: (summary, rows)}
+METHODS = {"xfinder": ["spry", "fedavg", "fedmezo"]}
 
 
-def run_task(task: str, rounds: int, seed: int, extra: list[str], out: Path) -> Path:
-    """`spry run --task` in a fresh process; its results folder."""
+def run_task(
+    task: str,
+    rounds: int,
+    seed: int,
+    extra: list[str],
+    out: Path,
+    method: str | None = None,
+) -> Path:
+    """`spry run --task [--method]` in a fresh process; its results folder."""
     out.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable, "-m", "cli", "run", "--task", task, "--rounds",
         str(rounds), "--seed", str(seed), "--results-dir", str(out),
     ]  # fmt: skip
+    if method:
+        command += ["--method", method]
     for item in [*SETTINGS[task], *extra]:
         command += ["--set", item]
     start = time.time()
     with open(out / "run.log", "w") as log:
         subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True)
-    print(f"{task}: {time.time() - start:.0f} s")
+    print(f"{task} {method or ''}: {time.time() - start:.0f} s")
     return max(
         (p for p in out.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime
     )
@@ -103,26 +134,85 @@ def verix_table(summary: dict[str, Any], rows: list[dict[str, float]]) -> list[s
     ]
 
 
-TABLES = {"raee": raee_table, "verix": verix_table}
+def xfinder_table(
+    runs: dict[str, tuple[dict[str, Any], list[dict[str, float]]]],
+) -> list[str]:
+    """Extraction accuracy by style: RegEx, the untrained extractor, each method."""
+    methods = list(runs)
+    first = runs[methods[0]][0]["xfinder"]
+    held_out = set(first["held-out-only-styles"])
+    # the first evaluation (round 0): the same untrained model in every run
+    before = first.get("first", {})
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.1f}%"
+
+    head = "| style | rows | RegEx (OpenCompass) | extractor, untrained | "
+    lines = [
+        head + " | ".join(f"extractor, {m}" for m in methods) + " |",
+        "|---|---:|---:|---:|" + "---:|" * len(methods),
+    ]
+    for style, count in first["rows"].items():
+        mark = " (held-out only)" if style in held_out else ""
+        cells = [pct(runs[m][0]["xfinder"]["extractor"].get(style)) for m in methods]
+        lines.append(
+            f"| {style}{mark} | {count:.0f} | {pct(first['regex'][style])} | "
+            f"{pct(before.get('extractor', {}).get(style))} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    total = [pct(runs[m][0]["xfinder"]["accuracy"]) for m in methods]
+    lines.append(
+        f"| **all** | {sum(first['rows'].values()):.0f} | "
+        f"{pct(first['regex-accuracy'])} | {pct(before.get('accuracy'))} | "
+        + " | ".join(total)
+        + " |"
+    )
+    rounds = int(runs[methods[0]][1][-1]["round"])
+    lines += [
+        "",
+        f"Held-out rows: questions never trained on, every style that fits their "
+        f"kind; styles marked held-out only never appear in training. Extractor: "
+        f"SmolLM2-135M-Instruct + LoRA after {rounds} rounds, greedy, 12 new tokens "
+        f"at most, compared with the key answer as its kind asks (numbers as "
+        f"numbers). RegEx: OpenCompass's first_option_postprocess (multiple "
+        f"choice), gsm8k_postprocess (numbers), general_postprocess (yes/no, text).",
+    ]
+    return lines
+
+
+TABLES = {"raee": raee_table, "verix": verix_table, "xfinder": xfinder_table}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--task", choices=sorted(TABLES), action="append")
-    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=None, help="default: 20")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "tasks")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     for task in args.task or sorted(TABLES):
-        run_dir = run_task(task, args.rounds, args.seed, args.set, args.runs_dir / task)
-        summary = json.loads((run_dir / "summary.json").read_text())
-        rows = read_rows(run_dir)
-        table = TABLES[task](summary, rows)
+        rounds = args.rounds or ROUNDS.get(task, 20)
+        runs = {}
+        for method in METHODS.get(task, [None]):
+            out = args.runs_dir / task / (method or "")
+            run_dir = run_task(task, rounds, args.seed, args.set, out, method)
+            summary = json.loads((run_dir / "summary.json").read_text())
+            runs[method] = (summary, read_rows(run_dir))
+        if None in runs:
+            summary, rows = runs[None]
+            table = TABLES[task](summary, rows)
+        else:
+            table = TABLES[task](runs)
+            summary = {m: s for m, (s, _) in runs.items()}  # type: ignore[misc]
+            rows = {m: r for m, (_, r) in runs.items()}  # type: ignore[assignment]
         sets = [f"--set {s}" for s in [*SETTINGS[task], *args.set]]
+        methods = "/".join(m for m in runs if m)
         command = " ".join(
-            [f"--task {task} --rounds {args.rounds} --seed {args.seed}", *sets]
+            [f"--task {task} --rounds {rounds} --seed {args.seed}", *sets]
+            + ([f"--method {methods}"] if methods else [])
         )
         text = "\n".join(
             [f"# Task {task}", "", f"`spry run {command}` (2-core CPU)", "", *table, ""]

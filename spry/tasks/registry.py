@@ -41,6 +41,7 @@ BUILTIN = {
     "raee": "spry.tasks.raee:RaeeTask",
     "sft": "spry.tasks.sft:SFTTask",
     "verix": "spry.tasks.verix:VerixTask",
+    "xfinder": "spry.tasks.xfinder:XFinderTask",
 }
 
 
