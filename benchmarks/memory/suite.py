@@ -267,11 +267,15 @@ def run_points(
     """Measure every point not already in `reuse`, saving all records after each.
 
     Progress goes to stderr; `results` (JSON) always holds what has been measured,
-    so an interrupted suite resumes where it stopped (`--resume`).
+    so an interrupted suite resumes where it stopped (`--resume`). Reused records
+    of points outside `points` are kept too: one results file can grow over
+    several runs with different `--models`.
     """
     done = {Point(**{k: r[k] for k in Point.__dataclass_fields__}).key(): r
             for r in reuse if "error" not in r}  # fmt: skip
+    planned = {p.key() for p in points}
     records = [done[p.key()] for p in points if p.key() in done]
+    records += [r for key, r in done.items() if key not in planned]
     todo = [p for p in points if p.key() not in done]
     started = time.perf_counter()
     for i, point in enumerate(todo, 1):

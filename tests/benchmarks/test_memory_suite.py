@@ -150,3 +150,13 @@ def test_lever_engines_are_the_default_client_with_one_setting_changed():
     assert not make_engine_for("spry-unfused")[0].fused
     k8 = make_engine_for("spry-k8-seq")[0]
     assert (k8.num_tangents, k8.tangent_batch, k8.block_mib) == (8, 1, 2.0)
+
+
+def test_resuming_keeps_saved_points_outside_the_plan(tmp_path):
+    from benchmarks.memory.suite import run_points
+
+    planned = Point("minilm", "spry", 8, 128, chunk=0, dtype="float32")
+    other = Point("bert-base-shape", "spry", 8, 128, chunk=0, dtype="float32")
+    saved = [{**p.__dict__, "extra_mib": n} for n, p in enumerate((planned, other))]
+    records = run_points([planned], results=tmp_path / "r.json", reuse=saved)
+    assert records == saved  # nothing left to measure, nothing dropped
