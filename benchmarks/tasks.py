@@ -7,6 +7,10 @@
 - verix: a ReLU MLP trained with Spry on the offline 8x8 digits, then verified
   explanations of test images: explanation size, seconds per explanation, soundness;
   the masks are copied next to the table.
+- conifer: SmolLM2-135M-Instruct + LoRA tuned on instructions with 1-5 verifiable
+  constraints; several runs on the same seed (`VARIANTS`: Spry with the curriculum
+  and shuffled, FedAvg, FedMeZO), IFEval prompt- and instruction-level strict
+  accuracy by level before (round 0) and after.
 
     python -m benchmarks.tasks                    # both, their default settings
     python -m benchmarks.tasks --task raee --rounds 5
@@ -32,16 +36,55 @@ RESULTS = ROOT / "benchmarks" / "results"
 SETTINGS: dict[str, list[str]] = {  # on top of the task's own `run_defaults`
     "raee": [],
     "verix": ["verix.checker=marabou"],  # re-checked by a fresh solver instance
+    # 4 clients, all sampled; 40 instructions a level (10 a client), 8 test ones a
+    # level scored at round 0 and at the end only (generation is the slow part)
+    "conifer": [
+        "num-clients=4",
+        "clients-per-round=4",
+        "conifer.train-per-level=40",
+        "conifer.test-per-level=8",
+        "conifer.max-new-tokens=96",
+        "eval-every=100",
+    ],  # fmt: skip
+}
+# Tasks compared over several runs on the same seed: (label, method, settings).
+# FedAvg at lr 0.01 and FedMeZO at SGD 0.005: the rates the sft probe found best
+# for them on this model (benchmarks/sft_compare.sh); Spry takes the causal-LM
+# tasks' tuned step (`method_defaults`).
+VARIANTS: dict[str, list[tuple[str, str, list[str]]]] = {
+    "conifer": [
+        ("spry-curriculum", "spry", ["conifer.order=curriculum"]),
+        ("spry-shuffled", "spry", ["conifer.order=shuffled"]),
+        ("fedavg-curriculum", "fedavg", ["conifer.order=curriculum", "lr=0.01"]),
+        (
+            "fedmezo-curriculum",
+            "fedmezo",
+            [
+                "conifer.order=curriculum",
+                "client-optimizer=sgd",
+                "lr=0.005",
+            ],
+        ),
+    ],  # fmt: skip
 }
 
 
-def run_task(task: str, rounds: int, seed: int, extra: list[str], out: Path) -> Path:
-    """`spry run --task` in a fresh process; its results folder."""
+def run_task(
+    task: str,
+    rounds: int,
+    seed: int,
+    extra: list[str],
+    out: Path,
+    method: str | None = None,
+) -> Path:
+    """`spry run --task` (with `--method`) in a fresh process; its results folder."""
     out.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable, "-m", "cli", "run", "--task", task, "--rounds",
         str(rounds), "--seed", str(seed), "--results-dir", str(out),
     ]  # fmt: skip
+    if method:
+        command += ["--method", method]
     for item in [*SETTINGS[task], *extra]:
         command += ["--set", item]
     start = time.time()
@@ -103,7 +146,88 @@ def verix_table(summary: dict[str, Any], rows: list[dict[str, float]]) -> list[s
     ]
 
 
-TABLES = {"raee": raee_table, "verix": verix_table}
+def conifer_table(
+    runs: dict[str, tuple[dict[str, Any], list[dict[str, float]]]],
+) -> list[str]:
+    """Strict accuracies by level, before (round 0) and after, one row per run."""
+    levels = range(1, 6)
+    head = " | ".join(f"L{lv} prompt / instr." for lv in levels)
+    lines = [
+        f"| run | round | prompt-strict | instruction-strict | {head} | test loss |",
+        "|---|---:|---:|---:|" + "---:|" * len(levels) + "---:|",
+    ]
+    first_summary = next(iter(runs.values()))[0]
+    shown = [("untrained", 0, first_summary["conifer-evaluations"][0])]
+    shown += [
+        (label, int(rows[-1]["round"]), summary["conifer-evaluations"][-1])
+        for label, (summary, rows) in runs.items()
+    ]
+    for label, at, scores in shown:
+        cells = " | ".join(
+            f"{100 * scores[f'prompt-strict-level-{lv}']:.0f}% / "
+            f"{100 * scores[f'instruction-strict-level-{lv}']:.0f}%"
+            for lv in levels
+        )
+        lines.append(
+            f"| {label} | {at} | {100 * scores['prompt-strict']:.1f}% "
+            f"| {100 * scores['instruction-strict']:.1f}% | {cells} "
+            f"| {scores['loss']:.3f} |"
+        )
+    seconds = ", ".join(
+        f"{label} {rows[-1]['elapsed-seconds']:.0f} s"
+        for label, (_, rows) in runs.items()
+    )
+    lines += [
+        "",
+        "IFEval strict accuracy of greedy responses to the central test "
+        "instructions (level = number of constraints): prompt level = every "
+        "constraint met, instruction level = share of constraints met. Every run "
+        "starts from the same model and seed (round 0, the first row). "
+        f"Wall time: {seconds}.",
+    ]
+    return lines
+
+
+TABLES = {"raee": raee_table, "verix": verix_table, "conifer": conifer_table}
+
+
+def run_variants(task: str, args: argparse.Namespace) -> str:
+    """Every variant of `task` on the same seed; the results files' text."""
+    runs: dict[str, tuple[dict[str, Any], list[dict[str, float]]]] = {}
+    commands: dict[str, str] = {}
+    for label, method, sets in VARIANTS[task]:
+        run_dir = run_task(
+            task, args.rounds, args.seed, [*sets, *args.set],
+            args.runs_dir / task / label, method=method,
+        )  # fmt: skip
+        runs[label] = (
+            json.loads((run_dir / "summary.json").read_text()),
+            read_rows(run_dir),
+        )
+        flags = [f"--set {s}" for s in [*SETTINGS[task], *sets, *args.set]]
+        commands[label] = " ".join(
+            [f"--task {task} --method {method} --rounds {args.rounds}",
+             f"--seed {args.seed}", *flags]
+        )  # fmt: skip
+    table = TABLES[task](runs)
+    listing = [
+        f"- {label}: `spry run {command}`" for label, command in commands.items()
+    ]
+    text = "\n".join(
+        [f"# Task {task}", "", "Runs (2-core CPU):", "", *listing, "", *table, ""]
+    )
+    write_json(
+        RESULTS / f"task_{task}.json",
+        {
+            "commands": commands,
+            "runs": {
+                label: {"summary": summary, "rounds": rows}
+                for label, (summary, rows) in runs.items()
+            },
+        },
+        indent=1,
+    )
+    return text
 
 
 def main() -> None:
@@ -116,6 +240,11 @@ def main() -> None:
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     for task in args.task or sorted(TABLES):
+        if task in VARIANTS:
+            text = run_variants(task, args)
+            (RESULTS / f"task_{task}.md").write_text(text)
+            print(text)
+            continue
         run_dir = run_task(task, args.rounds, args.seed, args.set, args.runs_dir / task)
         summary = json.loads((run_dir / "summary.json").read_text())
         rows = read_rows(run_dir)

@@ -361,8 +361,10 @@ def test_evaluate_scores_a_scripted_generator_with_known_answers():
             (2 * level - broken[level]) / (2 * level)
         )
     assert scores["num-examples"] == 10 and scores["loss"] > 0
-    summary = task.finish(task.model(), None)["conifer-scores"]
-    assert summary["prompt-strict"] == 0.5 and "loss" not in summary
+    summary = task.finish(task.model(), None)
+    assert summary["conifer-scores"]["prompt-strict"] == 0.5
+    assert summary["conifer-evaluations"] == [summary["conifer-scores"]]
+    assert "accuracy" not in summary["conifer-scores"]
 
 
 def test_a_forward_step_trains_on_the_rounds_pairs():
@@ -381,3 +383,40 @@ def test_a_forward_step_trains_on_the_rounds_pairs():
     )
     pairs = task.round_pairs(trainable, 0, 3, "cpu")
     assert report.steps == math.ceil(len(pairs) / 4) and math.isfinite(report.mean_loss)
+
+
+# -- end to end in Flower's simulation engine -----------------------------------------
+
+
+@pytest.mark.slow  # a simulation (Ray) on a tiny saved Llama: about a minute
+def test_two_rounds_through_the_simulation_engine(tmp_path):
+    import csv
+
+    from transformers import AutoModelForCausalLM
+
+    from tests.integration.runs import run_spry
+
+    model_dir = tmp_path / "tiny-llama"
+    AutoModelForCausalLM.from_config(tiny_llama(len(WORDS) + 3)).save_pretrained(
+        model_dir
+    )
+    word_tokenizer().save_pretrained(model_dir)
+    run_dir = run_spry(
+        tmp_path / "results", "--task", "conifer", "--rounds", "2",
+        "--clients", "2", "--per-round", "2", "--set", f"model={model_dir}",
+        "--set", "conifer.train-per-level=4", "--set", "conifer.test-per-level=1",
+        "--set", "conifer.max-new-tokens=8", "--set", "conifer.order=shuffled",
+    )  # fmt: skip
+    with open(run_dir / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["round"] for r in rows] == ["0", "1", "2"]
+    assert float(rows[2]["train-loss"]) > 0 and rows[2]["clients"] == "2"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    evaluations = summary["conifer-evaluations"]  # rounds 0, 1 and 2
+    assert len(evaluations) == 3 and evaluations[-1] == summary["conifer-scores"]
+    for row, scores in zip(rows, evaluations, strict=True):
+        assert float(row["test-accuracy"]) == pytest.approx(scores["prompt-strict"])
+        assert float(row["test-loss"]) == pytest.approx(scores["loss"])
+        for level in LEVELS:
+            for kind in ("prompt", "instruction"):
+                assert 0 <= scores[f"{kind}-strict-level-{level}"] <= 1

@@ -226,6 +226,7 @@ class ConiferTask(CausalLMTask):
         super().__init__(run, options)
         # the pairs of the round a client is training (epochs and warm-up reuse them)
         self._round_cache: dict[tuple[int, int], list[tuple[str, str]]] = {}
+        self._test_scores: list[dict[str, float]] = []  # central evaluations, in order
 
     @property
     def opts(self) -> ConiferOptions:
@@ -403,13 +404,25 @@ class ConiferTask(CausalLMTask):
         }
         scores["accuracy"] = scores["prompt-strict"]
         if rows is self.data[1]:
-            self._last_test_scores = scores
+            self._test_scores.append(scores)
         return scores
 
     def finish(self, trainable: TrainableModel, results: Path) -> dict[str, Any]:
-        """The last central evaluation's strict accuracies, for the summary."""
-        scores = getattr(self, "_last_test_scores", {})
-        return {"conifer-scores": {k: v for k, v in scores.items() if "strict" in k}}
+        """Strict accuracies of the central evaluations, for the summary.
+
+        The per-round table keeps only `accuracy` and `loss`; the summary gets the
+        last evaluation's scores by level (`conifer-scores`) and every central
+        evaluation of this server process in order (`conifer-evaluations`): the
+        first is round 0, the model before training, unless the run was resumed.
+        """
+        kept = [
+            {k: v for k, v in s.items() if "strict" in k or k == "loss"}
+            for s in self._test_scores
+        ]
+        return {
+            "conifer-scores": kept[-1] if kept else {},
+            "conifer-evaluations": kept,
+        }
 
 
 def strict_accuracies(judged: Sequence[tuple[int, Sequence[bool]]]) -> dict[str, float]:
