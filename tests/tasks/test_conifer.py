@@ -283,7 +283,8 @@ def test_a_round_trains_on_instructions_then_their_feedback_examples():
         row = rows[index]
         assert prompt == row["prompt"] + "\nResponse:"
         assert answer == fb_answer == " " + row["response"]
-        assert fb_prompt.startswith(row["prompt"] + "\nA previous response:\n")
+        assert fb_prompt.startswith(row["task"] + "\nA previous response:\n")
+        assert row["prompt"].startswith(row["task"] + " ")
         assert row["attempt"].strip() in fb_prompt
         assert fb_prompt.count("NOT met.") == len(json.loads(row["broken"]))
     without = make_conifer({"num-server-rounds": 5}, feedback=False)

@@ -95,11 +95,14 @@ class Instruction:
     def kinds(self) -> tuple[str, ...]:
         return tuple(c.kind for c in self.constraints)
 
+    @property
+    def task(self) -> str:
+        """What to write, without the constraints."""
+        return f"Write a short {self.polarity} review of a movie."
+
     def text(self) -> str:
         """The prompt: the task, then one sentence per constraint."""
-        lines = [f"Write a short {self.polarity} review of a movie."]
-        lines += [c.describe() for c in self.constraints]
-        return " ".join(lines)
+        return " ".join([self.task, *(c.describe() for c in self.constraints)])
 
 
 def compatible(kinds: Sequence[str]) -> bool:

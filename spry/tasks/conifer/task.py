@@ -18,17 +18,18 @@ What the paper does and what runs here:
   fewer than five rounds some levels are skipped); "shuffled" trains each round on
   as many of the client's instructions, all levels mixed: the same budget. A
   client with no instruction of a round's level uses its nearest level.
-- process feedback (`feedback`): Conifer's external feedback has GPT-4 judge a
-  trained model's responses constraint by constraint and learns from that
-  judgement. Here each training instruction of the round gets a second-stage
-  example: the instruction, a failed attempt, the checkers' per-constraint
-  verdicts written out, then the reference response. The attempt comes from
-  `feedback-source`: "generator" is Conifer's way (the `generator`'s own response,
-  by default the client's model, kept only if a checker rejects it), at the cost
-  of generating every round on the client; "perturbed" (the default: it costs no
-  generation, which a CPU client cannot spare) is the reference with one or two
-  constraints deliberately broken (`writer.write_near_miss`, checked to fail
-  exactly those).
+- process feedback (`feedback`): Conifer learns from feedback on where a response
+  falls short of its constraints, written by GPT-4 (as we read the paper: from
+  its data pipeline's refinement steps, and from judging responses of a model in
+  training). Here the checkers write it: each training instruction of the round
+  gets a second-stage example: the task, a failed attempt, the per-constraint
+  verdicts written out (each restating its constraint), then the reference. The
+  attempt comes from `feedback-source`: "generator" is closest to Conifer (the
+  `generator`'s own response, by default the client's model, kept only if a
+  checker rejects it), at the cost of generating every round on every client;
+  "perturbed" (the default: it costs no generation, which a CPU client cannot
+  spare) is the reference with one or two constraints deliberately broken
+  (`writer.write_near_miss`, checked to fail exactly those).
 - scores (`evaluate`): greedy responses (`spry.generation` through the
   `generator`; "local" is the model being scored) to `test-per-level` central test
   instructions per level, `max-new-tokens` at most, judged by the checkers:
@@ -79,19 +80,23 @@ def level_for_round(
 
 
 def feedback_prompt(
-    instruction: str,
+    task: str,
     attempt: str,
     constraints: Sequence[Constraint],
     passed: Sequence[bool],
 ) -> str:
-    """The second-stage prompt: instruction, failed attempt, the checkers' verdicts."""
+    """The second-stage prompt: the task, a failed attempt, the checkers' verdicts.
+
+    The verdict lines restate every constraint, so the instruction's own list of
+    them is left out: the prompt stays within `max-length` more often.
+    """
     checks = [
         f"- {c.describe()} {'Met.' if ok else 'NOT met.'}"
         for c, ok in zip(constraints, passed, strict=True)
     ]
     return "\n".join(
         [
-            instruction,
+            task,
             "A previous response:",
             attempt.strip(),
             "Checks of that response:",
@@ -157,6 +162,13 @@ class ConiferOptions(CausalLMOptions):
             raise ConfigError(
                 f"`template` should contain {{prompt}}, got {self.template!r}"
             )
+        try:
+            self.template.format(prompt="")
+        except (IndexError, KeyError, ValueError):
+            raise ConfigError(
+                f"`template` may hold only {{prompt}} (double other braces), "
+                f"got {self.template!r}"
+            ) from None
         for name in ("train_per_level", "test_per_level", "max_new_tokens"):
             if getattr(self, name) < 1:
                 option = name.replace("_", "-")
@@ -170,13 +182,14 @@ def instruction_rows(
 ) -> datasets.Dataset:
     """One row per instruction: prompt, reference, level, constraints, a near miss."""
     rows: dict[str, list[Any]] = {
-        "prompt": [], "response": [], "level": [], "constraints": [],
+        "prompt": [], "task": [], "response": [], "level": [], "constraints": [],
         "attempt": [], "broken": [],
     }  # fmt: skip
     for index, (instruction, reference) in enumerate(made):
         rng = np.random.default_rng([near_miss_seed, index])
         attempt, broken = write_near_miss(instruction, 1 + int(rng.integers(2)), rng)
         rows["prompt"].append(instruction.text())
+        rows["task"].append(instruction.task)
         rows["response"].append(reference)
         rows["level"].append(instruction.level)
         rows["constraints"].append(dumps(instruction.constraints))
@@ -329,7 +342,7 @@ class ConiferTask(CausalLMTask):
             passed = verdicts(constraints, attempt.strip())
             if all(passed):  # nothing to correct
                 continue
-            text = feedback_prompt(row["prompt"], attempt, constraints, passed)
+            text = feedback_prompt(row["task"], attempt, constraints, passed)
             pairs.append((self.prompt(text), " " + str(row["response"])))
         return pairs
 
