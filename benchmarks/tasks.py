@@ -14,6 +14,7 @@
 
     python -m benchmarks.tasks                    # both, their default settings
     python -m benchmarks.tasks --task raee --rounds 5
+    python -m benchmarks.tasks --task conifer --rounds 5   # one round a level
 Writes benchmarks/results/task_<name>.{md,json} (and the VeriX mask grid).
 """
 
@@ -36,16 +37,18 @@ RESULTS = ROOT / "benchmarks" / "results"
 SETTINGS: dict[str, list[str]] = {  # on top of the task's own `run_defaults`
     "raee": [],
     "verix": ["verix.checker=marabou"],  # re-checked by a fresh solver instance
-    # 4 clients, all sampled; 40 instructions a level (10 a client), 8 test ones a
-    # level scored at round 0 and at the end only (generation is the slow part)
+    # 4 clients, all sampled; 16 instructions a level (4 a client, 8 pairs with
+    # their feedback: 2 steps of 4 a round); 8 test instructions a level, scored
+    # at round 0 and at the end only (96 generated tokens each: the slow part).
+    # Sized for about 10 minutes a Spry run on 2 free cores at --rounds 5.
     "conifer": [
         "num-clients=4",
         "clients-per-round=4",
-        "conifer.train-per-level=40",
+        "conifer.train-per-level=16",
         "conifer.test-per-level=8",
         "conifer.max-new-tokens=96",
         "eval-every=100",
-    ],  # fmt: skip
+    ],
 }
 # Tasks compared over several runs on the same seed: (label, method, settings).
 # FedAvg at lr 0.01 and FedMeZO at SGD 0.005: the rates the sft probe found best
@@ -65,7 +68,7 @@ VARIANTS: dict[str, list[tuple[str, str, list[str]]]] = {
                 "lr=0.005",
             ],
         ),
-    ],  # fmt: skip
+    ],
 }
 
 

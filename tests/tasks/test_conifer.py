@@ -172,7 +172,7 @@ def test_instructions_are_a_function_of_the_seed(source):
 
 
 def test_near_misses_fail_exactly_the_constraints_they_broke(made):
-    sizes = []
+    two_broken = 0
     for index, (instruction, reference) in enumerate(made):
         for breaks in (1, 2):
             rng = np.random.default_rng(index)
@@ -182,8 +182,10 @@ def test_near_misses_fail_exactly_the_constraints_they_broke(made):
             )
             assert failed == broken and 1 <= len(broken) <= breaks
             assert attempt != reference
-            sizes.append(len(broken))
-    assert sizes.count(2) > 0.8 * len(made) - 60  # level 1 can break only one
+            two_broken += breaks == 2 == len(broken)
+    # Two of a level >= 2 instruction's constraints break together almost always
+    # (238 of these 240; the rest: two bounds the pool cannot both miss)
+    assert two_broken >= 0.95 * sum(i.level >= 2 for i, _ in made)
 
 
 # -- the task on a tiny random Llama --------------------------------------------------
