@@ -230,6 +230,10 @@ class ConiferTask(CausalLMTask):
         **CausalLMTask.run_defaults,
         "max-length": 256,  # a feedback example: instruction, attempt, checks, reply
         "partitioner": "iid",  # every client holds every level
+        # 200 training instructions: 20 a client, 4 a level (8 pairs a round with
+        # their feedback), rather than 2 a client over the run's default 100
+        "num-clients": 10,
+        "clients-per-round": 10,
         "client-eval-fraction": 0.0,  # clients train on all; the server scores
         "eval-clients-per-round": 0,
         "batch-size": 4,
