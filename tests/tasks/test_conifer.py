@@ -341,7 +341,7 @@ def test_strict_accuracies_by_hand():
     assert scores["instruction-strict-level-2"] == 3 / 4
 
 
-def test_evaluate_scores_a_scripted_generator_with_known_answers():
+def test_evaluate_scores_a_scripted_generator_with_known_answers(tmp_path):
     task = make_conifer(generator=f"{__name__}:scripted_answer")
     rows = task.test_data()
     assert list(rows["level"]) == [1, 2, 3, 4, 5] * 2
@@ -364,7 +364,11 @@ def test_evaluate_scores_a_scripted_generator_with_known_answers():
             (2 * level - broken[level]) / (2 * level)
         )
     assert scores["num-examples"] == 10 and scores["loss"] > 0
-    summary = task.finish(task.model(), None)
+    summary = task.finish(task.model(), tmp_path)
+    written = [json.loads(line) for line in open(tmp_path / "responses.jsonl")]
+    expected = [*rows["response"][:5], *rows["attempt"][5:]]
+    assert [w["response"] for w in written] == [" " + e for e in expected]
+    assert [all(w["met"]) for w in written] == [True] * 5 + [False] * 5
     assert summary["conifer-scores"]["prompt-strict"] == 0.5
     assert summary["conifer-evaluations"] == [summary["conifer-scores"]]
     assert "accuracy" not in summary["conifer-scores"]

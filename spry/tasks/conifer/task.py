@@ -413,6 +413,11 @@ class ConiferTask(CausalLMTask):
             (int(rows[i]["level"]), verdicts(loads(rows[i]["constraints"]), w.strip()))  # type: ignore[index]
             for i, w in enumerate(written)
         ]
+        if rows is self.data[1]:
+            self._last_responses = [
+                {"level": level, "prompt": rows[i]["prompt"], "response": w, "met": met}  # type: ignore[index]
+                for i, (w, (level, met)) in enumerate(zip(written, judged, strict=True))
+            ]
         scores: dict[str, float] = {
             **strict_accuracies(judged),
             "loss": total / max(count, 1),
@@ -431,7 +436,12 @@ class ConiferTask(CausalLMTask):
         last evaluation's scores by level (`conifer-scores`) and every central
         evaluation of this server process in order (`conifer-evaluations`): the
         first is round 0, the model before training, unless the run was resumed.
+        The last evaluation's responses and verdicts go to `responses.jsonl`.
         """
+        if results is not None and getattr(self, "_last_responses", None):
+            with open(results / "responses.jsonl", "w") as out:
+                for line in self._last_responses:
+                    out.write(json.dumps(line) + "\n")
         kept = [
             {k: v for k, v in s.items() if "strict" in k or k == "loss"}
             for s in self._test_scores
