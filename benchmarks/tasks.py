@@ -16,9 +16,18 @@
   questions in every style that fits (105 rows), scored before training and
   after the last round only.
 
-    python -m benchmarks.tasks                    # both, their default settings
+- conifer: SmolLM2-135M-Instruct + LoRA tuned on instructions with 1-5 verifiable
+  constraints; several runs on the same seed (Spry with the curriculum and
+  shuffled, FedAvg, FedMeZO), IFEval prompt- and instruction-level strict accuracy
+  by level before (round 0) and after.
+
+A task in `VARIANTS` runs once per variant (a label, a method, settings) on the same
+seed, and its table compares them.
+
+    python -m benchmarks.tasks                    # every task, default settings
     python -m benchmarks.tasks --task raee --rounds 5
     python -m benchmarks.tasks --task xfinder      # three runs: spry, fedavg, fedmezo
+    python -m benchmarks.tasks --task conifer      # four runs, 5 rounds: one a level
 Writes benchmarks/results/task_<name>.{md,json} (and the VeriX mask grid).
 """
 
@@ -49,12 +58,43 @@ SETTINGS: dict[str, list[str]] = {  # on top of the task's own `run_defaults`
         "eval-every=3",
         "xfinder.test-questions=12",
     ],  # fmt: skip
+    # 4 clients, all sampled; 16 instructions a level (4 a client, 8 pairs with
+    # their feedback: 2 steps of 4 a round); 8 test instructions a level, scored
+    # at round 0 and at the end only (96 generated tokens each: the slow part).
+    # Sized for about 10 minutes a Spry run on 2 free cores at --rounds 5.
+    "conifer": [
+        "num-clients=4",
+        "clients-per-round=4",
+        "conifer.train-per-level=16",
+        "conifer.test-per-level=8",
+        "conifer.max-new-tokens=96",
+        "eval-every=100",
+    ],
 }
-# Rounds when `--rounds` is not given (default 20)
-ROUNDS = {"xfinder": 3}
-# Tasks compared across methods: one run per method, the same seed; the table
-# function gets {method: (summary, rows)}
-METHODS = {"xfinder": ["spry", "fedavg", "fedmezo"]}
+# Tasks compared over several runs on the same seed: (label, method, settings).
+# FedAvg at lr 0.01 and FedMeZO at SGD 0.005: the rates the sft probe found best
+# for them on this model (benchmarks/sft_compare.sh); Spry takes the causal-LM
+# tasks' tuned step (`method_defaults`).
+VARIANTS: dict[str, list[tuple[str, str, list[str]]]] = {
+    # xFinder's fedavg/fedmezo rates are the task's own `method_defaults`
+    "xfinder": [(m, m, []) for m in ("spry", "fedavg", "fedmezo")],
+    "conifer": [
+        ("spry-curriculum", "spry", ["conifer.order=curriculum"]),
+        ("spry-shuffled", "spry", ["conifer.order=shuffled"]),
+        ("fedavg-curriculum", "fedavg", ["conifer.order=curriculum", "lr=0.01"]),
+        (
+            "fedmezo-curriculum",
+            "fedmezo",
+            [
+                "conifer.order=curriculum",
+                "client-optimizer=sgd",
+                "lr=0.005",
+            ],
+        ),
+    ],
+}
+# Rounds when `--rounds` is not given (default 20); conifer: one a level
+ROUNDS = {"xfinder": 3, "conifer": 5}
 
 
 def run_task(
@@ -181,7 +221,93 @@ def xfinder_table(
     return lines
 
 
-TABLES = {"raee": raee_table, "verix": verix_table, "xfinder": xfinder_table}
+def conifer_table(
+    runs: dict[str, tuple[dict[str, Any], list[dict[str, float]]]],
+) -> list[str]:
+    """Strict accuracies by level, before (round 0) and after, one row per run."""
+    levels = range(1, 6)
+    head = " | ".join(f"L{lv} prompt / instr." for lv in levels)
+    lines = [
+        f"| run | round | prompt-strict | instruction-strict | {head} | test loss |",
+        "|---|---:|---:|---:|" + "---:|" * len(levels) + "---:|",
+    ]
+    first_summary = next(iter(runs.values()))[0]
+    shown = [("untrained", 0, first_summary["conifer-evaluations"][0])]
+    shown += [
+        (label, int(rows[-1]["round"]), summary["conifer-evaluations"][-1])
+        for label, (summary, rows) in runs.items()
+    ]
+    for label, at, scores in shown:
+        cells = " | ".join(
+            f"{100 * scores[f'prompt-strict-level-{lv}']:.0f}% / "
+            f"{100 * scores[f'instruction-strict-level-{lv}']:.0f}%"
+            for lv in levels
+        )
+        lines.append(
+            f"| {label} | {at} | {100 * scores['prompt-strict']:.1f}% "
+            f"| {100 * scores['instruction-strict']:.1f}% | {cells} "
+            f"| {scores['loss']:.3f} |"
+        )
+    seconds = ", ".join(
+        f"{label} {rows[-1]['elapsed-seconds']:.0f} s"
+        for label, (_, rows) in runs.items()
+    )
+    lines += [
+        "",
+        "IFEval strict accuracy of greedy responses to the central test "
+        "instructions (level = number of constraints): prompt level = every "
+        "constraint met, instruction level = share of constraints met. Every run "
+        "starts from the same model and seed (round 0, the first row). "
+        f"Wall time: {seconds}.",
+    ]
+    return lines
+
+
+TABLES = {
+    "raee": raee_table,
+    "verix": verix_table,
+    "xfinder": xfinder_table,
+    "conifer": conifer_table,
+}
+
+
+def run_variants(task: str, rounds: int, args: argparse.Namespace) -> str:
+    """Every variant of `task` on the same seed; the results files' text."""
+    runs: dict[str, tuple[dict[str, Any], list[dict[str, float]]]] = {}
+    commands: dict[str, str] = {}
+    for label, method, sets in VARIANTS[task]:
+        run_dir = run_task(
+            task, rounds, args.seed, [*sets, *args.set],
+            args.runs_dir / task / label, method=method,
+        )  # fmt: skip
+        runs[label] = (
+            json.loads((run_dir / "summary.json").read_text()),
+            read_rows(run_dir),
+        )
+        flags = [f"--set {s}" for s in [*SETTINGS[task], *sets, *args.set]]
+        commands[label] = " ".join(
+            [f"--task {task} --method {method} --rounds {rounds}",
+             f"--seed {args.seed}", *flags]
+        )  # fmt: skip
+    table = TABLES[task](runs)
+    listing = [
+        f"- {label}: `spry run {command}`" for label, command in commands.items()
+    ]
+    text = "\n".join(
+        [f"# Task {task}", "", "Runs (2-core CPU):", "", *listing, "", *table, ""]
+    )
+    write_json(
+        RESULTS / f"task_{task}.json",
+        {
+            "commands": commands,
+            "runs": {
+                label: {"summary": summary, "rounds": rows}
+                for label, (summary, rows) in runs.items()
+            },
+        },
+        indent=1,
+    )
+    return text
 
 
 def main() -> None:
@@ -195,24 +321,18 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     for task in args.task or sorted(TABLES):
         rounds = args.rounds or ROUNDS.get(task, 20)
-        runs = {}
-        for method in METHODS.get(task, [None]):
-            out = args.runs_dir / task / (method or "")
-            run_dir = run_task(task, rounds, args.seed, args.set, out, method)
-            summary = json.loads((run_dir / "summary.json").read_text())
-            runs[method] = (summary, read_rows(run_dir))
-        if None in runs:
-            summary, rows = runs[None]
-            table = TABLES[task](summary, rows)
-        else:
-            table = TABLES[task](runs)
-            summary = {m: s for m, (s, _) in runs.items()}  # type: ignore[misc]
-            rows = {m: r for m, (_, r) in runs.items()}  # type: ignore[assignment]
+        if task in VARIANTS:
+            text = run_variants(task, rounds, args)
+            (RESULTS / f"task_{task}.md").write_text(text)
+            print(text)
+            continue
+        run_dir = run_task(task, rounds, args.seed, args.set, args.runs_dir / task)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        rows = read_rows(run_dir)
+        table = TABLES[task](summary, rows)
         sets = [f"--set {s}" for s in [*SETTINGS[task], *args.set]]
-        methods = "/".join(m for m in runs if m)
         command = " ".join(
             [f"--task {task} --rounds {rounds} --seed {args.seed}", *sets]
-            + ([f"--method {methods}"] if methods else [])
         )
         text = "\n".join(
             [f"# Task {task}", "", f"`spry run {command}` (2-core CPU)", "", *table, ""]
