@@ -38,6 +38,7 @@ ENV_VAR = "SPRY_TASKS"  # "name=module:Class;name2=module:Class"
 BUILTIN = {
     "classification": "spry.tasks.classification:ClassificationTask",
     "lm-classification": "spry.tasks.lm_classification:LMClassificationTask",
+    "mustard": "spry.tasks.mustard:MustardTask",
     "raee": "spry.tasks.raee:RaeeTask",
     "sft": "spry.tasks.sft:SFTTask",
     "verix": "spry.tasks.verix:VerixTask",
