@@ -16,7 +16,8 @@ these decides it, by its class:
   statement by showing its negation unsat; a `forall` is refuted by a model of the
   negated body (the counterexample), an `exists` shown by a model of the body (the
   witness). Rational models are re-checked exactly with sympy, and a disagreement
-  is "unknown".
+  is "unknown". Small integer points are tried first (exactly, with sympy): z3
+  may give up on nonlinear integer arithmetic that one point settles.
 
 Every verdict carries a reason: `accepted`, `parse-error`, `false` (with a
 counterexample where the solver gives one), `unknown` (z3 says unknown, a timeout,
@@ -56,7 +57,13 @@ from .statements import (
     statement_class,
 )
 
-REASONS: tuple[str, ...] = ("accepted", "parse-error", "false", "unknown", "unsupported")
+REASONS: tuple[str, ...] = (
+    "accepted",
+    "parse-error",
+    "false",
+    "unknown",
+    "unsupported",
+)
 MAX_FACTORIAL = 300
 MAX_BITS = 100_000  # a closed power larger than this is not evaluated
 LEAN_TIMEOUT_S = 60.0
@@ -335,8 +342,10 @@ class _Z3:
             return result
         if isinstance(expr, sympy.Mod):
             modulus = expr.args[1]
-            if modulus.free_symbols or not (value_of(modulus).is_Integer) or (
-                value_of(modulus) <= 0
+            if (
+                modulus.free_symbols
+                or not (value_of(modulus).is_Integer)
+                or (value_of(modulus) <= 0)
             ):
                 raise Unsupported("mod needs a positive integer constant modulus")
             if not self.is_integer(expr.args[0]):
@@ -407,10 +416,46 @@ def _model_values(model: Any, variables: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
+SEARCH_VALUES = (0, 1, -1, 2, -2, 3, -3, 4, 5, 6)
+SEARCH_POINTS = 200
+
+
+def _search(statement: Quantified) -> dict[str, str] | None:
+    """A small-integer counterexample (forall) or witness (exists), checked exactly.
+
+    z3 can give up on nonlinear integer arithmetic where a small value settles the
+    question; a point found here is evaluated with sympy, so it is a proof.
+    """
+    if _has_quantifier(statement.body):
+        return None
+    names = [name for name, _ in statement.variables]
+    domains = dict(statement.variables)
+    wanted = statement.kind == "exists"
+    for index in range(min(len(SEARCH_VALUES) ** len(names), SEARCH_POINTS)):
+        point, k = {}, index
+        for name in names:
+            point[name] = sympy.Integer(SEARCH_VALUES[k % len(SEARCH_VALUES)])
+            k //= len(SEARCH_VALUES)
+        if any(domains[n] == "Nat" and v < 0 for n, v in point.items()):
+            continue
+        try:
+            holds = closed_truth(statement.body, point)
+        except (Unsupported, Undecided, ZeroDivisionError, TypeError, ValueError):
+            continue
+        if holds == wanted:
+            return {n: str(v) for n, v in point.items()}
+    return None
+
+
 def check_quantified(statement: Quantified, timeout_ms: int) -> Verdict:
     import z3
 
-    outer = {name: kind for name, kind in statement.variables}
+    found = _search(statement)
+    if found is not None:
+        if statement.kind == "forall":
+            return Verdict("false", "quantified", "a counterexample by search", found)
+        return Verdict("accepted", "quantified", "a witness by search", found)
+    outer = dict(statement.variables)
     translate = _Z3(outer)
     body = translate.formula(statement.body)
     naturals = [translate.vars[n] >= 0 for n, d in statement.variables if d == "Nat"]
@@ -433,7 +478,9 @@ def check_quantified(statement: Quantified, timeout_ms: int) -> Verdict:
     quantifier_free = not _has_quantifier(statement.body)
     exact = all(isinstance(v, Fraction) for v in values.values())
     if quantifier_free and exact:  # re-check the model exactly, independently of z3
-        bindings = {k: sympy.Rational(v.numerator, v.denominator) for k, v in values.items()}
+        bindings = {
+            k: sympy.Rational(v.numerator, v.denominator) for k, v in values.items()
+        }
         try:
             holds = closed_truth(statement.body, bindings)
         except (Unsupported, Undecided, ZeroDivisionError) as error:

@@ -109,9 +109,7 @@ def parse_item(text: str) -> Item:
                 break  # the model went on to another item
             lines.append(line)
         formal = tuple(lines)
-    for name, value in zip(
-        FIELDS, (problem, solution, answer, formal), strict=True
-    ):
+    for name, value in zip(FIELDS, (problem, solution, answer, formal), strict=True):
         if not value:
             raise FormatError(f"empty field: {name}")
     return Item(problem, solution, answer, formal)

@@ -25,7 +25,10 @@ from .generator import FormatError, Item, parse_item, prompt_for
 from .seeds import Seed
 
 ITEM_REASONS: tuple[str, ...] = (
-    "format-error", *REASONS, "answer-mismatch", "duplicate"
+    "format-error",
+    *REASONS,
+    "answer-mismatch",
+    "duplicate",
 )
 _NUMBER = re.compile(r"\d+(?:\.\d+)?(?:/\d+)?")
 _WORD = re.compile(r"[a-z0-9]+(?:[/^.][a-z0-9]+)*")
@@ -73,9 +76,7 @@ def synthesize(
     records: list[dict[str, Any]] = []
     for start in range(0, len(seeds), batch_size):
         chunk = list(seeds[start : start + batch_size])
-        texts = generator(
-            [prompt_for(s) for s in chunk], max_new_tokens=max_new_tokens
-        )
+        texts = generator([prompt_for(s) for s in chunk], max_new_tokens=max_new_tokens)
         for seed, text in zip(chunk, texts, strict=True):
             record: dict[str, Any] = {
                 "concepts": [c.name for c in seed.concepts],
@@ -175,8 +176,6 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "false": len(false),
             "false-rejected": sum(not r["kept"] for r in false),
             "true": len(true),
-            "true-accepted": sum(
-                r["kept"] or r["reason"] == "duplicate" for r in true
-            ),
+            "true-accepted": sum(r["kept"] or r["reason"] == "duplicate" for r in true),
         }
     return summary

@@ -44,6 +44,8 @@ AREAS: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True, order=True)
 class Concept:
+    """A named concept of one area."""
+
     area: str
     name: str
 

@@ -134,6 +134,8 @@ class Predicate:
 
 @dataclass(frozen=True)
 class Not:
+    """`not body`."""
+
     body: Formula
 
 
@@ -147,6 +149,8 @@ class Junction:
 
 @dataclass(frozen=True)
 class Implies:
+    """`left => right`."""
+
     left: Formula
     right: Formula
 
@@ -210,6 +214,8 @@ def statement_class(statement: Statement) -> str:
 
 @dataclass(frozen=True)
 class Token:
+    """A whitelisted token: a number literal, a name or an operator."""
+
     kind: Literal["number", "name", "op"]
     text: str
 

@@ -1,11 +1,11 @@
-"""MUSTARD as a federated task: synthesize, keep what the checker proves, fine-tune.
+r"""MUSTARD as a federated task: synthesize, keep what the checker proves, fine-tune.
 
 The kept set is built once per settings (and cached: `cache-dir`, default
 `$SPRY_CACHE/mustard`, keyed by everything that changes it): `items` concept seeds
 (`seeds`), one generated item each (`generator`: the task's model, an endpoint,
 "module:function", or `templates`), each parsed and checked (`pipeline`); the
 accepted ones are dealt to clients IID. A client fine-tunes LoRA on problem ->
-solution pairs: the prompt "Problem: ...\\nSolution:", the answer the informal
+solution pairs: the prompt "Problem: ...\nSolution:", the answer the informal
 solution and its "Answer: ..." line, so the model learns to end with its answer.
 
 Evaluation is MUSTARD's downstream metric: held-out word problems with numeric
@@ -85,7 +85,9 @@ class MustardOptions(CausalLMOptions):
     )
     extractor: str = field(
         default="",
-        metadata={"help": "module:function(question, output) -> answer ('': last number)"},
+        metadata={
+            "help": "module:function(question, output) -> answer ('': last number)"
+        },
     )
     cache_dir: str = field(
         default="", metadata={"help": "where kept sets are cached ('': $SPRY_CACHE)"}

@@ -159,7 +159,9 @@ def polynomial_identities(rng: np.random.Generator, false: bool) -> Part:
 # -- number theory -----------------------------------------------------------------
 
 
-_COPRIME = [(m, n) for m in range(1, 10) for n in range(m + 1, 12) if math.gcd(m, n) == 1]
+_COPRIME = [
+    (m, n) for m in range(1, 10) for n in range(m + 1, 12) if math.gcd(m, n) == 1
+]
 
 
 def greatest_common_divisor(rng: np.random.Generator, false: bool) -> Part:
@@ -318,17 +320,21 @@ def write_item(seed: Seed, rng: np.random.Generator, false: bool) -> Item:
     A false item has one false part (the other is true).
     """
     broken = int(rng.integers(len(seed.concepts))) if false else -1
-    parts = [
-        WRITERS[c.name](rng, i == broken) for i, c in enumerate(seed.concepts)
-    ]
+    parts = [WRITERS[c.name](rng, i == broken) for i, c in enumerate(seed.concepts)]
     if len(parts) == 1:
         (part,) = parts
         return Item(part.problem, part.solution, part.answer, (part.formal,))
     labels = ("(a)", "(b)")
     return Item(
-        " ".join(f"{label} {p.problem}" for label, p in zip(labels, parts, strict=True)),
-        " ".join(f"{label} {p.solution}" for label, p in zip(labels, parts, strict=True)),
-        "; ".join(f"{label} {p.answer}" for label, p in zip(labels, parts, strict=True)),
+        " ".join(
+            f"{label} {p.problem}" for label, p in zip(labels, parts, strict=True)
+        ),
+        " ".join(
+            f"{label} {p.solution}" for label, p in zip(labels, parts, strict=True)
+        ),
+        "; ".join(
+            f"{label} {p.answer}" for label, p in zip(labels, parts, strict=True)
+        ),
         tuple(p.formal for p in parts),
     )
 

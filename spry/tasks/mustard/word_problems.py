@@ -37,7 +37,9 @@ FORMS: tuple[str, ...] = (
 PEOPLE = ("Ann", "Bo", "Carl", "Dina", "Emil", "Fern", "Gus", "Hana")
 THINGS = ("pencils", "apples", "stickers", "marbles", "cards", "books")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
-_ANSWER = re.compile(r"answer\s*(?:is|:)?\s*[:=]?\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?(?:/\d+)?)", re.I)
+_ANSWER = re.compile(
+    r"answer\s*(?:is|:)?\s*[:=]?\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?(?:/\d+)?)", re.I
+)
 
 
 def _problem(form: str, rng: np.random.Generator, variant: int) -> tuple[str, int]:
@@ -59,8 +61,7 @@ def _problem(form: str, rng: np.random.Generator, variant: int) -> tuple[str, in
         a, b = n(20, 90), n(2, 19)
         text = (
             f"{who} has {a} {thing} and gives away {b}. How many {thing} are left?",
-            f"There were {a} {thing}. {who} took {b} of them. How many {thing} "
-            "remain?",
+            f"There were {a} {thing}. {who} took {b} of them. How many {thing} remain?",
         )[variant]
         return text, a - b
     if form == "share":
@@ -76,8 +77,7 @@ def _problem(form: str, rng: np.random.Generator, variant: int) -> tuple[str, in
         w, length = n(2, 15), n(2, 20)
         shape = (
             f"A rectangle is {w} meters wide and {length} meters long.",
-            f"{who}'s garden is a rectangle {length} meters long and {w} meters "
-            "wide.",
+            f"{who}'s garden is a rectangle {length} meters long and {w} meters wide.",
         )[variant]
         if form == "area":
             return f"{shape} What is its area in square meters?", w * length
@@ -164,7 +164,7 @@ def same_number(extracted: str | None, answer: str) -> bool:
 
 
 def load_extractor(spec: str) -> Extractor:
-    """"" -> `last_number_answer`; "module:function" -> that function."""
+    """The extractor `spec` names: `last_number_answer` or a module:function."""
     if not spec:
         return last_number_answer
     module, colon, name = spec.partition(":")
