@@ -7,9 +7,14 @@
 - verix: a ReLU MLP trained with Spry on the offline 8x8 digits, then verified
   explanations of test images: explanation size, seconds per explanation, soundness;
   the masks are copied next to the table.
+- mustard: items from the template writer (a quarter planted false), kept by the
+  checker, fine-tuned on with spry, fedavg and fedmezo (a run each, same seed):
+  accept/reject shares by reason, diversity, word-problem accuracy before and
+  after; plus the valid rate of items the offline SmolLM2-135M writes itself.
 
     python -m benchmarks.tasks                    # both, their default settings
     python -m benchmarks.tasks --task raee --rounds 5
+    python -m benchmarks.tasks --task mustard --rounds 5   # about 30 min (3 runs)
 Writes benchmarks/results/task_<name>.{md,json} (and the VeriX mask grid).
 """
 
@@ -32,16 +37,34 @@ RESULTS = ROOT / "benchmarks" / "results"
 SETTINGS: dict[str, list[str]] = {  # on top of the task's own `run_defaults`
     "raee": [],
     "verix": ["verix.checker=marabou"],  # re-checked by a fresh solver instance
+    # 96 template items (~70 kept) over 8 clients, 4 a round; 45 word problems
+    # scored at round 0 and after the last round (40 new tokens each)
+    "mustard": ["mustard.generator=templates", "mustard.items=96", "eval-every=1000"],
+}
+# Tasks compared across methods on the same seed: a run per method, each with its
+# own settings on top of SETTINGS (the LM rates of benchmarks/results/sft_probe.md:
+# Spry takes the task's tuned `method_defaults`; backprop FedAvg at 1e-2; FedMeZO
+# plain SGD at 5e-3, the rate that did not diverge on sft)
+COMPARED: dict[str, dict[str, list[str]]] = {
+    "mustard": {
+        "spry": [],
+        "fedavg": ["lr=0.01"],
+        "fedmezo": ["client-optimizer=sgd", "lr=0.005"],
+    },
 }
 
 
-def run_task(task: str, rounds: int, seed: int, extra: list[str], out: Path) -> Path:
-    """`spry run --task` in a fresh process; its results folder."""
+def run_task(
+    task: str, rounds: int, seed: int, extra: list[str], out: Path, method: str = ""
+) -> Path:
+    """`spry run --task` (under `--method`, if given) in a fresh process; its folder."""
     out.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable, "-m", "cli", "run", "--task", task, "--rounds",
         str(rounds), "--seed", str(seed), "--results-dir", str(out),
     ]  # fmt: skip
+    if method:
+        command += ["--method", method]
     for item in [*SETTINGS[task], *extra]:
         command += ["--set", item]
     start = time.time()
@@ -103,19 +126,135 @@ def verix_table(summary: dict[str, Any], rows: list[dict[str, float]]) -> list[s
     ]
 
 
+def mustard_local_rate(items: int, seed: int) -> dict[str, Any]:
+    """The kept-set summary of `items` items written by the offline SmolLM2 itself."""
+    from spry.config import RunConfig, default_values
+    from spry.tasks.base import build_options
+    from spry.tasks.mustard import MustardTask
+    from spry.tasks.mustard.pipeline import summarize
+
+    values = {**default_values(), **MustardTask.run_defaults, "seed": seed}
+    run = RunConfig.from_run_config({**values, "task": "mustard"})
+    options = build_options(MustardTask, {"generator": "local", "items": items})
+    start = time.time()
+    records = MustardTask(run, options).records  # cached under $SPRY_CACHE/mustard
+    summary = summarize(records)
+    summary["seconds"] = time.time() - start
+    summary["examples"] = [r["text"] for r in records[:3]]
+    return summary
+
+
+def _shares(summary: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{reason} {100 * share:.1f}%"
+        for reason, share in summary["reason-shares"].items()
+    )
+
+
+def mustard_table(
+    runs: dict[str, tuple[dict[str, Any], list[dict[str, float]]]],
+    local: dict[str, Any],
+) -> list[str]:
+    kept = next(iter(runs.values()))[0]["mustard"]  # the same kept set in each run
+    planted, found = kept["planted"], kept["diversity"]
+    lines = [
+        "## The kept set (template writer)",
+        "",
+        f"{kept['generated']} items generated, {kept['accepted']} kept "
+        f"({100 * kept['accept-rate']:.1f}%). By reason: {_shares(kept)}.",
+        f"Planted false: {planted['false-rejected']} of {planted['false']} rejected; "
+        f"true: {planted['true-accepted']} of {planted['true']} accepted (or kept "
+        "once as duplicates).",
+        "",
+        "| statement class / reason | items |",
+        "|---|---:|",
+        *[f"| {k} | {v} |" for k, v in kept["by-class"].items()],
+        "",
+        f"Diversity of the kept problems: distinct-1 {found['distinct-1']:.3f}, "
+        f"distinct-2 {found['distinct-2']:.3f}, {found['distinct-seeds']} distinct "
+        f"seeds, {found['distinct-concept-pairs']} distinct concept pairs, "
+        f"{found['distinct-concepts']} of 16 concepts.",
+        "",
+        "## Word-problem accuracy (exact numeric match of the extracted answer)",
+        "",
+        "| method | round 0 | after | change | test loss after | wall time |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for method, (summary, rows) in runs.items():
+        first, last = rows[0], rows[-1]
+        before, after = 100 * first["test-accuracy"], 100 * last["test-accuracy"]
+        lines.append(
+            f"| {method} | {before:.1f}% | {after:.1f}% | {after - before:+.1f} | "
+            f"{last['test-loss']:.3f} | {summary.get('elapsed-seconds', 0):.0f} s |"
+        )
+    lines += [
+        "",
+        "## Items the offline SmolLM2-135M-Instruct writes itself (generator=local)",
+        "",
+        f"{local['generated']} items, {local['accepted']} kept "
+        f"({100 * local['accept-rate']:.1f}%), in {local['seconds']:.0f} s. "
+        f"By reason: {_shares(local)}.",
+    ]
+    return lines
+
+
+def compare_task(task: str, args: argparse.Namespace) -> None:
+    """A run per method of COMPARED[task]; one table and JSON."""
+    runs = {}
+    for method, settings in COMPARED[task].items():
+        extra = [*settings, *args.set]
+        out = args.runs_dir / task / method
+        run_dir = run_task(task, args.rounds, args.seed, extra, out, method=method)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        runs[method] = (summary, read_rows(run_dir))
+    local = mustard_local_rate(args.local_items, args.seed)
+    table = mustard_table(runs, local)
+    sets = [f"--set {s}" for s in [*SETTINGS[task], *args.set]]
+    command = " ".join(
+        [f"--task {task} --rounds {args.rounds} --seed {args.seed}", *sets]
+    )
+    methods = "; ".join(
+        f"--method {m} {' '.join(f'--set {s}' for s in settings)}".strip()
+        for m, settings in COMPARED[task].items()
+    )
+    text = "\n".join(
+        [f"# Task {task}", "", f"`spry run {command}`, once per method: {methods} "
+         "(2-core CPU)", "", *table, ""]
+    )  # fmt: skip
+    (RESULTS / f"task_{task}.md").write_text(text)
+    write_json(
+        RESULTS / f"task_{task}.json",
+        {
+            "command": command,
+            "methods": COMPARED[task],
+            "runs": {m: {"summary": s, "rounds": r} for m, (s, r) in runs.items()},
+            "local-generator": local,
+        },
+        indent=1,
+    )
+    print(text)
+
+
 TABLES = {"raee": raee_table, "verix": verix_table}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--task", choices=sorted(TABLES), action="append")
+    parser.add_argument("--task", choices=sorted({*TABLES, *COMPARED}), action="append")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "tasks")
+    parser.add_argument(
+        "--local-items", type=int, default=32,
+        help="mustard: items the offline SmolLM2 writes for its valid rate",
+    )  # fmt: skip
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    for task in args.task or sorted(TABLES):
+    for task in args.task or sorted({*TABLES, *COMPARED}):
+        if task in COMPARED:
+            compare_task(task, args)
+            continue
         run_dir = run_task(task, args.rounds, args.seed, args.set, args.runs_dir / task)
         summary = json.loads((run_dir / "summary.json").read_text())
         rows = read_rows(run_dir)
