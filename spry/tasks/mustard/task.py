@@ -276,6 +276,12 @@ class MustardTask(CausalLMTask):
         return self.client_data(partition, partition_id)
 
     def test_data(self) -> Rows:
+        """The word problems; first builds the kept set (the server, before round 1).
+
+        So the server generates and checks the items once and the clients read the
+        cache, and a kept set too small to deal stops the run before any training.
+        """
+        _ = self.kept
         if not hasattr(self, "_test"):
             self._test = word_problems(
                 self.opts.test_problems, seed=self.run.runtime.seed
