@@ -224,6 +224,9 @@ def test_what_is_not_a_statement_is_a_parse_error(text):
         "factorial(1000) > 1",
         "(((((2^64)^64)^64)^64)^64) = 1",  # too large to evaluate
         "forall x in Real: x % 1 < 1",  # mod of a real
+        "identity: (a + b + c + d + e + f + g + h)^64 = 1",  # too large to expand
+        "solve x in Real: x^6 = 1 -> {1, -1}",  # degree above 4
+        "solve x in Real: abs(x) = 1 -> {1, -1}",
     ],
 )
 def test_what_the_checker_cannot_decide_is_unsupported_not_accepted(text):

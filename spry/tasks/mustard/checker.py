@@ -27,6 +27,7 @@ Only `accepted` keeps an item: unknown is a rejection, never an acceptance.
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 import tempfile
@@ -65,6 +66,8 @@ REASONS: tuple[str, ...] = (
     "unsupported",
 )
 MAX_FACTORIAL = 300
+MAX_TERMS = 20_000  # an identity whose expansion may have more terms: unsupported
+MAX_SOLVE_DEGREE = 4  # solution sets of polynomials up to quartics
 MAX_BITS = 100_000  # a closed power larger than this is not evaluated
 LEAN_TIMEOUT_S = 60.0
 
@@ -219,12 +222,36 @@ def _counterpoint(
     return None
 
 
+def degree_bound(expr: sympy.Expr) -> int:
+    """An upper bound of the total degree of `expr`, without expanding it.
+
+    Denominators count with their degree too (what `together` multiplies out).
+    """
+    if expr.is_Symbol:
+        return 1
+    if not expr.free_symbols:
+        return 0
+    if isinstance(expr, sympy.Pow) and expr.exp.is_Integer:
+        return degree_bound(expr.base) * abs(int(expr.exp))
+    parts = [degree_bound(a) for a in expr.args]
+    return sum(parts) if isinstance(expr, sympy.Add | sympy.Mul) else max(parts)
+
+
+def _guard_size(difference: sympy.Expr, symbols: list[sympy.Symbol]) -> None:
+    """Refuse what would take too long to expand (a proof we cannot afford)."""
+    degree = degree_bound(difference)
+    if math.comb(degree + len(symbols), max(len(symbols), 1)) > MAX_TERMS:
+        raise Unsupported(f"too large to expand (degree up to {degree})")
+
+
 def check_identity(statement: Identity) -> Verdict:
     for side in (statement.lhs, statement.rhs):
         if side.has(GCD, LCM, FACTORIAL, sympy.Mod, sympy.Abs):
             raise Unsupported("identity: only polynomial and rational functions")
-    difference = (statement.lhs - statement.rhs).doit()
+    difference = statement.lhs - statement.rhs
     symbols = sorted(difference.free_symbols, key=str)
+    _guard_size(difference, symbols)
+    difference = difference.doit()
     if difference.is_polynomial(*symbols):
         zero = sympy.expand(difference) == 0
         how = "expand(lhs - rhs)"
@@ -250,7 +277,14 @@ def check_solution_set(statement: SolutionSet) -> Verdict:
     for side in (statement.lhs, statement.rhs):
         if side.has(GCD, LCM, FACTORIAL):
             raise Unsupported("solve: gcd, lcm and factorial are not solved for")
-    equation = (statement.lhs - statement.rhs).doit()
+    equation = statement.lhs - statement.rhs
+    _guard_size(equation, [x])
+    equation = equation.doit()
+    numerator, _ = sympy.fraction(sympy.together(equation))
+    if not numerator.is_polynomial(x):
+        raise Unsupported("solve: only polynomial and rational equations")
+    if sympy.degree(numerator, x) > MAX_SOLVE_DEGREE:
+        raise Unsupported(f"solve: degree above {MAX_SOLVE_DEGREE}")
     claimed = [value_of(c) for c in statement.claimed]
     solutions = sympy.solveset(equation, x, sympy.S.Reals)
     if statement.domain != "Real":
