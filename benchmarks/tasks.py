@@ -246,7 +246,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "tasks")
     parser.add_argument(
-        "--local-items", type=int, default=32,
+        "--local-items", type=int, default=16,
         help="mustard: items the offline SmolLM2 writes for its valid rate",
     )  # fmt: skip
     args = parser.parse_args()

@@ -140,7 +140,10 @@ def value_of(expr: sympy.Expr) -> sympy.Expr:
 
 
 def _compare(op: str, left: sympy.Expr, right: sympy.Expr) -> bool:
-    difference = sympy.simplify(left - right)
+    if left.is_Rational and right.is_Rational:  # the common case: exact, at once
+        difference = left - right
+    else:
+        difference = sympy.simplify(left - right)
     if op in ("=", "!="):
         zero = difference.is_zero
         if zero is None:
