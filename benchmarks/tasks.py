@@ -14,7 +14,7 @@
 
     python -m benchmarks.tasks                    # both, their default settings
     python -m benchmarks.tasks --task raee --rounds 5
-    python -m benchmarks.tasks --task mustard --rounds 5   # about 30 min (3 runs)
+    python -m benchmarks.tasks --task mustard          # 5 rounds, 3 methods
 Writes benchmarks/results/task_<name>.{md,json} (and the VeriX mask grid).
 """
 
@@ -45,6 +45,7 @@ SETTINGS: dict[str, list[str]] = {  # on top of the task's own `run_defaults`
 # own settings on top of SETTINGS (the LM rates of benchmarks/results/sft_probe.md:
 # Spry takes the task's tuned `method_defaults`; backprop FedAvg at 1e-2; FedMeZO
 # plain SGD at 5e-3, the rate that did not diverge on sft)
+ROUNDS = {"mustard": 5}  # a task's default rounds here, where 20 is too many
 COMPARED: dict[str, dict[str, list[str]]] = {
     "mustard": {
         "spry": [],
@@ -177,7 +178,8 @@ def mustard_table(
         "",
         "## Word-problem accuracy (exact numeric match of the extracted answer)",
         "",
-        "| method | round 0 | after | change | test loss after | wall time |",
+        "| method | round 0 | after | change | test loss (round 0 -> after) | wall "
+        "time |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for method, (summary, rows) in runs.items():
@@ -185,7 +187,8 @@ def mustard_table(
         before, after = 100 * first["test-accuracy"], 100 * last["test-accuracy"]
         lines.append(
             f"| {method} | {before:.1f}% | {after:.1f}% | {after - before:+.1f} | "
-            f"{last['test-loss']:.3f} | {summary.get('elapsed-seconds', 0):.0f} s |"
+            f"{first['test-loss']:.3f} -> {last['test-loss']:.3f} | "
+            f"{summary.get('wall-seconds', 0):.0f} s |"
         )
     lines += [
         "",
@@ -198,21 +201,19 @@ def mustard_table(
     return lines
 
 
-def compare_task(task: str, args: argparse.Namespace) -> None:
+def compare_task(task: str, args: argparse.Namespace, rounds: int) -> None:
     """A run per method of COMPARED[task]; one table and JSON."""
     runs = {}
     for method, settings in COMPARED[task].items():
         extra = [*settings, *args.set]
         out = args.runs_dir / task / method
-        run_dir = run_task(task, args.rounds, args.seed, extra, out, method=method)
+        run_dir = run_task(task, rounds, args.seed, extra, out, method=method)
         summary = json.loads((run_dir / "summary.json").read_text())
         runs[method] = (summary, read_rows(run_dir))
     local = mustard_local_rate(args.local_items, args.seed)
     table = mustard_table(runs, local)
     sets = [f"--set {s}" for s in [*SETTINGS[task], *args.set]]
-    command = " ".join(
-        [f"--task {task} --rounds {args.rounds} --seed {args.seed}", *sets]
-    )
+    command = " ".join([f"--task {task} --rounds {rounds} --seed {args.seed}", *sets])
     methods = "; ".join(
         f"--method {m} {' '.join(f'--set {s}' for s in settings)}".strip()
         for m, settings in COMPARED[task].items()
@@ -241,7 +242,9 @@ TABLES = {"raee": raee_table, "verix": verix_table}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--task", choices=sorted({*TABLES, *COMPARED}), action="append")
-    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument(
+        "--rounds", type=int, help="rounds (default: ROUNDS[task], else 20)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "tasks")
@@ -252,16 +255,17 @@ def main() -> None:
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     for task in args.task or sorted({*TABLES, *COMPARED}):
+        rounds = args.rounds or ROUNDS.get(task, 20)
         if task in COMPARED:
-            compare_task(task, args)
+            compare_task(task, args, rounds)
             continue
-        run_dir = run_task(task, args.rounds, args.seed, args.set, args.runs_dir / task)
+        run_dir = run_task(task, rounds, args.seed, args.set, args.runs_dir / task)
         summary = json.loads((run_dir / "summary.json").read_text())
         rows = read_rows(run_dir)
         table = TABLES[task](summary, rows)
         sets = [f"--set {s}" for s in [*SETTINGS[task], *args.set]]
         command = " ".join(
-            [f"--task {task} --rounds {args.rounds} --seed {args.seed}", *sets]
+            [f"--task {task} --rounds {rounds} --seed {args.seed}", *sets]
         )
         text = "\n".join(
             [f"# Task {task}", "", f"`spry run {command}` (2-core CPU)", "", *table, ""]

@@ -654,11 +654,11 @@ def test_the_benchmark_table_reports_shares_diversity_and_accuracy_change():
         {"round": 0.0, "test-accuracy": 0.1, "test-loss": 2.0},
         {"round": 2.0, "test-accuracy": 0.25, "test-loss": 1.5},
     ]
-    runs = {"spry": ({"mustard": kept, "elapsed-seconds": 12.0}, rows)}
+    runs = {"spry": ({"mustard": kept, "wall-seconds": 12.0}, rows)}
     local = {**summarize([{**records[1], "reason": "format-error"}]), "seconds": 3.0}
     text = "\n".join(mustard_table(runs, local))
     assert "2 items generated, 1 kept (50.0%)" in text
     assert "accepted 50.0%, false 50.0%" in text
     assert "Planted false: 1 of 1 rejected; true: 1 of 1 accepted" in text
-    assert "| spry | 10.0% | 25.0% | +15.0 | 1.500 | 12 s |" in text
+    assert "| spry | 10.0% | 25.0% | +15.0 | 2.000 -> 1.500 | 12 s |" in text
     assert "1 items, 0 kept (0.0%)" in text and "format-error 100.0%" in text
