@@ -37,9 +37,16 @@ RESULTS = ROOT / "benchmarks" / "results"
 SETTINGS: dict[str, list[str]] = {  # on top of the task's own `run_defaults`
     "raee": [],
     "verix": ["verix.checker=marabou"],  # re-checked by a fresh solver instance
-    # 96 template items (~70 kept) over 8 clients, 4 a round; 45 word problems
-    # scored at round 0 and after the last round (40 new tokens each)
-    "mustard": ["mustard.generator=templates", "mustard.items=96", "eval-every=1000"],
+    # 64 template items (about 45 kept) over 8 clients, 2 a round (one batch of
+    # about 6 items each), 5 rounds; 45 word problems scored at round 0 and after
+    # the last round (40 new tokens each: about 110 s an evaluation on a busy
+    # 2-core CPU; a Spry step of K = 8 tangents took 16-25 s there)
+    "mustard": [
+        "mustard.generator=templates",
+        "mustard.items=64",
+        "clients-per-round=2",
+        "eval-every=1000",
+    ],  # fmt: skip
 }
 # Tasks compared across methods on the same seed: a run per method, each with its
 # own settings on top of SETTINGS (the LM rates of benchmarks/results/sft_probe.md:
