@@ -16,6 +16,10 @@
   questions in every style that fits (105 rows), scored before training and
   after the last round only.
 
+- mustard: items from the template writer (a quarter planted false), kept by the
+  checker, fine-tuned on with spry, fedavg and fedmezo (a run each, same seed):
+  accept/reject shares by reason, diversity, word-problem accuracy before and
+  after; plus the valid rate of items the offline SmolLM2-135M writes itself.
 - conifer: SmolLM2-135M-Instruct + LoRA tuned on instructions with 1-5 verifiable
   constraints; several runs on the same seed (Spry with the curriculum and
   shuffled, FedAvg, FedMeZO), IFEval prompt- and instruction-level strict accuracy
@@ -28,6 +32,7 @@ seed, and its table compares them.
     python -m benchmarks.tasks --task raee --rounds 5
     python -m benchmarks.tasks --task xfinder      # three runs: spry, fedavg, fedmezo
     python -m benchmarks.tasks --task conifer      # four runs, 5 rounds: one a level
+    python -m benchmarks.tasks --task mustard      # three runs, 5 rounds
 Writes benchmarks/results/task_<name>.{md,json} (and the VeriX mask grid).
 """
 
@@ -39,6 +44,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +76,27 @@ SETTINGS: dict[str, list[str]] = {  # on top of the task's own `run_defaults`
         "conifer.max-new-tokens=96",
         "eval-every=100",
     ],
+    # 64 template items (about 45 kept) over 8 clients, 2 a round (one batch of
+    # about 6 items each), 5 rounds; 45 word problems scored at round 0 and after
+    # the last round (40 new tokens each: about 110 s an evaluation on a busy
+    # 2-core CPU; a Spry step of K = 8 tangents took 16-25 s there)
+    "mustard": [
+        "mustard.generator=templates",
+        "mustard.items=64",
+        "clients-per-round=2",
+        "eval-every=1000",
+    ],  # fmt: skip
 }
 # Tasks compared over several runs on the same seed: (label, method, settings).
 # FedAvg at lr 0.01 and FedMeZO at SGD 0.005: the rates the sft probe found best
 # for them on this model (benchmarks/sft_compare.sh); Spry takes the causal-LM
 # tasks' tuned step (`method_defaults`).
 VARIANTS: dict[str, list[tuple[str, str, list[str]]]] = {
+    "mustard": [
+        ("spry", "spry", []),
+        ("fedavg", "fedavg", ["lr=0.01"]),
+        ("fedmezo", "fedmezo", ["client-optimizer=sgd", "lr=0.005"]),
+    ],
     # xFinder's fedavg/fedmezo rates are the task's own `method_defaults`
     "xfinder": [(m, m, []) for m in ("spry", "fedavg", "fedmezo")],
     "conifer": [
@@ -94,7 +115,7 @@ VARIANTS: dict[str, list[tuple[str, str, list[str]]]] = {
     ],
 }
 # Rounds when `--rounds` is not given (default 20); conifer: one a level
-ROUNDS = {"xfinder": 3, "conifer": 5}
+ROUNDS = {"xfinder": 3, "conifer": 5, "mustard": 5}
 
 
 def run_task(
@@ -263,11 +284,92 @@ def conifer_table(
     return lines
 
 
+def mustard_local_rate(items: int, seed: int) -> dict[str, Any]:
+    """The kept-set summary of `items` items written by the offline SmolLM2 itself."""
+    from spry.config import RunConfig, default_values
+    from spry.tasks.base import build_options
+    from spry.tasks.mustard import MustardTask
+    from spry.tasks.mustard.pipeline import summarize
+
+    values = {**default_values(), **MustardTask.run_defaults, "seed": seed}
+    run = RunConfig.from_run_config({**values, "task": "mustard"})
+    options = build_options(MustardTask, {"generator": "local", "items": items})
+    start = time.time()
+    records = MustardTask(run, options).records  # cached under $SPRY_CACHE/mustard
+    summary = summarize(records)
+    summary["seconds"] = time.time() - start
+    summary["examples"] = [r["text"] for r in records[:3]]
+    return summary
+
+
+def _shares(summary: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{reason} {100 * share:.1f}%"
+        for reason, share in summary["reason-shares"].items()
+    )
+
+
+def mustard_table(
+    runs: dict[str, tuple[dict[str, Any], list[dict[str, float]]]],
+    local: dict[str, Any],
+) -> list[str]:
+    kept = next(iter(runs.values()))[0]["mustard"]  # the same kept set in each run
+    planted, found = kept["planted"], kept["diversity"]
+    lines = [
+        "## The kept set (template writer)",
+        "",
+        f"{kept['generated']} items generated, {kept['accepted']} kept "
+        f"({100 * kept['accept-rate']:.1f}%). By reason: {_shares(kept)}.",
+        f"Planted false: {planted['false-rejected']} of {planted['false']} rejected; "
+        f"true: {planted['true-accepted']} of {planted['true']} accepted (or kept "
+        "once as duplicates).",
+        "",
+        "| statement class / reason | items |",
+        "|---|---:|",
+        *[f"| {k} | {v} |" for k, v in kept["by-class"].items()],
+        "",
+        f"Diversity of the kept problems: distinct-1 {found['distinct-1']:.3f}, "
+        f"distinct-2 {found['distinct-2']:.3f}, {found['distinct-seeds']} distinct "
+        f"seeds, {found['distinct-concept-pairs']} distinct concept pairs, "
+        f"{found['distinct-concepts']} of 16 concepts.",
+        "",
+        "## Word-problem accuracy (exact numeric match of the extracted answer)",
+        "",
+        "| method | round 0 | after | change | test loss (round 0 -> after) | wall "
+        "time |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for method, (summary, rows) in runs.items():
+        first, last = rows[0], rows[-1]
+        before, after = 100 * first["test-accuracy"], 100 * last["test-accuracy"]
+        lines.append(
+            f"| {method} | {before:.1f}% | {after:.1f}% | {after - before:+.1f} | "
+            f"{first['test-loss']:.3f} -> {last['test-loss']:.3f} | "
+            f"{summary.get('wall-seconds', 0):.0f} s |"
+        )
+    lines += [
+        "",
+        "## Items the offline SmolLM2-135M-Instruct writes itself (generator=local)",
+        "",
+        f"{local['generated']} items, {local['accepted']} kept "
+        f"({100 * local['accept-rate']:.1f}%), in {local['seconds']:.0f} s. "
+        f"By reason: {_shares(local)}.",
+    ]
+    return lines
+
+
+# What a variant table needs besides the runs, measured once per task
+EXTRAS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "mustard": lambda args: {"local": mustard_local_rate(args.local_items, args.seed)},
+}
+
+
 TABLES = {
     "raee": raee_table,
     "verix": verix_table,
     "xfinder": xfinder_table,
     "conifer": conifer_table,
+    "mustard": mustard_table,
 }
 
 
@@ -289,7 +391,8 @@ def run_variants(task: str, rounds: int, args: argparse.Namespace) -> str:
             [f"--task {task} --method {method} --rounds {rounds}",
              f"--seed {args.seed}", *flags]
         )  # fmt: skip
-    table = TABLES[task](runs)
+    extras = EXTRAS[task](args) if task in EXTRAS else {}
+    table = TABLES[task](runs, **extras)
     listing = [
         f"- {label}: `spry run {command}`" for label, command in commands.items()
     ]
@@ -304,6 +407,7 @@ def run_variants(task: str, rounds: int, args: argparse.Namespace) -> str:
                 label: {"summary": summary, "rounds": rows}
                 for label, (summary, rows) in runs.items()
             },
+            **extras,
         },
         indent=1,
     )
@@ -317,6 +421,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "tasks")
+    parser.add_argument(
+        "--local-items", type=int, default=16,
+        help="mustard: items the offline SmolLM2 writes for its valid rate",
+    )  # fmt: skip
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     for task in args.task or sorted(TABLES):

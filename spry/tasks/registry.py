@@ -39,6 +39,7 @@ BUILTIN = {
     "classification": "spry.tasks.classification:ClassificationTask",
     "conifer": "spry.tasks.conifer:ConiferTask",
     "lm-classification": "spry.tasks.lm_classification:LMClassificationTask",
+    "mustard": "spry.tasks.mustard:MustardTask",
     "raee": "spry.tasks.raee:RaeeTask",
     "sft": "spry.tasks.sft:SFTTask",
     "verix": "spry.tasks.verix:VerixTask",
