@@ -41,12 +41,8 @@ from spry.tasks.conifer.constraints import (
     dumps,
     loads,
 )
-from spry.tasks.conifer.instructions import (
-    ALL_KINDS,
-    LEVELS,
-    build_instructions,
-    compatible,
-)
+from spry.tasks.conifer.instructions import ALL_KINDS, LEVELS, compatible
+from spry.tasks.conifer.pairs import build_instructions
 from spry.tasks.conifer.task import feedback_prompt, level_for_round, strict_accuracies
 from spry.tasks.conifer.writer import write_near_miss
 from spry.training import make_client_engine, train_slice

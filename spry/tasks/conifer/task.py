@@ -62,7 +62,8 @@ from ...seeding import STREAM_DATA, numpy_rng
 from ..base import ClientData, Rows, TaskOptions
 from ..causal_lm import CausalLMOptions, CausalLMTask
 from .constraints import Constraint, dumps, loads, verdicts
-from .instructions import LEVELS, Instruction, build_instructions
+from .instructions import LEVELS, Instruction
+from .pairs import build_instructions
 from .writer import write_near_miss
 
 ORDERS = ("curriculum", "shuffled")
