@@ -154,6 +154,22 @@ class CausalLMTask(Task):
     # -- scoring -----------------------------------------------------------------------
 
     @torch.no_grad()
+    def answer_loss(
+        self, trainable: TrainableModel, rows: Rows, device: str = "cpu"
+    ) -> tuple[float, int]:
+        """(summed teacher-forced loss of the answer tokens of `rows`, their count)."""
+        total, count = 0.0, 0
+        batches = self.batches(
+            trainable, rows, batch_size=self.run.client.eval_batch_size
+        )
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss, n = self.loss(trainable.model, batch)
+            total += float(loss) * int(n)
+            count += int(n)
+        return total, count
+
+    @torch.no_grad()
     def evaluate(
         self, trainable: TrainableModel, rows: Rows, device: str = "cpu"
     ) -> dict[str, float]:

@@ -301,12 +301,7 @@ class MustardTask(CausalLMTask):
         if len(rows) == 0:
             return {"accuracy": 0.0, "loss": 0.0, "num-examples": 0}
         size = self.run.client.eval_batch_size
-        total, count = 0.0, 0
-        for batch in self.batches(trainable, rows, batch_size=size):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            loss, n = self.loss(trainable.model, batch)
-            total += float(loss) * int(n)
-            count += int(n)
+        total, count = self.answer_loss(trainable, rows, device)
         questions = [rows[i]["prompt"] for i in range(len(rows))]  # type: ignore[index]
         prompts = [self.example(rows, i)[0] for i in range(len(rows))]
         written = generate(
