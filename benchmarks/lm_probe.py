@@ -60,8 +60,12 @@ def probe(args: argparse.Namespace) -> dict[str, Any]:
     cfg = resolve(values)
     task = load_task(cfg)
     trainable = task.build_model("cpu")
-    # train and test splits: a labelled task's `dataset`, sft's `data` (pairs)
-    dataset = getattr(task, "dataset", None) or task.data  # type: ignore[attr-defined]
+    # train and test splits: a labelled task's `dataset`, sft's `data` (pairs),
+    # xfinder's `finder` (its rows interleave the output styles)
+    dataset = next(
+        getattr(task, name) for name in ("dataset", "data", "finder")
+        if hasattr(task, name)
+    )  # fmt: skip
     rng = np.random.default_rng(args.seed)
     train = dataset.train.select(rng.permutation(len(dataset.train))[: args.pool])
     test = dataset.test.select(range(min(args.test_examples, len(dataset.test))))
@@ -134,6 +138,10 @@ DESCRIPTIONS = {
     "sft": "SmolLM2-135M-Instruct, LoRA r 1 on q_proj and v_proj, the sft task's "
     "review questions (sentiment, word count, word choice), loss on the answer "
     "tokens; accuracy is exact match of the greedy answer",
+    "xfinder": "SmolLM2-135M-Instruct, LoRA r 1 on q_proj and v_proj, the xfinder "
+    "task's key-answer-finder rows (question, a model output in one of 11 styles, "
+    "the key answer), loss on the key answer's tokens; accuracy is extraction "
+    "accuracy (xFinder's match rules) on held-out questions",
     "classification": "the default task: all-MiniLM-L6-v2, LoRA r 1 on query and "
     "value, the centred mean-pooled head (trained exactly under the forward engine, "
     "as every Spry client trains it)",
