@@ -154,13 +154,18 @@ def make_generator(
 
     "local": `local()` (the task's own model); "http://..." or "https://...": an
     OpenAI-compatible endpoint serving `model`; "package.module:function": a
-    scripted generator calling that function on each prompt.
+    scripted generator calling that function on each prompt; a finished run's
+    results folder: the causal LM that run trained (`trained_generator`).
     """
+    from .trained import is_run_folder
+
     spec = spec.strip()
     if spec == "local":
         if local is None:
             raise ValueError("no local model to generate with here")
         return local()
+    if is_run_folder(spec):
+        return trained_generator(spec)
     if spec.startswith(("http://", "https://")):
         return EndpointGenerator(spec, model=model, chat=chat)
     module, colon, function = spec.partition(":")
@@ -176,5 +181,21 @@ def make_generator(
         return ScriptedGenerator(write)
     raise ValueError(
         f"generator {spec!r}: expected 'local', an http(s):// URL of an "
-        "OpenAI-compatible API root, or 'module:function'"
+        "OpenAI-compatible API root, 'module:function', or a finished run's "
+        "results folder (config.json and final-weights.npz)"
+    )
+
+
+def trained_generator(
+    run_dir: str, *, batch_size: int = 16, device: str = "cpu"
+) -> LocalGenerator:
+    """Greedy continuations from the causal LM the run at `run_dir` trained."""
+    from .trained import load_trained
+
+    _, trainable = load_trained(run_dir, device)
+    if getattr(trainable, "tokenizer", None) is None:
+        raise ValueError(f"the run at {run_dir} trained no language model")
+    trainable.model.eval()
+    return LocalGenerator(
+        trainable.model, trainable.tokenizer, batch_size=batch_size, device=device
     )

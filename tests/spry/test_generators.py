@@ -6,6 +6,7 @@ import socket
 
 import pytest
 
+from spry.config import ConfigError
 from spry.generation import generate
 from spry.generators import (
     EndpointError,
@@ -15,6 +16,7 @@ from spry.generators import (
     make_generator,
 )
 from spry.models.causal_lm import build_causal_lm
+from spry.trained import load_trained
 from tests.helpers import tiny_llama
 from tests.tasks.test_causal_lm_task import WORDS, word_tokenizer
 
@@ -41,6 +43,14 @@ def test_a_scripted_generator_is_named_by_module_and_function():
 def test_a_bad_generator_spec_is_refused_with_its_reason(spec, message):
     with pytest.raises(ValueError, match=message):
         make_generator(spec)
+
+
+def test_a_folder_that_is_not_a_finished_run_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text("{}")  # no final-weights.npz: unfinished
+    with pytest.raises(ValueError, match="results folder"):
+        make_generator(str(tmp_path))
+    with pytest.raises(ConfigError, match="final-weights.npz"):
+        load_trained(tmp_path)
 
 
 def test_the_local_generator_writes_what_greedy_generation_writes():

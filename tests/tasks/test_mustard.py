@@ -23,12 +23,15 @@ from fractions import Fraction
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from spry.answers import finder_prompt
 from spry.config import ConfigError, RunConfig, default_values
+from spry.generators import ScriptedGenerator, make_generator
 from spry.models.causal_lm import build_causal_lm
 from spry.tasks import get
 from spry.tasks.base import build_options
@@ -47,10 +50,13 @@ from spry.tasks.mustard.seeds import CONCEPTS, Seed, read_concepts, sample_seeds
 from spry.tasks.mustard.templates import WRITERS, TemplateWriter
 from spry.tasks.mustard.word_problems import (
     FORMS,
+    extract_answers,
     last_number_answer,
+    load_extractor,
     same_number,
     word_problems,
 )
+from spry.trained import load_trained
 from spry.training import make_client_engine, train_slice
 from tests.helpers import tiny_llama
 
@@ -458,6 +464,33 @@ def test_the_default_extraction(output, expected):
     assert last_number_answer("q", output) == expected
 
 
+def test_regex_extraction_is_opencompass_gsm8k_and_the_model_reads_finder_prompts():
+    # OpenCompass's gsm8k pattern: digits only, the last number before "Question:"
+    regex = load_extractor("regex")
+    assert regex("q", " so 3 + 4 = 7. Question: 9") == "7"
+    assert regex("q", " The answer is 1,200 dollars") == "200"  # its known miss
+    assert load_extractor("last-number") is last_number_answer
+
+    # the model extractor: one batched call with xFinder's prompt per row; its
+    # "[No valid answer]" is no answer
+    seen: list[str] = []
+
+    def reader(prompt: str) -> str:
+        seen.append(prompt)
+        return "[No valid answer]" if "no idea" in prompt else "42\nmore text"
+
+    answers = extract_answers(
+        "model",
+        ["How many?", "How much?"],
+        [" it is 42", " no idea"],
+        generator=ScriptedGenerator(reader),
+    )
+    assert answers == ["42", None]
+    assert seen[0] == finder_prompt("How many?", " it is 42")
+    with pytest.raises(ValueError, match="generator"):
+        extract_answers("model", ["q"], ["o"])
+
+
 def test_numeric_match_is_exact():
     assert same_number("1,200", "1200") and same_number("6/2", "3")
     assert same_number("3.0", "3") and not same_number("3.5", "3")
@@ -604,7 +637,7 @@ def test_a_forward_step_and_the_word_problem_evaluation(tmp_path):
 
 
 @pytest.mark.slow  # a simulation (Ray) on the tiny model: about a minute
-def test_two_rounds_in_the_simulation_engine(tmp_path):
+def test_two_rounds_in_the_simulation_engine(tmp_path, monkeypatch):
     env = {
         **os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
         "SPRY_TASKS": "tiny-mustard=tests.tasks.test_mustard:TinyMustard",
@@ -634,6 +667,20 @@ def test_two_rounds_in_the_simulation_engine(tmp_path):
     assert report["generated"] == 24 and report["accepted"] >= 12
     assert report["planted"]["false-rejected"] == report["planted"]["false"]
     assert (run_dir / "mustard.json").exists()
+
+    # the folder is enough to use what the run trained: the task's model with its
+    # final weights, and a generator of it (MUSTARD's `extractor-generator` takes one)
+    monkeypatch.setenv("SPRY_TASKS", env["SPRY_TASKS"])
+    task, trainable = load_trained(run_dir)
+    assert isinstance(task, TinyMustard)
+    final = np.load(run_dir / "final-weights.npz")
+    state = trainable.state()
+    assert set(state) == set(final.files)
+    assert all(np.array_equal(state[k], final[k]) for k in final.files)
+    written = make_generator(str(run_dir))(
+        ["problem : what is 3 + 4 ?"], max_new_tokens=3
+    )
+    assert len(written) == 1 and isinstance(written[0], str)
 
 
 # -- the benchmark's table -----------------------------------------------------------

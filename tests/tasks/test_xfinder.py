@@ -20,6 +20,15 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from spry.answers.extract import as_number, extract_many, finder_prompt
+from spry.answers.regex import (
+    first_option_postprocess,
+    general_postprocess,
+    gsm8k_postprocess,
+    lm_eval_flexible_extract,
+    lm_eval_strict_match,
+    regex_extract,
+)
 from spry.config import ConfigError, RunConfig, default_values
 from spry.data import load_text_dataset
 from spry.generators import ScriptedGenerator
@@ -37,15 +46,6 @@ from spry.tasks.xfinder.examples import (
     finder_set,
     model_rows,
     to_dataset,
-)
-from spry.tasks.xfinder.extract import as_number, extract_many, finder_prompt
-from spry.tasks.xfinder.regex import (
-    first_option_postprocess,
-    general_postprocess,
-    gsm8k_postprocess,
-    lm_eval_flexible_extract,
-    lm_eval_strict_match,
-    regex_extract,
 )
 from tests.helpers import tiny_llama
 

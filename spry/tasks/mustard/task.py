@@ -40,7 +40,14 @@ from ..causal_lm import CausalLMOptions, CausalLMTask
 from .pipeline import mark_planted, summarize, synthesize
 from .seeds import sample_seeds
 from .templates import FALSE_RATE, TemplateWriter
-from .word_problems import load_extractor, same_number, word_problems
+from .word_problems import (
+    LAST_NUMBER,
+    MODEL,
+    extract_answers,
+    load_extractor,
+    same_number,
+    word_problems,
+)
 
 TEMPLATES = "templates"
 CACHE_VERSION = 1  # bump when the records' content changes for the same settings
@@ -84,9 +91,18 @@ class MustardOptions(CausalLMOptions):
         default=40, metadata={"help": "tokens generated per word-problem answer"}
     )
     extractor: str = field(
-        default="",
+        default=LAST_NUMBER,
         metadata={
-            "help": "module:function(question, output) -> answer ('': last number)"
+            "help": "how answers are read: last-number, regex (OpenCompass's), "
+            "model (xFinder's prompt to extractor-generator) or "
+            "module:function(question, output) -> answer"
+        },
+    )
+    extractor_generator: str = field(
+        default="local",
+        metadata={
+            "help": "the model extractor: local (the evaluated model), a finished "
+            "xfinder run's results folder, an http(s) API root or module:function"
         },
     )
     cache_dir: str = field(
@@ -120,10 +136,11 @@ class MustardOptions(CausalLMOptions):
                 f"`generator` should be local, templates, an http(s) URL or "
                 f"module:function, got {self.generator!r}"
             )
-        try:
-            load_extractor(self.extractor)
-        except ValueError as error:
-            raise ConfigError(f"`extractor`: {error}") from None
+        if self.extractor.strip() != MODEL:
+            try:
+                load_extractor(self.extractor)
+            except ValueError as error:
+                raise ConfigError(f"`extractor`: {error}") from None
 
 
 def training_pair(row: Any) -> tuple[str, str]:
@@ -313,11 +330,13 @@ class MustardTask(CausalLMTask):
             max_prompt_tokens=max(1, self.run.model.max_length - 1),
             device=device,
         )
-        extract = load_extractor(self.opts.extractor)
-        answers = [
-            extract(q, w.split("\nProblem:")[0])
-            for q, w in zip(questions, written, strict=True)
-        ]
+        outputs = [w.split("\nProblem:")[0] for w in written]
+        answers = extract_answers(
+            self.opts.extractor,
+            questions,
+            outputs,
+            generator=self.answer_reader(trainable, device),
+        )
         truth = [rows[i]["answer"] for i in range(len(rows))]  # type: ignore[index]
         hits = [same_number(a, t) for a, t in zip(answers, truth, strict=True)]
         scores: dict[str, float] = {
@@ -334,6 +353,26 @@ class MustardTask(CausalLMTask):
             self._last_test_scores = scores
             self._last_outputs = list(zip(questions, written, truth, strict=True))
         return scores
+
+    def answer_reader(self, trainable: TrainableModel, device: str) -> Generator | None:
+        """The model extractor's generator (`extractor-generator`), when it is used.
+
+        "local" is the evaluated model itself; another source (an xFinder run's
+        folder, an endpoint) is built once per process.
+        """
+        if self.opts.extractor.strip() != MODEL:
+            return None
+        spec = self.opts.extractor_generator.strip()
+        if spec == "local":
+            return LocalGenerator(
+                trainable.model,
+                trainable.tokenizer,
+                batch_size=self.run.client.eval_batch_size,
+                device=device,
+            )
+        if not hasattr(self, "_answer_reader"):
+            self._answer_reader = make_generator(spec)
+        return self._answer_reader
 
     def finish(self, trainable: TrainableModel, results: Path) -> dict[str, Any]:
         """The kept set's shares and diversity, every item's verdict, to `results`."""

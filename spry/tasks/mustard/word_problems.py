@@ -7,9 +7,15 @@ phrasings and a rotating cast), with numbers from a seed of their own, so they
 never coincide with the training items. A model's output is scored by the exact
 numeric match of its extracted final answer (`accuracy`).
 
-The extraction is a callable `(question, output) -> str | None`, so a learned
-extractor (xFinder's) can replace `last_number_answer`, the default: the number
-after the last "Answer:" if there is one, else the last number in the output.
+The extraction (`extract_answers`, the task's `extractor` option) is one of:
+
+- "last-number", the default: the number after the last "Answer:" if there is
+  one, else the last number in the output (`last_number_answer`);
+- "regex": OpenCompass's gsm8k extractor (`spry.answers.regex`), as a real
+  evaluation framework scores;
+- "model": an xFinder-style extractor, a causal LM reading `finder_prompt` (the
+  evaluated model itself, an endpoint, or the model an xFinder run trained);
+- "module:function": any callable `(question, output) -> str | None`.
 """
 
 from __future__ import annotations
@@ -22,7 +28,11 @@ from fractions import Fraction
 import datasets
 import numpy as np
 
+from ...answers import extract_many
+from ...generators import Generator
+
 Extractor = Callable[[str, str], "str | None"]
+LAST_NUMBER, REGEX, MODEL = "last-number", "regex", "model"
 FORMS: tuple[str, ...] = (
     "buy",
     "left",
@@ -163,14 +173,46 @@ def same_number(extracted: str | None, answer: str) -> bool:
     return value is not None and value == as_number(answer)
 
 
+def regex_answer(question: str, output: str) -> str | None:
+    """OpenCompass's gsm8k extraction: the last number before any "Question:"."""
+    found = extract_many([(question, output, "arithmetic", ())], method="regex")
+    return found[0]
+
+
 def load_extractor(spec: str) -> Extractor:
-    """The extractor `spec` names: `last_number_answer` or a module:function."""
-    if not spec:
+    """The text extractor `spec` names: "last-number", "regex" or module:function."""
+    spec = spec.strip()
+    if spec in ("", LAST_NUMBER):
         return last_number_answer
+    if spec == REGEX:
+        return regex_answer
     module, colon, name = spec.partition(":")
     if not (colon and module and name):
-        raise ValueError(f"extractor {spec!r}: expected 'module:function'")
+        raise ValueError(
+            f"extractor {spec!r}: expected {LAST_NUMBER!r}, {REGEX!r}, {MODEL!r} "
+            "or 'module:function'"
+        )
     try:
         return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
     except (ImportError, AttributeError) as error:
         raise ValueError(f"extractor {spec!r}: {error}") from None
+
+
+def extract_answers(
+    spec: str,
+    questions: list[str],
+    outputs: list[str],
+    generator: Generator | None = None,
+) -> list[str | None]:
+    """Each output's final answer, by the extractor `spec` names.
+
+    "model" reads every (question, output) with `generator` in one batched call
+    (xFinder's prompt; "[No valid answer]" is None); the others go row by row.
+    """
+    if spec.strip() == MODEL:
+        items = [
+            (q, o, "arithmetic", ()) for q, o in zip(questions, outputs, strict=True)
+        ]
+        return extract_many(items, method="model", generator=generator)
+    extract = load_extractor(spec)
+    return [extract(q, o) for q, o in zip(questions, outputs, strict=True)]

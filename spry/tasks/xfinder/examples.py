@@ -37,11 +37,9 @@ from dataclasses import dataclass
 import datasets
 import numpy as np
 
+from ...answers import KINDS, LETTERS, NO_ANSWER
 from ...data import load_text_dataset
 
-KINDS = ("arithmetic", "multiple-choice", "yes-no", "short-text")
-NO_ANSWER = "[No valid answer]"
-LETTERS = "ABCD"
 MAX_REVIEW_WORDS = 20  # short reviews keep prompts short
 SENTIMENTS = ("positive", "negative", "neutral", "mixed")
 NAMES = ("Ann", "Ben", "Cleo", "Dev", "Eva", "Finn", "Gus", "Hana", "Ivo", "Jade")

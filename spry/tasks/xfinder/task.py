@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 import datasets
 import torch
 
+from ...answers import extract_many, finder_prompt, same_answer
 from ...config import ConfigError
 from ...data import make_partitioner
 from ...data.pairs import KIND_COLUMN
@@ -54,7 +55,6 @@ from .examples import (
     model_rows,
     to_dataset,
 )
-from .extract import extract_many, finder_prompt, same_answer
 
 
 @dataclass(frozen=True)

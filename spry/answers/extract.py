@@ -24,9 +24,12 @@ import string
 from collections.abc import Sequence
 from typing import Literal
 
-from ...generators import Generator
-from .examples import KINDS, LETTERS, NO_ANSWER
+from ..generators import Generator
 from .regex import regex_extract
+
+KINDS = ("arithmetic", "multiple-choice", "yes-no", "short-text")
+NO_ANSWER = "[No valid answer]"
+LETTERS = "ABCD"
 
 Method = Literal["regex", "model"]
 MAX_NEW_TOKENS = 12  # a key answer is a letter, a number, a word or [No valid answer]
