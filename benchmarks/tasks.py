@@ -33,6 +33,7 @@ seed, and its table compares them.
     python -m benchmarks.tasks --task xfinder      # three runs: spry, fedavg, fedmezo
     python -m benchmarks.tasks --task conifer      # four runs, 5 rounds: one a level
     python -m benchmarks.tasks --task mustard      # three runs, 5 rounds
+    python -m benchmarks.tasks --task conifer --resume  # keep runs already done
 Writes benchmarks/results/task_<name>.{md,json} (and the VeriX mask grid).
 """
 
@@ -125,8 +126,13 @@ def run_task(
     extra: list[str],
     out: Path,
     method: str | None = None,
+    resume: bool = False,
 ) -> Path:
-    """`spry run --task [--method]` in a fresh process; its results folder."""
+    """`spry run --task [--method]` in a fresh process; its results folder.
+
+    With `resume`, a run that already completed in `out` under the same command
+    is taken as it is (`command.json` beside it says which command made it).
+    """
     out.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable, "-m", "cli", "run", "--task", task, "--rounds",
@@ -136,12 +142,33 @@ def run_task(
         command += ["--method", method]
     for item in [*SETTINGS[task], *extra]:
         command += ["--set", item]
+    saved = out / "command.json"
+    done = _newest_run(out)
+    if resume and done and _completed(done) and saved.exists():
+        if json.loads(saved.read_text()) == command[1:]:
+            print(f"{task} {method or ''}: kept {done}")
+            return done
+    saved.unlink(missing_ok=True)
     start = time.time()
     with open(out / "run.log", "w") as log:
         subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True)
     print(f"{task} {method or ''}: {time.time() - start:.0f} s")
-    return max(
-        (p for p in out.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime
+    write_json(saved, command[1:])  # the interpreter's path left out
+    done = _newest_run(out)
+    assert done is not None, f"the run wrote no results folder under {out}"
+    return done
+
+
+def _newest_run(out: Path) -> Path | None:
+    runs = [p for p in out.iterdir() if p.is_dir()]
+    return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
+
+
+def _completed(run_dir: Path) -> bool:
+    summary = run_dir / "summary.json"
+    return (
+        summary.exists()
+        and json.loads(summary.read_text()).get("status") == "completed"
     )
 
 
@@ -380,7 +407,7 @@ def run_variants(task: str, rounds: int, args: argparse.Namespace) -> str:
     for label, method, sets in VARIANTS[task]:
         run_dir = run_task(
             task, rounds, args.seed, [*sets, *args.set],
-            args.runs_dir / task / label, method=method,
+            args.runs_dir / task / label, method=method, resume=args.resume,
         )  # fmt: skip
         runs[label] = (
             json.loads((run_dir / "summary.json").read_text()),
@@ -425,6 +452,10 @@ def main() -> None:
         "--local-items", type=int, default=16,
         help="mustard: items the offline SmolLM2 writes for its valid rate",
     )  # fmt: skip
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="keep each run that already completed under the same command",
+    )  # fmt: skip
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     for task in args.task or sorted(TABLES):
@@ -434,7 +465,10 @@ def main() -> None:
             (RESULTS / f"task_{task}.md").write_text(text)
             print(text)
             continue
-        run_dir = run_task(task, rounds, args.seed, args.set, args.runs_dir / task)
+        run_dir = run_task(
+            task, rounds, args.seed, args.set, args.runs_dir / task,
+            resume=args.resume,
+        )  # fmt: skip
         summary = json.loads((run_dir / "summary.json").read_text())
         rows = read_rows(run_dir)
         table = TABLES[task](summary, rows)

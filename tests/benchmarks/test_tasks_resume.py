@@ -1,0 +1,45 @@
+"""`benchmarks.tasks --resume`: a completed run under the same command is kept."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from benchmarks.tasks import SETTINGS, run_task
+
+
+def _command(out, task="raee", rounds=2):
+    command = ["-m", "cli", "run", "--task", task, "--rounds", str(rounds),
+               "--seed", "0", "--results-dir", str(out)]  # fmt: skip
+    for item in SETTINGS[task]:
+        command += ["--set", item]
+    return command
+
+
+def _finished_run(out, status="completed"):
+    run_dir = out / "raee-run"
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text(json.dumps({"status": status}))
+    return run_dir
+
+
+def test_a_completed_run_of_the_same_command_is_kept(tmp_path):
+    run_dir = _finished_run(tmp_path)
+    (tmp_path / "command.json").write_text(json.dumps(_command(tmp_path)))
+    assert run_task("raee", 2, 0, [], tmp_path, resume=True) == run_dir
+
+
+@pytest.mark.parametrize("why", ["other-command", "failed", "no-resume"])
+def test_anything_else_runs_again(tmp_path, monkeypatch, why):
+    # Prepare: a run that must not be kept; the "run" that replaces it is `false`,
+    # so that running at all is seen as the CalledProcessError it raises
+    _finished_run(tmp_path, status="failed" if why == "failed" else "completed")
+    rounds = 3 if why == "other-command" else 2
+    (tmp_path / "command.json").write_text(json.dumps(_command(tmp_path)))
+    monkeypatch.setattr(sys, "executable", "false")
+
+    with pytest.raises(__import__("subprocess").CalledProcessError):
+        run_task("raee", rounds, 0, [], tmp_path, resume=why != "no-resume")
+    assert not (tmp_path / "command.json").exists()  # no stale claim left behind
