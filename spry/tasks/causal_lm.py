@@ -21,7 +21,7 @@ one here scores teacher-forced answer tokens.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from ..config import ConfigError, ConfigValue
 from ..engines.base import Batch
+from ..generators import Generator, LocalGenerator, check_generator_spec, make_generator
 from ..language_modeling import IGNORE, causal_lm_loss, next_token_labels
 from ..models import TrainableModel
 from ..models.causal_lm import DEFAULT_CAUSAL_LM, DEFAULT_TARGETS, build_causal_lm
@@ -49,6 +50,49 @@ class CausalLMOptions(TaskOptions):
     def __post_init__(self) -> None:
         if self.chunk_tokens < 0:
             raise ConfigError(f"`chunk-tokens` should be >= 0, got {self.chunk_tokens}")
+
+
+@dataclass(frozen=True)
+class GeneratorOptions(CausalLMOptions):
+    """A language-model task that also writes text: who writes it, checked early.
+
+    `generator` is any spec `spry.generators.make_generator` builds ("local": the
+    task's model; an OpenAI-compatible API root; module:function; a finished
+    run's results folder) or one of the task's own writers (`OWN_WRITERS`).
+    """
+
+    OWN_WRITERS: ClassVar[tuple[str, ...]] = ()
+
+    generator: str = field(
+        default="local",
+        metadata={
+            "help": "who writes text: local (the task's model), an OpenAI-compatible "
+            "http(s) API root, module:function, or a finished run's folder"
+        },
+    )
+    generator_model: str = field(
+        default="default", metadata={"help": "the model name an endpoint serves"}
+    )
+    generator_chat: bool = field(
+        default=False,
+        metadata={"help": "ask in chat form (the model's template / chat API)"},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        try:
+            check_generator_spec(self.generator, also=self.OWN_WRITERS)
+        except ValueError as error:
+            raise ConfigError(f"`generator` {error}") from None
+
+    def make_generator(self, local: Callable[[], LocalGenerator]) -> Generator:
+        """The generator `generator` names; `local()` builds the task's model's."""
+        return make_generator(
+            self.generator,
+            local=local,
+            model=self.generator_model,
+            chat=self.generator_chat,
+        )
 
 
 class CausalLMTask(Task):

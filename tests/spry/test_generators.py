@@ -13,6 +13,7 @@ from spry.generators import (
     EndpointGenerator,
     LocalGenerator,
     ScriptedGenerator,
+    check_generator_spec,
     make_generator,
 )
 from spry.models.causal_lm import build_causal_lm
@@ -63,6 +64,51 @@ def test_the_local_generator_writes_what_greedy_generation_writes():
     expected = generate(trainable.model, tokenizer, prompts, max_new_tokens=5)
     assert writer(prompts, max_new_tokens=5) == expected
     assert any(text for text in expected)  # it wrote something to compare
+
+
+def test_chat_asks_through_the_tokenizers_template_when_it_has_one():
+    trainable = build_causal_lm(random_weights=tiny_llama(len(WORDS) + 3), seed=0)
+    tokenizer = word_tokenizer()
+    prompts = [" ".join(WORDS[:3])]
+
+    def local() -> LocalGenerator:
+        return LocalGenerator(trainable.model, tokenizer, batch_size=1)
+
+    # no template: chat changes nothing
+    plain = generate(trainable.model, tokenizer, prompts, max_new_tokens=4)
+    writer = make_generator("local", local=local, chat=True)
+    assert writer(prompts, max_new_tokens=4) == plain
+
+    # a template: the prompt goes in as a user turn, the reply's opening after it
+    tokenizer.chat_template = (
+        "{% for m in messages %}" + WORDS[5] + " {{ m['content'] }} {% endfor %}"
+        "{% if add_generation_prompt %}" + WORDS[6] + "{% endif %}"
+    )
+    writer = make_generator("local", local=local, chat=True)
+    assert writer.chats and not local().chats
+    turned = f"{WORDS[5]} {prompts[0]} {WORDS[6]}"
+    expected = generate(trainable.model, tokenizer, [turned], max_new_tokens=4)
+    assert writer(prompts, max_new_tokens=4) == expected
+
+
+@pytest.mark.parametrize(
+    "spec, also, ok",
+    [
+        ("local", (), True),
+        ("https://api.example/v1", (), True),
+        ("pkg.mod:fn", (), True),
+        ("templates", ("templates",), True),
+        ("templates", (), False),
+        ("not a spec", (), False),
+        ("mod:", (), False),
+    ],
+)
+def test_a_generator_spec_is_checked_before_any_run(spec, also, ok):
+    if ok:
+        check_generator_spec(spec, also=also)
+    else:
+        with pytest.raises(ValueError, match="expected 'local'"):
+            check_generator_spec(spec, also=also)
 
 
 def test_an_unreachable_endpoint_fails_with_its_address():

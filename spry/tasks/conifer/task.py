@@ -56,11 +56,11 @@ import torch
 from ...config import ConfigError, ConfigValue, RunConfig
 from ...data import make_partitioner
 from ...engines.base import Batch
-from ...generators import Generator, LocalGenerator, make_generator
+from ...generators import Generator, LocalGenerator
 from ...models import TrainableModel
 from ...seeding import STREAM_DATA, numpy_rng
 from ..base import ClientData, Rows, TaskOptions
-from ..causal_lm import CausalLMOptions, CausalLMTask
+from ..causal_lm import CausalLMOptions, CausalLMTask, GeneratorOptions
 from .constraints import Constraint, dumps, loads, verdicts
 from .instructions import LEVELS, Instruction
 from .pairs import build_instructions
@@ -108,7 +108,7 @@ def feedback_prompt(
 
 
 @dataclass(frozen=True)
-class ConiferOptions(CausalLMOptions):
+class ConiferOptions(GeneratorOptions):
     """Curriculum, process feedback, data sizes and generation."""
 
     order: str = field(
@@ -125,16 +125,6 @@ class ConiferOptions(CausalLMOptions):
             "help": "failed attempts: perturbed (near-miss references, no "
             "generation) or generator (the `generator`'s responses)"
         },
-    )
-    generator: str = field(
-        default="local",
-        metadata={
-            "help": "who writes responses: local (the model), an OpenAI-compatible "
-            "http(s) API root, or module:function"
-        },
-    )
-    generator_model: str = field(
-        default="default", metadata={"help": "the model name an endpoint serves"}
     )
     template: str = field(
         default="{prompt}\nResponse:",
@@ -321,9 +311,7 @@ class ConiferTask(CausalLMTask):
                 device=device,
             )
 
-        return make_generator(
-            self.opts.generator, local=local, model=self.opts.generator_model
-        )
+        return self.opts.make_generator(local)
 
     def feedback_pairs(
         self,

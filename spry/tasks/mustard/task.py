@@ -36,7 +36,7 @@ from ...generation import generate
 from ...generators import Generator, LocalGenerator, make_generator
 from ...models import TrainableModel
 from ..base import ClientData, Rows
-from ..causal_lm import CausalLMOptions, CausalLMTask
+from ..causal_lm import CausalLMOptions, CausalLMTask, GeneratorOptions
 from .pipeline import mark_planted, summarize, synthesize
 from .seeds import sample_seeds
 from .templates import FALSE_RATE, TemplateWriter
@@ -54,22 +54,11 @@ CACHE_VERSION = 1  # bump when the records' content changes for the same setting
 
 
 @dataclass(frozen=True)
-class MustardOptions(CausalLMOptions):
+class MustardOptions(GeneratorOptions):
     """Where items come from, how many, how they are checked and scored."""
 
-    generator: str = field(
-        default="local",
-        metadata={
-            "help": "who writes items: local (the task's model), templates, an "
-            "http(s) OpenAI-compatible API root, or module:function"
-        },
-    )
-    generator_model: str = field(
-        default="default", metadata={"help": "the endpoint's model name"}
-    )
-    generator_chat: bool = field(
-        default=False, metadata={"help": "send prompts to /chat/completions"}
-    )
+    OWN_WRITERS: ClassVar[tuple[str, ...]] = (TEMPLATES,)
+
     items: int = field(default=96, metadata={"help": "items generated (seeds drawn)"})
     pair_share: float = field(
         default=0.5, metadata={"help": "share of seeds that are concept pairs"}
@@ -125,16 +114,6 @@ class MustardOptions(CausalLMOptions):
         if self.test_problems < 1:
             raise ConfigError(
                 f"`test-problems` should be >= 1, got {self.test_problems}"
-            )
-        spec = self.generator.strip()
-        if not (
-            spec in ("local", TEMPLATES)
-            or spec.startswith(("http://", "https://"))
-            or (":" in spec and not spec.startswith(":") and not spec.endswith(":"))
-        ):
-            raise ConfigError(
-                f"`generator` should be local, templates, an http(s) URL or "
-                f"module:function, got {self.generator!r}"
             )
         if self.extractor.strip() != MODEL:
             try:
@@ -211,12 +190,7 @@ class MustardTask(CausalLMTask):
             trainable = self.build_model("cpu")  # the initial model, not a client's
             return LocalGenerator(trainable.model, trainable.tokenizer, batch_size=8)
 
-        return make_generator(
-            spec,
-            local=local,
-            model=self.opts.generator_model,
-            chat=self.opts.generator_chat,
-        )
+        return self.opts.make_generator(local)
 
     def build_records(self) -> list[dict[str, Any]]:
         """Generate and check `items` items (no cache)."""

@@ -42,11 +42,10 @@ from ...generators import (
     Generator,
     LocalGenerator,
     ScriptedGenerator,
-    make_generator,
 )
 from ...models import TrainableModel
 from ..base import ClientData, Rows
-from ..causal_lm import CausalLMOptions, CausalLMTask
+from ..causal_lm import CausalLMOptions, CausalLMTask, GeneratorOptions
 from .examples import (
     HELD_OUT_STYLES,
     MODEL_STYLE,
@@ -58,7 +57,7 @@ from .examples import (
 
 
 @dataclass(frozen=True)
-class XFinderOptions(CausalLMOptions):
+class XFinderOptions(GeneratorOptions):
     """How big the key-answer-finder set is and how key answers are generated."""
 
     train_questions: int = field(
@@ -80,14 +79,7 @@ class XFinderOptions(CausalLMOptions):
         default=0,
         metadata={"help": "held-out questions also answered by `generator` (0: off)"},
     )
-    generator: str = field(
-        default="local",
-        metadata={"help": "who writes `model-outputs`: local, http(s) URL, mod:fn"},
-    )
-    generator_model: str = field(
-        default="default", metadata={"help": "the endpoint's model name"}
-    )
-    generator_chat: bool = field(
+    generator_chat: bool = field(  # an instruct model asked plainly often stops
         default=True,
         metadata={"help": "ask `generator` in chat form (template / chat API)"},
     )
@@ -111,14 +103,6 @@ class XFinderOptions(CausalLMOptions):
             raise ConfigError(
                 f"`max-new-tokens` should be at least 1, got {self.max_new_tokens}"
             )
-        spec = self.generator.strip()
-        if spec != "local" and not spec.startswith(("http://", "https://")):
-            module, colon, function = spec.partition(":")
-            if not (colon and module and function):
-                raise ConfigError(
-                    f"`generator` should be 'local', an http(s):// URL or "
-                    f"'module:function', got {self.generator!r}"
-                )
 
 
 class XFinderTask(CausalLMTask):
@@ -170,12 +154,10 @@ class XFinderTask(CausalLMTask):
         """Who writes the "local-model" outputs (the `generator` option).
 
         "local": the untrained model (LoRA B starts at zero: the base model's own),
-        each request through its tokenizer's chat template when it has one (an
-        instruct model asked in plain text often ends at once: 7 of 12 empty
-        answers from SmolLM2-135M-Instruct, against 0 of 8 in its chat format);
-        an endpoint: its chat API (`generator-chat`) or plain completions.
+        in its chat template (`generator-chat`, on by default); an endpoint: its
+        chat API or plain completions. Asked in plain text, a writer continues
+        after "Response:".
         """
-        chat = self.opts.generator_chat
 
         def local() -> LocalGenerator:
             trainable = self.build_model("cpu")
@@ -185,30 +167,11 @@ class XFinderTask(CausalLMTask):
                 batch_size=self.run.client.eval_batch_size,
             )
 
-        if self.opts.generator.strip() != "local":
-            made = make_generator(
-                self.opts.generator, model=self.opts.generator_model, chat=chat
-            )
-            if chat or isinstance(made, ScriptedGenerator):
-                return made
-            return _suffixed(made, "\nResponse:")
-        generator = local()
-        template = getattr(generator.tokenizer, "chat_template", None)
-        if not (chat and template):
-            return _suffixed(generator, "\nResponse:")
-
-        def chatted(prompts: Sequence[str], *, max_new_tokens: int) -> list[str]:
-            texts = [
-                generator.tokenizer.apply_chat_template(
-                    [{"role": "user", "content": p}],
-                    tokenize=False,
-                    add_generation_prompt=True,
-                )
-                for p in prompts
-            ]
-            return generator(texts, max_new_tokens=max_new_tokens)
-
-        return chatted
+        made = self.opts.make_generator(local)
+        chats = self.opts.generator_chat and getattr(made, "chats", True)
+        if chats or isinstance(made, ScriptedGenerator):
+            return made
+        return _suffixed(made, "\nResponse:")
 
     def load_partition(self, partition_id: int) -> ClientData:
         if not hasattr(self, "_partitioner"):
