@@ -54,6 +54,16 @@ class TaskOptions(Options):
     `ConfigError`, naming the option; the run fails before any process starts.
     """
 
+    def require_at_least(self, minimum: float, *names: str) -> None:
+        """ConfigError naming the first of the fields `names` below `minimum`."""
+        for name in names:
+            value = getattr(self, name)
+            if value < minimum:
+                option = name.replace("_", "-")
+                raise ConfigError(
+                    f"`{option}` should be at least {minimum}, got {value}"
+                )
+
 
 @dataclass(frozen=True)
 class NoOptions(TaskOptions):

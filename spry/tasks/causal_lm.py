@@ -48,8 +48,7 @@ class CausalLMOptions(TaskOptions):
     )
 
     def __post_init__(self) -> None:
-        if self.chunk_tokens < 0:
-            raise ConfigError(f"`chunk-tokens` should be >= 0, got {self.chunk_tokens}")
+        self.require_at_least(0, "chunk_tokens")
 
 
 @dataclass(frozen=True)

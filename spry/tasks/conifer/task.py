@@ -160,12 +160,7 @@ class ConiferOptions(GeneratorOptions):
                 f"`template` may hold only {{prompt}} (double other braces), "
                 f"got {self.template!r}"
             ) from None
-        for name in ("train_per_level", "test_per_level", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                option = name.replace("_", "-")
-                raise ConfigError(
-                    f"`{option}` should be at least 1, got {getattr(self, name)}"
-                )
+        self.require_at_least(1, "train_per_level", "test_per_level", "max_new_tokens")
 
 
 def instruction_rows(

@@ -100,21 +100,19 @@ class MustardOptions(GeneratorOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.items < 1:
-            raise ConfigError(f"`items` should be at least 1, got {self.items}")
+        self.require_at_least(1, "items")
         for name in ("pair_share", "false_rate"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 key = name.replace("_", "-")
                 raise ConfigError(f"`{key}` should be in [0, 1], got {value}")
-        for name in ("generate_tokens", "checker_timeout_ms", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                key = name.replace("_", "-")
-                raise ConfigError(f"`{key}` should be >= 1, got {getattr(self, name)}")
-        if self.test_problems < 1:
-            raise ConfigError(
-                f"`test-problems` should be >= 1, got {self.test_problems}"
-            )
+        self.require_at_least(
+            1,
+            "generate_tokens",
+            "checker_timeout_ms",
+            "max_new_tokens",
+            "test_problems",
+        )
         if self.extractor.strip() != MODEL:
             try:
                 load_extractor(self.extractor)

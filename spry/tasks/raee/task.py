@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...classification import tokenize
-from ...config import ConfigError, RunConfig
+from ...config import RunConfig
 from ...engines.base import Batch
 from ...models import TrainableModel, resolve_model_path
 from ..base import Task, TaskOptions
@@ -55,12 +55,7 @@ class RaeeOptions(TaskOptions):
     )
 
     def __post_init__(self) -> None:
-        if self.k < 1:
-            raise ConfigError(f"`k` should be at least 1, got {self.k}")
-        if self.timing_batch < 1:
-            raise ConfigError(
-                f"`timing-batch` should be at least 1, got {self.timing_batch}"
-            )
+        self.require_at_least(1, "k", "timing_batch")
 
 
 class LayerExits(nn.Module):

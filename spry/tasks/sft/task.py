@@ -91,14 +91,8 @@ class SFTOptions(CausalLMOptions):
                 f"`template` may hold only {{prompt}} (double other braces), "
                 f"got {self.template!r}"
             ) from None
-        if self.max_new_tokens < 1:
-            raise ConfigError(
-                f"`max-new-tokens` should be at least 1, got {self.max_new_tokens}"
-            )
-        if self.test_examples < 0:
-            raise ConfigError(
-                f"`test-examples` should be >= 0, got {self.test_examples}"
-            )
+        self.require_at_least(1, "max_new_tokens")
+        self.require_at_least(0, "test_examples")
 
 
 class SFTTask(CausalLMTask):

@@ -69,10 +69,7 @@ class VerixOptions(TaskOptions):
             )
         if not 0 < self.epsilon <= 1:
             raise ConfigError(f"`epsilon` should be in (0, 1], got {self.epsilon}")
-        if self.explain_images < 0:
-            raise ConfigError(
-                f"`explain-images` should be >= 0, got {self.explain_images}"
-            )
+        self.require_at_least(0, "explain_images")
         if self.solver not in ("marabou", "z3", "auto"):
             raise ConfigError(
                 f"`solver` should be marabou, z3 or auto, got {self.solver!r}"

@@ -35,7 +35,6 @@ import datasets
 import torch
 
 from ...answers import extract_many, finder_prompt, same_answer
-from ...config import ConfigError
 from ...data import make_partitioner
 from ...data.pairs import KIND_COLUMN
 from ...generators import (
@@ -89,20 +88,14 @@ class XFinderOptions(GeneratorOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("train_questions", "test_questions", "styles_per_question"):
-            if getattr(self, name) < 1:
-                key = name.replace("_", "-")
-                raise ConfigError(
-                    f"`{key}` should be at least 1, got {getattr(self, name)}"
-                )
-        if self.model_outputs < 0:
-            raise ConfigError(
-                f"`model-outputs` should be >= 0, got {self.model_outputs}"
-            )
-        if self.max_new_tokens < 1:
-            raise ConfigError(
-                f"`max-new-tokens` should be at least 1, got {self.max_new_tokens}"
-            )
+        self.require_at_least(
+            1,
+            "train_questions",
+            "test_questions",
+            "styles_per_question",
+            "max_new_tokens",
+        )
+        self.require_at_least(0, "model_outputs")
 
 
 class XFinderTask(CausalLMTask):
