@@ -268,6 +268,44 @@ def test_the_feedback_example_text():
     )
 
 
+def test_a_long_attempt_is_shortened_so_the_task_and_the_checks_stay_in_view():
+    task = make_conifer({"max-length": 64})
+    tokenizer = word_tokenizer()
+
+    def size(text):
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    constraints, passed = (WordCount(AT_MOST, 30), Lowercase()), [False, True]
+    asked = "Write a short positive review of a movie."
+    answer = " great fun"
+
+    # fits as it is: unchanged
+    short = task.fitted_feedback(
+        tokenizer, asked, "Great Fun.", constraints, passed, answer
+    )
+    assert short == task.prompt(
+        feedback_prompt(asked, "Great Fun.", constraints, passed)
+    )
+
+    # too long: the attempt is cut (marked), never the task or the verdicts
+    attempt = " ".join(["fun"] * 80)
+    fitted = task.fitted_feedback(
+        tokenizer, asked, attempt, constraints, passed, answer
+    )
+    assert size(fitted) + size(answer) + 1 <= 64
+    assert fitted.startswith(asked) and "[...]" in fitted and "NOT met." in fitted
+    assert size(task.prompt(feedback_prompt(asked, attempt, constraints, passed))) > 64
+
+    # no room even without an attempt: no example
+    long_answer = " " + " ".join(["fun"] * 60)
+    assert (
+        task.fitted_feedback(
+            tokenizer, asked, attempt, constraints, passed, long_answer
+        )
+        is None
+    )
+
+
 def test_a_round_trains_on_instructions_then_their_feedback_examples():
     task = make_conifer({"num-server-rounds": 5, "batch-size": 3})
     rows = task.partition(1).train
@@ -283,7 +321,13 @@ def test_a_round_trains_on_instructions_then_their_feedback_examples():
         assert answer == fb_answer == " " + row["response"]
         assert fb_prompt.startswith(row["task"] + "\nA previous response:\n")
         assert row["prompt"].startswith(row["task"] + " ")
-        assert row["attempt"].strip() in fb_prompt
+        # the attempt, or its first words when the example would not fit
+        shown = fb_prompt.split("\nA previous response:\n")[1]
+        shown = shown.split("\nChecks of that response:")[0]
+        whole = " ".join(row["attempt"].split())
+        assert shown == row["attempt"].strip() or (
+            shown.endswith(" [...]") and whole.startswith(shown.removesuffix(" [...]"))
+        )
         assert fb_prompt.count("NOT met.") == len(json.loads(row["broken"]))
     without = make_conifer({"num-server-rounds": 5}, feedback=False)
     assert len(without.round_pairs(without.model(), 1, 2, "cpu")) == len(picked)

@@ -330,9 +330,46 @@ class ConiferTask(CausalLMTask):
             passed = verdicts(constraints, attempt.strip())
             if all(passed):  # nothing to correct
                 continue
-            text = feedback_prompt(row["task"], attempt, constraints, passed)
-            pairs.append((self.prompt(text), " " + str(row["response"])))
+            answer = " " + str(row["response"])
+            prompt = self.fitted_feedback(
+                trainable.tokenizer, row["task"], attempt, constraints, passed, answer
+            )
+            if prompt is not None:
+                pairs.append((prompt, answer))
         return pairs
+
+    def fitted_feedback(
+        self,
+        tokenizer: Any,
+        task: str,
+        attempt: str,
+        constraints: Sequence[Constraint],
+        passed: Sequence[bool],
+        answer: str,
+    ) -> str | None:
+        """The feedback prompt, its attempt shortened until prompt and answer fit.
+
+        `encode` keeps a long example's answer and cuts its prompt's start, which
+        here is the task and the attempt: 8 of 80 feedback examples lost 37-180
+        tokens so at max-length 256. The verdicts still describe the whole attempt.
+        None when even an empty attempt leaves no room (the pair is skipped).
+        """
+
+        def size(text: str) -> int:
+            return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+        room = self.run.model.max_length - size(answer) - 1  # 1: end-of-sequence
+        words = attempt.split()
+        shown = attempt
+        while True:
+            prompt = self.prompt(feedback_prompt(task, shown, constraints, passed))
+            over = size(prompt) - room
+            if over <= 0:
+                return prompt
+            if not words:
+                return None
+            words = words[: max(len(words) - max(over // 2, 1), 0)]
+            shown = " ".join(words) + " [...]"
 
     def round_pairs(
         self,
