@@ -311,8 +311,11 @@ def conifer_table(
     return lines
 
 
-def mustard_local_rate(items: int, seed: int) -> dict[str, Any]:
-    """The kept-set summary of `items` items written by the offline SmolLM2 itself."""
+def mustard_local_rate(items: int, seed: int, chat: bool = False) -> dict[str, Any]:
+    """The kept-set summary of `items` items written by the offline SmolLM2 itself.
+
+    `chat`: each request as a user turn of the model's chat template.
+    """
     from spry.config import RunConfig, default_values
     from spry.tasks.base import build_options
     from spry.tasks.mustard import MustardTask
@@ -320,7 +323,9 @@ def mustard_local_rate(items: int, seed: int) -> dict[str, Any]:
 
     values = {**default_values(), **MustardTask.run_defaults, "seed": seed}
     run = RunConfig.from_run_config({**values, "task": "mustard"})
-    options = build_options(MustardTask, {"generator": "local", "items": items})
+    options = build_options(
+        MustardTask, {"generator": "local", "items": items, "generator-chat": chat}
+    )
     start = time.time()
     records = MustardTask(run, options).records  # cached under $SPRY_CACHE/mustard
     summary = summarize(records)
@@ -339,6 +344,7 @@ def _shares(summary: dict[str, Any]) -> str:
 def mustard_table(
     runs: dict[str, tuple[dict[str, Any], list[dict[str, float]]]],
     local: dict[str, Any],
+    local_chat: dict[str, Any] | None = None,
 ) -> list[str]:
     kept = next(iter(runs.values()))[0]["mustard"]  # the same kept set in each run
     planted, found = kept["planted"], kept["diversity"]
@@ -378,16 +384,26 @@ def mustard_table(
         "",
         "## Items the offline SmolLM2-135M-Instruct writes itself (generator=local)",
         "",
-        f"{local['generated']} items, {local['accepted']} kept "
-        f"({100 * local['accept-rate']:.1f}%), in {local['seconds']:.0f} s. "
-        f"By reason: {_shares(local)}.",
     ]
+    for how, rate in (
+        ("asked in plain text", local),
+        ("in its chat template", local_chat),
+    ):
+        if rate is not None:
+            lines.append(
+                f"- {how}: {rate['generated']} items, {rate['accepted']} kept "
+                f"({100 * rate['accept-rate']:.1f}%), in {rate['seconds']:.0f} s. "
+                f"By reason: {_shares(rate)}."
+            )
     return lines
 
 
 # What a variant table needs besides the runs, measured once per task
 EXTRAS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
-    "mustard": lambda args: {"local": mustard_local_rate(args.local_items, args.seed)},
+    "mustard": lambda args: {
+        "local": mustard_local_rate(args.local_items, args.seed),
+        "local_chat": mustard_local_rate(args.local_items, args.seed, chat=True),
+    },
 }
 
 

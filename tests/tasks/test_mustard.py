@@ -709,3 +709,7 @@ def test_the_benchmark_table_reports_shares_diversity_and_accuracy_change():
     assert "Planted false: 1 of 1 rejected; true: 1 of 1 accepted" in text
     assert "| spry | 10.0% | 25.0% | +15.0 | 2.000 -> 1.500 | 12 s |" in text
     assert "1 items, 0 kept (0.0%)" in text and "format-error 100.0%" in text
+    assert "asked in plain text" in text and "chat template" not in text
+    assert "- in its chat template: 1 items" in "\n".join(
+        mustard_table(runs, local, local)
+    )
