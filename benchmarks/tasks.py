@@ -11,10 +11,11 @@
   set by spry, fedavg and fedmezo (one run each, same seed), against OpenCompass's
   RegEx: extraction accuracy by output style on the held-out set. Sized for about
   10 minutes a method on 2 free cores (Spry's K = 8 step is the slowest, about
-  20 s, sft_probe.md): 3 rounds, 20 clients holding 800 training rows (about 36
-  to train on each: 5 batches of 8, one local epoch), 2 a round; 12 held-out
-  questions in every style that fits (105 rows), scored before training and
-  after the last round only.
+  20 s, sft_probe.md): 3 rounds, 10 clients holding 800 training rows (about 80
+  each: 10 batches of 8, one local epoch), 2 a round; 12 held-out questions in
+  every style that fits (105 rows) plus the untrained model's own answers to
+  them (style local-model, kept when they state the answer), scored before
+  training and after the last round only.
 
 - mustard: items from the template writer (a quarter planted false), kept by the
   checker, fine-tuned on with spry, fedavg and fedmezo (a run each, same seed):
@@ -64,6 +65,7 @@ SETTINGS: dict[str, list[str]] = {  # on top of the task's own `run_defaults`
         "batch-size=8",
         "eval-every=3",
         "xfinder.test-questions=12",
+        "xfinder.model-outputs=12",  # the untrained model's own answers, held out
     ],  # fmt: skip
     # 4 clients, all sampled; 16 instructions a level (4 a client, 8 pairs with
     # their feedback: 2 steps of 4 a round); 8 test instructions a level, scored
