@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
+import json
 import socket
+import threading
+from typing import Any, ClassVar
 
 import pytest
 
@@ -121,3 +125,78 @@ def test_an_unreachable_endpoint_fails_with_its_address():
     writer.retries = 0
     with pytest.raises(EndpointError, match=f"127.0.0.1:{port}/v1/completions"):
         writer(["hello"], max_new_tokens=2)
+
+
+# -- a real HTTP server speaking the OpenAI API ---------------------------------------
+
+
+class _OpenAIShaped(http.server.BaseHTTPRequestHandler):
+    """Answers /v1/completions and /v1/chat/completions; remembers each request."""
+
+    seen: ClassVar[list[dict[str, Any]]] = []
+
+    def do_POST(self) -> None:  # noqa: N802  (the http.server name)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.seen.append(
+            {"path": self.path, "auth": self.headers.get("Authorization"), **body}
+        )
+        if body.get("model") == "refuse":
+            self.send_response(429)
+            self.end_headers()
+            self.wfile.write(b"slow down")
+            return
+        if self.path.endswith("/chat/completions"):
+            said = body["messages"][-1]["content"]
+            reply = {
+                "choices": [{"message": {"role": "assistant", "content": said[::-1]}}]
+            }
+        else:
+            reply = {"choices": [{"text": body["prompt"].upper()}]}
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:  # quiet
+        pass
+
+
+@pytest.fixture
+def openai_server():
+    _OpenAIShaped.seen.clear()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OpenAIShaped)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_endpoint_asks_greedy_completions_and_chat_with_the_key(
+    openai_server, monkeypatch
+):
+    monkeypatch.setenv("SPRY_ENDPOINT_KEY", "k-123")
+    plain = make_generator(openai_server, model="tiny")
+    assert plain(["ab", "cd"], max_new_tokens=7) == ["AB", "CD"]
+    chat = make_generator(openai_server, model="tiny", chat=True)
+    assert chat(["abc"], max_new_tokens=3) == ["cba"]
+
+    first, _, third = _OpenAIShaped.seen
+    assert (
+        first["path"] == "/v1/completions" and third["path"] == "/v1/chat/completions"
+    )
+    assert first["auth"] == "Bearer k-123"
+    assert (first["model"], first["max_tokens"], first["temperature"]) == (
+        "tiny",
+        7,
+        0.0,
+    )
+    assert third["messages"] == [{"role": "user", "content": "abc"}]
+
+
+def test_an_endpoints_refusal_is_named_with_its_status(openai_server):
+    writer = make_generator(openai_server, model="refuse")
+    with pytest.raises(EndpointError, match="HTTP 429: slow down"):
+        writer(["x"], max_new_tokens=1)
