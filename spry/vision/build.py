@@ -406,7 +406,7 @@ def _train(
             losses.append(loss.item())
             bar.update(1)
             bar.set_postfix(
-                loss=f"{losses[-1]:.3f}", scale=f"{float(model.logit_scale):.1f}"
+                loss=f"{losses[-1]:.3f}", scale=f"{model.logit_scale.item():.1f}"
             )
     bar.close()
     model.vision.eval()
