@@ -122,8 +122,14 @@ def _fashion_mnist() -> ImageSet:
 
 
 def _digits() -> ImageSet:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError:
+        raise ImageSetError(
+            "digits ship inside scikit-learn, which is not installed: "
+            'pip install -e ".[clipscope]" (or any extra with scikit-learn)'
+        ) from None
 
     bunch = load_digits()
     pixels = (bunch.images / 16.0).astype(np.float32)  # values 0..16
