@@ -131,12 +131,23 @@ def compare(
     mined: MinedLabels,
     *,
     num_clients: int = 10,
+    counts: np.ndarray | None = None,
     seed: int = 0,
 ) -> PairResult:
-    """Every method of `METHODS` on one pair, on the same logits."""
+    """Every method of `METHODS` on one pair, on the same logits.
+
+    `counts` are the merged prediction counts the clients shared (a federated
+    run's); without them `num_clients` shares of `pair.prior_images` are
+    counted here, each share apart, and merged the same way.
+    """
     plain = label_space(model, pair.id_names)
     mined_space = label_space(model, pair.id_names, mined)
-    counts = federated_counts(model, mined_space, pair.prior_images, num_clients)
+    if counts is None:
+        counts = federated_counts(model, mined_space, pair.prior_images, num_clients)
+    elif len(counts) != len(pair.id_names):
+        raise ValueError(
+            f"{len(counts)} counts for the {len(pair.id_names)} ID classes"
+        )
     prior = class_prior(counts)
     uniform = uniform_prior(len(pair.id_names))
     scores: dict[str, tuple[Tensor, Tensor]] = {}
