@@ -36,7 +36,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -90,6 +90,11 @@ class OfflineClipConfig:
         The locked text tower: the offline name or a local sentence-encoder folder.
     image_sets : tuple[str, ...] (default: ("fashion-mnist", "digits"))
         The offline sets trained on (`spry.vision.images.IMAGE_SETS`).
+    held_out_classes : tuple[str, ...] (default: ())
+        Class names (of any set) the build never sees: their training images
+        are left out and their captions are not among the texts, so their
+        zero-shot accuracy (`ZeroShotReport.unseen_accuracy`) measures names the
+        image tower never trained on, and a near-OOD split of them is unseen.
     max_train_per_set : int (default: 0)
         Train images drawn from each set (a seeded sample); 0 = all.
     max_test_per_set : int (default: 0)
@@ -115,6 +120,7 @@ class OfflineClipConfig:
     vit: ViTConfig = field(default_factory=ViTConfig)
     text_model: str = "all-MiniLM-L6-v2"
     image_sets: tuple[str, ...] = ("fashion-mnist", "digits")
+    held_out_classes: tuple[str, ...] = ()
     max_train_per_set: int = 0
     max_test_per_set: int = 0
     min_share: float = 0.2
@@ -130,12 +136,23 @@ class OfflineClipConfig:
         if isinstance(self.vit, dict):  # from a stored config.json
             object.__setattr__(self, "vit", ViTConfig(**self.vit))
         object.__setattr__(self, "image_sets", tuple(self.image_sets))
+        object.__setattr__(self, "held_out_classes", tuple(self.held_out_classes))
         unknown = [s for s in self.image_sets if s not in TEMPLATES]
         if not self.image_sets or unknown:
             raise ValueError(
                 f"`image_sets` should name some of {sorted(TEMPLATES)}, "
                 f"got {self.image_sets}"
             )
+        known = {n for s in self.image_sets if s in CLASS_NAMES for n in CLASS_NAMES[s]}
+        strange = [n for n in self.held_out_classes if n not in known]
+        if strange:
+            raise ValueError(
+                f"`held_out_classes` should name classes of {self.image_sets}, "
+                f"got {strange}"
+            )
+        for s in self.image_sets:
+            if s in CLASS_NAMES and set(CLASS_NAMES[s]) <= set(self.held_out_classes):
+                raise ValueError(f"`held_out_classes` holds out all of {s}")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` should be at least 1, got {self}")
@@ -187,6 +204,9 @@ class ZeroShotReport:
         The training loss, averaged over each tenth of the steps (at most 10).
     path : str
         The cache entry.
+    unseen_accuracy : dict[str, float] (default: {})
+        Per set with `held_out_classes`: zero-shot accuracy on the held-out
+        images of those classes, among all the set's class names.
     """
 
     accuracy: dict[str, float]
@@ -199,6 +219,7 @@ class ZeroShotReport:
     cached: bool
     losses: list[float]
     path: str
+    unseen_accuracy: dict[str, float] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         out = [
@@ -210,6 +231,8 @@ class ZeroShotReport:
                 f"  zero-shot accuracy {name}: {acc:.2%} "
                 f"({self.test_images[name]} held-out images)"
             )
+        for name, acc in self.unseen_accuracy.items():
+            out.append(f"  zero-shot accuracy {name}, never-trained classes: {acc:.2%}")
         out += [
             f"  build time: {self.build_seconds:.1f} s "
             f"(this call {self.load_seconds:.1f} s)",
@@ -329,6 +352,39 @@ def _shift(images: Tensor, max_shift: int, generator: torch.Generator) -> Tensor
     return padded[batch, channels, rows, cols]  # (B, C, side, side)
 
 
+class TrainingData(NamedTuple):
+    """Per set: the train images drawn, their global class ids, the captions."""
+
+    indices: list[Tensor]  # into the set's train images
+    images: list[Tensor]
+    labels: list[Tensor]  # global ids over the trained classes of all sets
+    captions: list[Tensor]  # (trained classes, templates, D) per set
+
+
+def training_data(
+    model: VisionLanguageModel,
+    config: OfflineClipConfig,
+    sets: Sequence[ImageSet],
+    generator: torch.Generator,
+) -> TrainingData:
+    """What the build trains on: `held_out_classes` left out, images and texts."""
+    data = TrainingData([], [], [], [])
+    held = set(config.held_out_classes)
+    class_offset = 0
+    for image_set in sets:
+        kept = [c for c, n in enumerate(image_set.class_names) if n not in held]
+        remap = torch.full((len(image_set.class_names),), -1, dtype=torch.long)
+        remap[kept] = torch.arange(len(kept)) + class_offset
+        seen = torch.nonzero(remap[image_set.train_labels] >= 0).flatten()
+        keep = seen[_subsample(len(seen), config.max_train_per_set, generator)]
+        data.indices.append(keep)
+        data.images.append(image_set.train_images[keep])
+        data.labels.append(remap[image_set.train_labels[keep]])
+        data.captions.append(class_text_features(model, image_set.name)[kept])
+        class_offset += len(kept)
+    return data
+
+
 def _train(
     model: OfflineClip,
     config: OfflineClipConfig,
@@ -339,18 +395,8 @@ def _train(
     from tqdm.auto import tqdm
 
     generator = torch.Generator().manual_seed(config.seed)
-    images, labels, offsets = [], [], []
-    text_per_set = []
-    class_offset = 0
-    for image_set in sets:
-        keep = _subsample(
-            len(image_set.train_images), config.max_train_per_set, generator
-        )
-        images.append(image_set.train_images[keep])
-        labels.append(image_set.train_labels[keep] + class_offset)
-        offsets.append(class_offset)
-        text_per_set.append(class_text_features(model, image_set.name))
-        class_offset += len(image_set.class_names)
+    data = training_data(model, config, sets, generator)
+    images, labels, text_per_set = data.images, data.labels, data.captions
     sizes = [len(x) for x in images]
     all_images, all_labels = torch.cat(images), torch.cat(labels)
     # (classes of all sets, templates, D): the locked tower's captions, once
@@ -427,19 +473,26 @@ def _tenths(losses: Sequence[float]) -> list[float]:
 
 def _score(
     model: OfflineClip, config: OfflineClipConfig, sets: Sequence[ImageSet]
-) -> tuple[dict[str, float], dict[str, int]]:
+) -> tuple[dict[str, float], dict[str, int], dict[str, float]]:
+    """Zero-shot accuracy per set; and on its never-trained classes, if any."""
     generator = torch.Generator().manual_seed(config.seed + 1)
-    accuracy, counts = {}, {}
+    accuracy, counts, unseen = {}, {}, {}
+    held = set(config.held_out_classes)
     for image_set in sets:
         keep = _subsample(
             len(image_set.test_images), config.max_test_per_set, generator
         )
+        images, labels = image_set.test_images[keep], image_set.test_labels[keep]
         classifier = zero_shot_classifier(class_text_features(model, image_set.name))
-        accuracy[image_set.name] = zero_shot_accuracy(
-            model, image_set.test_images[keep], image_set.test_labels[keep], classifier
-        )
+        accuracy[image_set.name] = zero_shot_accuracy(model, images, labels, classifier)
         counts[image_set.name] = len(keep)
-    return accuracy, counts
+        held_ids = [c for c, n in enumerate(image_set.class_names) if n in held]
+        if held_ids:
+            mask = torch.isin(labels, torch.tensor(held_ids))
+            unseen[image_set.name] = zero_shot_accuracy(
+                model, images[mask], labels[mask], classifier
+            )
+    return accuracy, counts, unseen
 
 
 def _size(folder: Path) -> int:
@@ -489,7 +542,7 @@ def build_offline_clip(
 
     sets = [load_image_set(name) for name in config.image_sets]
     losses = _train(model, config, sets, progress)
-    accuracy, counts = _score(model, config, sets)
+    accuracy, counts, unseen = _score(model, config, sets)
     # Written to a temporary folder, then renamed: a build killed halfway leaves
     # no entry that a later call would take for a finished one.
     partial = folder.with_name(folder.name + ".partial")
@@ -509,6 +562,7 @@ def build_offline_clip(
         "cached": False,
         "losses": _tenths(losses),
         "path": str(folder),
+        "unseen_accuracy": unseen,
     }
     (partial / REPORT_FILE).write_text(json.dumps(stored, indent=2))
     shutil.rmtree(folder, ignore_errors=True)
@@ -525,13 +579,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     defaults = OfflineClipConfig()
     for f in fields(OfflineClipConfig):
-        if f.name in ("vit", "image_sets"):
+        if f.name in ("vit", "image_sets", "held_out_classes"):
             continue
         value = getattr(defaults, f.name)
         parser.add_argument(
             "--" + f.name.replace("_", "-"), type=type(value), default=value
         )
     parser.add_argument("--image-sets", default=",".join(defaults.image_sets))
+    parser.add_argument(
+        "--held-out-classes",
+        default="",
+        help="comma-separated class names never trained on (e.g. 'shirt,bag')",
+    )
     for f in fields(ViTConfig):
         value = getattr(defaults.vit, f.name)
         parser.add_argument(
@@ -546,13 +605,14 @@ def config_from_args(args: argparse.Namespace) -> OfflineClipConfig:
     values: dict[str, Any] = {
         f.name: getattr(args, f.name)
         for f in fields(OfflineClipConfig)
-        if f.name not in ("vit", "image_sets")
+        if f.name not in ("vit", "image_sets", "held_out_classes")
     }
     vit = ViTConfig(
         **{f.name: getattr(args, "vit_" + f.name) for f in fields(ViTConfig)}
     )
     sets = tuple(s.strip() for s in args.image_sets.split(",") if s.strip())
-    return OfflineClipConfig(vit=vit, image_sets=sets, **values)
+    held = tuple(s.strip() for s in args.held_out_classes.split(",") if s.strip())
+    return OfflineClipConfig(vit=vit, image_sets=sets, held_out_classes=held, **values)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -115,3 +115,9 @@ def test_evaluate_reports_zero_shot_accuracy(task):
     assert metrics["logit-scale"] == pytest.approx(
         float(torch.exp(task.model().model.log_scale.detach())), rel=1e-6
     )
+
+
+def test_near_pair_builds_a_clip_that_never_saw_the_ood_classes(task):
+    near = _task(**{"clipscope.pair": "fashion-near"})
+    assert near.unseen_classes() == ("shirt", "sneaker", "bag", "ankle boot")
+    assert task.unseen_classes() == ()

@@ -213,7 +213,9 @@ def test_cache_round_trip(built, cache):
         torch.testing.assert_close(
             again.image_features(images), model.image_features(images)
         )
-    assert float(again.logit_scale) == pytest.approx(float(model.logit_scale))
+    assert float(again.logit_scale.detach()) == pytest.approx(
+        float(model.logit_scale.detach())
+    )
     # another config is another entry
     other = OfflineClipConfig(**{**TINY.__dict__, "seed": 1})
     assert cache_dir(other) != cache_dir(TINY)
@@ -264,3 +266,38 @@ def test_config_errors_name_the_option():
     with pytest.raises(ValueError, match="epochs"):
         OfflineClipConfig(epochs=0)
     assert build.main(["--image-sets=cifar", "--no-progress"]) == 2
+
+
+@needs_fashion
+def test_held_out_classes_are_never_trained_on(built):
+    # Prepare
+    model, _ = built
+    config = OfflineClipConfig(
+        **{**TINY.__dict__, "held_out_classes": ("shirt", "bag")}
+    )
+    sets = [load_image_set(name) for name in config.image_sets]
+    # Execute
+    data = build.training_data(model, config, sets, torch.Generator().manual_seed(0))
+    # Assert: no shirt (6) or bag (8) image, 8 + 10 classes, 8 + 10 captions
+    fashion_labels = sets[0].train_labels[data.indices[0]]
+    assert not torch.isin(fashion_labels, torch.tensor([6, 8])).any()
+    assert len(data.indices[0]) == 200
+    assert torch.cat(data.labels).unique().tolist() == list(range(18))
+    assert [len(c) for c in data.captions] == [8, 10]
+    # the captions left are the other classes' own
+    all_fashion = build.class_text_features(model, "fashion-mnist")
+    kept = [c for c in range(10) if c not in (6, 8)]
+    torch.testing.assert_close(data.captions[0], all_fashion[kept])
+
+
+@needs_fashion
+def test_report_scores_the_never_trained_classes(cache):
+    config = OfflineClipConfig(
+        **{**TINY.__dict__, "epochs": 1, "held_out_classes": ("shirt", "bag")}
+    )
+    _, report = build_offline_clip(config, progress=False)
+    assert set(report.unseen_accuracy) == {"fashion-mnist"}
+    assert 0.0 <= report.unseen_accuracy["fashion-mnist"] <= 1.0
+    assert any("never-trained" in line for line in report.lines())
+    with pytest.raises(ValueError, match="held_out_classes"):
+        OfflineClipConfig(held_out_classes=("unicorn",))

@@ -21,10 +21,11 @@ over labels by default, so their class mixes differ.
   without mined labels; the clients' prior and a uniform one; online), writing
   `clipscope.json` and `clipscope-scores.png` into the results folder.
 
-A caveat of the offline model: its image tower was trained on Fashion-MNIST
-*and* the digits, all twenty class names included, so neither OOD side is
-unseen by the model the way ImageNet's OOD sets are unseen by CLIP; the pairs
-measure the scores' behaviour, not CLIP-scale zero-shot transfer.
+A caveat of the offline model: for `fashion-near` it is built with the
+near-OOD classes held out (`OfflineClipConfig.held_out_classes`: neither their
+images nor their captions are trained on), but for `fashion-vs-digits` its image
+tower was trained on the digits too, so that OOD side is not unseen the way
+ImageNet's OOD sets are unseen by CLIP.
 """
 
 from __future__ import annotations
@@ -209,6 +210,7 @@ class ClipscopeTask(LabelledDataTask):
                     ),
                     epochs=self.opts.clip_epochs,
                     max_train_per_set=self.opts.clip_max_train,
+                    held_out_classes=self.unseen_classes(),
                 )
                 self._clip, _ = build_offline_clip(config, progress=False)
             else:
@@ -217,6 +219,14 @@ class ClipscopeTask(LabelledDataTask):
                 self._clip = load_transformers_clip(self.opts.clip)
             self._clip.eval().requires_grad_(False)
         return self._clip
+
+    def unseen_classes(self) -> tuple[str, ...]:
+        """Classes the offline CLIP must never train on: the near-OOD ones."""
+        if self.opts.pair != "fashion-near":
+            return ()
+        from ...vision.images import FASHION_CLASSES
+
+        return tuple(FASHION_CLASSES[c] for c in NEAR_OOD_CLASSES)
 
     def text_key(self) -> str:
         """Names the model's text space for the noun-feature cache."""
