@@ -104,9 +104,41 @@ class SentenceTextTower(nn.Module):
     def forward(self, texts: Sequence[str]) -> TextOutput:
         batch = self.tokenize(texts)
         out = self.encoder(**batch, output_hidden_states=True)
-        mask = batch["attention_mask"].unsqueeze(-1).to(out.last_hidden_state.dtype)
-        pooled = (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        pooled = self.pool(out.last_hidden_state, batch["attention_mask"])
         return TextOutput(pooled, tuple(out.hidden_states), batch["attention_mask"])
+
+    # -- the parts, for methods that insert tokens between layers (SEP, CoOp) --------
+
+    def embed(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """`(N, T, D)` token embeddings (the first layer's input), `(N, T)` mask."""
+        batch = self.tokenize(texts)
+        hidden = self.encoder.embeddings(
+            input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids")
+        )
+        return hidden, batch["attention_mask"]
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The encoder's transformer layers, in order."""
+        return self.encoder.encoder.layer  # type: ignore[no-any-return]
+
+    def run_layer(self, index: int, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        """Layer `index` on any token sequence `(N, T', D)`.
+
+        `attention_mask` is `(N, T')`, 1 where a token is attended to: tokens a
+        method appends get 1s. It becomes BERT's additive mask here.
+        """
+        additive = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * (
+            torch.finfo(hidden.dtype).min
+        )  # (N, 1, 1, T')
+        out = self.layers[index](hidden, attention_mask=additive)
+        return out[0] if isinstance(out, tuple) else out
+
+    @staticmethod
+    def pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        """The mean of the attended tokens' last states, `(N, D)`."""
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (N, T, 1)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
 
 def load_sentence_tower(name: str, max_length: int = 32) -> SentenceTextTower:

@@ -232,8 +232,8 @@ def test_features_are_unit_norm_and_logits_scaled(built):
     torch.testing.assert_close(image.norm(dim=-1), torch.ones(4))
     torch.testing.assert_close(text.norm(dim=-1), torch.ones(2))
     torch.testing.assert_close(logits, model.logit_scale * image @ text.T)
-    assert float(model.logit_scale) == pytest.approx(
-        math.exp(float(model.log_scale)), rel=1e-6
+    assert float(model.logit_scale.detach()) == pytest.approx(
+        math.exp(float(model.log_scale.detach())), rel=1e-6
     )
 
 
@@ -301,3 +301,27 @@ def test_report_scores_the_never_trained_classes(cache):
     assert any("never-trained" in line for line in report.lines())
     with pytest.raises(ValueError, match="held_out_classes"):
         OfflineClipConfig(held_out_classes=("unicorn",))
+
+
+def test_text_tower_layer_by_layer_equals_its_forward():
+    # The parts a prompt method drives by hand give the tower's own result
+    from spry.vision.clip import load_sentence_tower
+
+    tower = load_sentence_tower("all-MiniLM-L6-v2")
+    texts = ["a photo of a bag", "the number seven, written by hand"]
+    with torch.no_grad():
+        expected = tower(texts)
+        hidden, mask = tower.embed(texts)
+        states = [hidden]
+        for index in range(len(tower.layers)):
+            hidden = tower.run_layer(index, hidden, mask)
+            states.append(hidden)
+        pooled = tower.pool(hidden, mask)
+        # two appended tokens, attended to, pass through a layer
+        extra = torch.cat([states[0], torch.zeros(2, 2, states[0].shape[-1])], 1)
+        widened = tower.run_layer(0, extra, torch.cat([mask, torch.ones(2, 2)], 1))
+    assert len(states) == len(expected.hidden_states) == 7
+    for mine, theirs in zip(states, expected.hidden_states, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(pooled, expected.embeds, rtol=1e-5, atol=1e-5)
+    assert widened.shape == (2, states[0].shape[1] + 2, 384)
