@@ -526,7 +526,14 @@ def build_offline_clip(
     trained, total = _parameters(model)
     if (folder / WEIGHTS_FILE).is_file() and (folder / REPORT_FILE).is_file():
         state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-        model.load_state_dict(state, strict=False)
+        # strict=False only for the text tower, which ships in its own package
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith("text.") for k in missing):
+            raise RuntimeError(
+                f"{folder / WEIGHTS_FILE} does not fit this model: missing "
+                f"{[k for k in missing if not k.startswith('text.')]}, "
+                f"unexpected {unexpected}; delete the folder to rebuild"
+            )
         model.eval()
         stored = json.loads((folder / REPORT_FILE).read_text())
         report = ZeroShotReport(

@@ -325,3 +325,15 @@ def test_text_tower_layer_by_layer_equals_its_forward():
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(pooled, expected.embeds, rtol=1e-5, atol=1e-5)
     assert widened.shape == (2, states[0].shape[1] + 2, 384)
+
+
+@needs_fashion
+def test_a_cache_entry_that_does_not_fit_is_refused(cache):
+    config = OfflineClipConfig(**{**TINY.__dict__, "epochs": 1, "seed": 5})
+    model, _ = build_offline_clip(config, progress=False)
+    weights = cache_dir(config) / build.WEIGHTS_FILE
+    state = torch.load(weights, weights_only=True)
+    state["vision.extra"] = torch.zeros(1)
+    torch.save(state, weights)
+    with pytest.raises(RuntimeError, match="vision.extra"):
+        build_offline_clip(config, progress=False)
