@@ -108,6 +108,8 @@ def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, floa
     `fpr95`: the share of OOD images scored at or above the threshold that keeps
     95% of ID images (the first ROC point with TPR >= 0.95; sklearn's
     `roc_curve`, which keeps every threshold with `drop_intermediate=False`).
+    The authors' code takes the first point with TPR > 0.95 (strictly), which
+    differs only when some threshold gives exactly 95%.
     """
     from sklearn.metrics import roc_auc_score, roc_curve
 
