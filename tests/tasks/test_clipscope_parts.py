@@ -35,8 +35,10 @@ from spry.tasks.clipscope.wordnet import (
     WORDNET_DIR,
     Synset,
     WordNetError,
+    base_forms,
     noun_candidates,
     parse_data_line,
+    read_exceptions,
     read_synsets,
     synonyms,
 )
@@ -85,12 +87,21 @@ def test_candidates_are_deduplicated_without_id_names_and_synonyms():
     assert nouns == ["bag", "volcano", "mountain"]
 
 
+def test_plural_class_names_find_their_synsets():
+    # morphy's noun rules and exception list, as WordNet applies them
+    assert "trouser" in base_forms("trousers")
+    assert "box" in base_forms("boxes") and "woman" in base_forms("women")
+    assert "mouse" in base_forms("mice", {"mice": "mouse"})
+    synsets = [Synset(1, ("trouser", "pant"), ""), Synset(2, ("trousseau",), "")]
+    assert synonyms(["trousers"], synsets) == {"trousers", "trouser", "pant"}
+
+
 @needs_wordnet
 def test_reads_the_real_noun_file():
     synsets = list(read_synsets())
     assert len(synsets) == 82115  # WordNet 3.0's noun synsets
-    excluded = synonyms(["sneaker", "T-shirt"], synsets)
-    assert {"gym shoe", "tennis shoe", "tee shirt"} <= excluded
+    excluded = synonyms(["sneaker", "T-shirt", "trousers"], synsets, read_exceptions())
+    assert {"gym shoe", "tennis shoe", "tee shirt", "trouser", "pant"} <= excluded
     nouns = noun_candidates(synsets, excluded)
     assert "sneaker" not in {n.lower() for n in nouns}
     assert len(nouns) == len({n.lower() for n in nouns}) > 100_000

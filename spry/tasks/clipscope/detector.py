@@ -29,7 +29,13 @@ from torch import Tensor
 from ...cache import cache_root
 from ...vision.clip import VisionLanguageModel
 from .mining import DEFAULT_PERCENTILE, MinedLabels, mine_ood_labels
-from .wordnet import WORDNET_DIR, noun_candidates, read_synsets, synonyms
+from .wordnet import (
+    WORDNET_DIR,
+    noun_candidates,
+    read_exceptions,
+    read_synsets,
+    synonyms,
+)
 
 MINING_TEMPLATE = "the {}"
 ID_TEMPLATE = "a photo of a {}"
@@ -105,7 +111,8 @@ def mine_from_wordnet(
     for tests and quick runs; the paper mines all of WordNet.
     """
     synsets = list(read_synsets(wordnet_dir))
-    candidates = noun_candidates(synsets, synonyms(id_names, synsets))
+    excluded = synonyms(id_names, synsets, read_exceptions(wordnet_dir))
+    candidates = noun_candidates(synsets, excluded)
     if 0 < max_candidates < len(candidates):
         generator = torch.Generator().manual_seed(seed)
         keep = torch.randperm(len(candidates), generator=generator)[:max_candidates]

@@ -19,7 +19,7 @@ carries the adjective marker that wndb(5) describes ("(a)", "(p)", "(ip)").
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,10 +75,51 @@ def key(word: str) -> str:
     return " ".join(word.replace("_", " ").lower().split())
 
 
-def synonyms(names: Iterable[str], synsets: Iterable[Synset]) -> set[str]:
-    """The keys of `names` and of every word sharing a synset with one of them."""
-    wanted = {key(name) for name in names}
-    found = set(wanted)
+# WordNet's detachment rules for nouns (morphy(7WN)): suffix -> ending
+NOUN_SUFFIXES = (
+    ("s", ""), ("ses", "s"), ("xes", "x"), ("zes", "z"),
+    ("ches", "ch"), ("shes", "sh"), ("men", "man"), ("ies", "y"),
+)  # fmt: skip
+
+
+def read_exceptions(folder: Path | str = WORDNET_DIR) -> dict[str, str]:
+    """`noun.exc`: irregular inflected form -> base form (empty when missing)."""
+    path = Path(folder) / "noun.exc"
+    if not path.is_file():
+        return {}
+    pairs = (line.split() for line in path.read_text(encoding="utf-8").splitlines())
+    return {key(p[0]): key(p[1]) for p in pairs if len(p) >= 2}
+
+
+def base_forms(word: str, exceptions: Mapping[str, str] | None = None) -> set[str]:
+    """The keys `word` may be an inflection of: itself, morphy's candidates.
+
+    As WordNet's morphy does for nouns: the exception list, then each
+    detachment rule whose suffix ends the word ("trousers" -> "trouser").
+    Candidates need not be words; they only match WordNet's own.
+    """
+    k = key(word)
+    forms = {k}
+    if exceptions and k in exceptions:
+        forms.add(exceptions[k])
+    for suffix, ending in NOUN_SUFFIXES:
+        if k.endswith(suffix) and len(k) > len(suffix):
+            forms.add(k[: -len(suffix)] + ending)
+    return forms
+
+
+def synonyms(
+    names: Iterable[str],
+    synsets: Iterable[Synset],
+    exceptions: Mapping[str, str] | None = None,
+) -> set[str]:
+    """The keys of `names` and of every word sharing a synset with one of them.
+
+    A name matches a synset through its base forms too (`base_forms`: the
+    class "trousers" finds the synset {trouser, pant}).
+    """
+    wanted = {form for name in names for form in base_forms(name, exceptions)}
+    found = {key(name) for name in names}
     for synset in synsets:
         keys = {key(word) for word in synset.words}
         if keys & wanted:
