@@ -37,6 +37,7 @@ ENV_VAR = "SPRY_TASKS"  # "name=module:Class;name2=module:Class"
 # that a source checkout or a Flower app bundle (not pip-installed) still finds them.
 BUILTIN = {
     "classification": "spry.tasks.classification:ClassificationTask",
+    "clipscope": "spry.tasks.clipscope:ClipscopeTask",
     "conifer": "spry.tasks.conifer:ConiferTask",
     "lm-classification": "spry.tasks.lm_classification:LMClassificationTask",
     "mustard": "spry.tasks.mustard:MustardTask",

@@ -63,3 +63,35 @@ def test_raee_clients_share_counts_the_server_merges(tmp_path):
     # The task's tuned settings were applied under the command line's
     config = json.loads((run_dir / "config.json").read_text())["config"]
     assert config["num-tangents"] == 16 and config["num-clients"] == 4
+
+
+def test_clipscope_prior_from_client_counts_in_two_rounds(tmp_path):
+    # A tiny offline CLIP, built into this test's own cache by the ServerApp
+    cache = tmp_path / "cache"
+    results = tmp_path / "results"
+    tiny = [
+        "clip-epochs=1", "clip-max-train=200", "clip-width=32", "clip-depth=2",
+        "clip-heads=2", "clip-patch=7", "wordnet-candidates=300",
+        "num-nearest=5", "num-farthest=5", "train-images=400", "max-images=60",
+    ]  # fmt: skip
+    sets = [arg for option in tiny for arg in ("--set", f"clipscope.{option}")]
+    result = subprocess.run(
+        [sys.executable, "-m", "cli", "run", "--task", "clipscope",
+         "--rounds", "2", "--clients", "4", "--per-round", "2",
+         "--set", "eval-clients-per-round=2", *sets,
+         "--results-dir", str(results)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        env={**ENV, "SPRY_CACHE": str(cache)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = results.iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    report = summary["task-report"]
+    assert report["clients"] == 4 and report["images"] == 400
+    scored = json.loads((run_dir / "clipscope.json").read_text())
+    assert scored["prior-source"] == "clients"
+    assert {"msp", "energy", "clipscope", "clipscope-online"} <= set(scored)
+    assert (run_dir / "clipscope-scores.png").is_file()
+    weights = dict(__import__("numpy").load(run_dir / "final-weights.npz"))
+    assert set(weights) == {"log_scale"}
