@@ -12,17 +12,15 @@ split is fixed and independent of the run's seed.
 
 from __future__ import annotations
 
-import gzip
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import datasets
 import numpy as np
 
 from ...data.sources import SPLIT_SEED, DataError, majority_rate
+from ...vision.images import FASHION_MNIST_DIR, read_idx
 
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_LABELS = (
     "t-shirt", "trouser", "pullover", "dress", "coat",
     "sandal", "shirt", "sneaker", "bag", "ankle-boot",
@@ -59,16 +57,6 @@ def _as_dataset(pixels: np.ndarray, labels: np.ndarray, names: tuple[str, ...]):
     )
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as fh:
-        data = fh.read()
-    dims = data[3]
-    shape = tuple(
-        int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)
-    )
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
-
-
 @lru_cache(maxsize=2)
 def load_image_dataset(name: str, test_fraction: float = 0.2) -> ImageDataset:
     """`digits` or `fashion-mnist`, split once into train and a fixed test set."""
@@ -95,8 +83,8 @@ def load_image_dataset(name: str, test_fraction: float = 0.2) -> ImageDataset:
             )
 
         def part(prefix: str) -> datasets.Dataset:
-            images = _read_idx(FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz")
-            labels = _read_idx(FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz")
+            images = read_idx(FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz")
+            labels = read_idx(FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz")
             return _as_dataset(
                 (images / 255.0).astype(np.float32), labels, FASHION_LABELS
             )
