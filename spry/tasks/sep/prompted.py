@@ -110,6 +110,9 @@ class PromptedClip(nn.Module):
     frozen_captions : Sequence[str]
         Per class: the hand-written caption whose frozen feature SEP ensembles.
     config : PromptConfig
+    train_classes : Sequence[int]
+        The class ids training batches are classified among (`prompt_loss`);
+        a buffer, so batches hold only per-example tensors.
     """
 
     def __init__(
@@ -118,12 +121,19 @@ class PromptedClip(nn.Module):
         names: Sequence[str],
         frozen_captions: Sequence[str],
         config: PromptConfig,
+        train_classes: Sequence[int],
     ) -> None:
         super().__init__()
         if len(names) != len(frozen_captions):
             raise ValueError("one frozen caption per class name")
+        if not train_classes or not all(0 <= c < len(names) for c in train_classes):
+            raise ValueError(f"train classes should be ids of {len(names)} classes")
         self.config = config
         self.clip = clip.eval().requires_grad_(False)
+        self.clip.zero_grad(set_to_none=True)  # a fresh build keeps its last grads
+        self.register_buffer(
+            "train_classes", torch.tensor(list(train_classes)), persistent=False
+        )
         text = clip.text
         words = text.encoder.embeddings.word_embeddings
         tokenizer = text.tokenizer
@@ -247,14 +257,14 @@ class PromptedClip(nn.Module):
 
 
 def prompt_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-    """Cross-entropy over `batch["classes"]`, plus SEP's consistency terms.
+    """Cross-entropy among the model's `train_classes`, plus SEP's consistency terms.
 
-    `batch`: `images` `(B, 1, 28, 28)`, `labels` `(B,)` positions in `classes`,
-    `classes` `(C,)` the candidate class ids. Returns the loss and the logits.
+    `batch`: `images` `(B, 1, 28, 28)` and `labels` `(B,)`, positions in
+    `model.train_classes`. Returns the loss and the logits.
     """
     config: PromptConfig = model.config  # type: ignore[assignment]
     image, text, image_frozen, text_frozen = model.features(  # type: ignore[operator]
-        batch["images"], batch["classes"]
+        batch["images"], model.train_classes
     )
     logits = model.clip.logit_scale.detach() * image @ text.T  # type: ignore[union-attr]
     loss = F.cross_entropy(logits, batch["labels"])

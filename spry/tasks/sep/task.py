@@ -217,7 +217,9 @@ class SepTask(LabelledDataTask):
         clip = self.clip()
         frozen = [split.caption(c) for c in range(len(split.names))]
         trainable = self.seeded_model(
-            lambda: PromptedClip(clip, split.names, frozen, self.opts.prompt_config()),
+            lambda: PromptedClip(
+                clip, split.names, frozen, self.opts.prompt_config(), split.base
+            ),
             device,
         )
         # seeded_model names every parameter; the CLIP's are frozen, not shared
@@ -290,14 +292,9 @@ class SepTask(LabelledDataTask):
         index = torch.as_tensor(rows["index"], dtype=torch.long)
         labels = torch.as_tensor([position[y] for y in rows["label"]])
         order_t = torch.as_tensor(np.arange(len(rows)) if order is None else order)
-        candidates = torch.tensor(classes)
         for start in range(0, len(order_t), batch_size):
             part = order_t[start : start + batch_size]
-            yield {
-                "images": images[index[part]],
-                "labels": labels[part],
-                "classes": candidates,
-            }
+            yield {"images": images[index[part]], "labels": labels[part]}
 
     @torch.no_grad()
     def _accuracy(
@@ -314,13 +311,14 @@ class SepTask(LabelledDataTask):
             return 0.0, 0.0, 0
         images = self._images_for(rows)  # before `select` changes the fingerprint
         subset = rows.select(keep)
+        candidates = torch.tensor(classes, device=device)
         correct, loss_sum = 0, 0.0
         batch_size = self.run.client.eval_batch_size
         for batch in self.batches(
             trainable, subset, batch_size=batch_size, classes=classes, images=images
         ):
             batch = {k: v.to(device) for k, v in batch.items()}
-            logits = trainable.model(batch["images"], batch["classes"])
+            logits = trainable.model(batch["images"], candidates)
             loss_sum += float(F.cross_entropy(logits, batch["labels"], reduction="sum"))
             correct += int((logits.argmax(-1) == batch["labels"]).sum())
         return correct / len(keep), loss_sum / len(keep), len(keep)
