@@ -194,3 +194,22 @@ def test_options_are_checked(cache):
         _task(**{"sep.selection": "random"})
     with pytest.raises(ConfigError, match="visual-prompts"):
         _task(**{"sep.visual-prompts": 0})
+
+
+def test_finish_writes_zero_shot_and_final_scores(task, tmp_path):
+    # Prepare: "trained" prompts, and the history the server's evaluations keep
+    trainable = task.model()
+    zero_shot = task.evaluate(trainable, task.test_data())
+    with torch.no_grad():
+        trainable.model.text_prompts.add_(1.0)
+    moved = trainable.state()
+    # Execute
+    notes = task.finish(trainable, tmp_path)["sep"]
+    # Assert: round 0 is the initial prompts' score, the final the moved ones'
+    written = __import__("json").loads((tmp_path / "sep.json").read_text())
+    assert written["zero-shot"]["harmonic-mean"] == zero_shot["harmonic-mean"]
+    assert notes["final"] == written["final"]
+    assert written["evaluations"][-1] == zero_shot
+    assert written["test-images"] == 100 and written["train-images"] == 80
+    # finish leaves the final prompts in the model
+    assert (trainable.state()["text_prompts"] == moved["text_prompts"]).all()

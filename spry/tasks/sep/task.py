@@ -20,6 +20,11 @@ CoOp (the baseline, `sep.method=coop`): Zhou et al., arxiv.org/abs/2109.01134.
   among new classes) and `harmonic-mean`; `accuracy` is the base accuracy (the
   one a client's held-out base images also give). Round 0 is zero-shot with the
   initial prompts (CoOp from "a photo of a"'s word embeddings).
+- The per-round table (metrics.csv) keeps `accuracy` and `loss` only, so the
+  server-side task also keeps each central evaluation's numbers in order
+  (`evaluations`), and `finish` scores the initial (zero-shot) and the final
+  prompts once more and writes both, with that history, to `sep.json`; its
+  `sep` entry lands in summary.json, which the benchmark reads.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any, ClassVar
 
 import datasets
@@ -37,6 +43,7 @@ from torch import Tensor
 
 from ...config import ConfigError, RunConfig
 from ...engines.base import Batch
+from ...jsonfile import write_json
 from ...models import TrainableModel
 from ..base import LabelledDataTask, TaskOptions
 from .classes import ClassSplit, base_to_new_split, harmonic_mean
@@ -185,6 +192,7 @@ class SepTask(LabelledDataTask):
     def __init__(self, run: RunConfig, options: TaskOptions) -> None:
         super().__init__(run, options)
         self._clip: Any = None
+        self.evaluations: list[dict[str, float]] = []  # central, in order
 
     @property
     def opts(self) -> SepOptions:
@@ -338,4 +346,34 @@ class SepTask(LabelledDataTask):
         }
         if n_new:  # the central test split; clients hold base classes only
             metrics |= {"new-accuracy": new, "harmonic-mean": harmonic_mean(base, new)}
+        if rows._fingerprint == self.dataset.test._fingerprint:
+            self.evaluations.append(dict(metrics))
         return metrics
+
+    def finish(self, trainable: TrainableModel, results: Path) -> dict[str, Any]:
+        """Base, new and H of the initial and the final prompts; `sep.json`."""
+        history = list(self.evaluations)
+        final_state = trainable.state()
+        keys = ("base-accuracy", "new-accuracy", "harmonic-mean", "loss")
+        device = next(iter(trainable.parameters().values())).device.type
+        initial = self._initial.get(device) or self.build_model(device).state()
+        final = self.evaluate(trainable, self.test_data(), device)
+        trainable.load(initial)
+        zero_shot = self.evaluate(trainable, self.test_data(), device)
+        trainable.load(final_state)
+        split = self.dataset.split
+        summary = {
+            "method": self.opts.method,
+            "zero-shot": {k: zero_shot[k] for k in keys},
+            "final": {k: final[k] for k in keys},
+            "evaluations": history,
+            "base-classes": [split.names[c] for c in split.base],
+            "new-classes": [split.names[c] for c in split.new],
+            "train-images": len(self.dataset.train),
+            "test-images": len(self.dataset.test),
+            "trainable-parameters": sum(
+                p.numel() for p in trainable.parameters().values()
+            ),
+        }
+        write_json(results / "sep.json", summary)
+        return {"sep": {k: v for k, v in summary.items() if k != "evaluations"}}
