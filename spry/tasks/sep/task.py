@@ -181,11 +181,13 @@ class SepTask(LabelledDataTask):
         "offline CLIP: base, new and harmonic-mean accuracy"
     )
     Options = SepOptions
+    # The authors' Adam rate (their configs' OPTIM.LR 0.0025) for the client step
     run_defaults: ClassVar[dict[str, Any]] = {
         "num-clients": 10,
         "clients-per-round": 5,
         "eval-clients-per-round": 0,
         "batch-size": 16,
+        "lr": 0.0025,
     }
     loss = staticmethod(prompt_loss)  # type: ignore[assignment]
 
