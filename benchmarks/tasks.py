@@ -30,7 +30,8 @@
   with Spry, CoOp with Spry (the baseline, same budget) and SEP with FedAvg,
   each on 3 seeds (`SEEDS`: --seed, --seed + 1, --seed + 2); base, new and
   harmonic-mean accuracy, zero-shot (round 0) and final, mean and spread over
-  the seeds. Needs the full offline CLIP (`python -m spry.vision.build`, cached).
+  the seeds, 30 rounds. Needs the full offline CLIP (`python -m
+  spry.vision.build`, cached).
 
 A task in `VARIANTS` runs once per variant (a label, a method, settings) on the same
 seed, and its table compares them.
@@ -99,9 +100,12 @@ SETTINGS: dict[str, list[str]] = {  # on top of the task's own `run_defaults`
     # 10 clients (Dirichlet alpha 1 over the 10 base classes), 5 a round, 64
     # shots a base class (640 images, about 58 to train a client: 4 batches of
     # 16, 2 local epochs); central test 100 images a class (all 36 or so of each
-    # digit: about 1,360) scored every 5 rounds. Sized for about 10 minutes a run
-    # at 40 rounds on 2 free cores (measured on a default-shape CLIP, README of
-    # the task's report); CoOp runs faster (no TFMs, no visual prompts).
+    # digit: 1,360 in all) scored every 5 rounds. Measured on the default CLIP
+    # shape (ViT 128 wide, 4 layers; MiniLM) with SEP and Spry on a 2-core CPU
+    # shared with another benchmark: about 23 s a round with an evaluation,
+    # 17 s of it training (5 clients on 2 workers), plus about 60 s to start;
+    # so 30 rounds should take about 10 minutes on 2 free cores. CoOp runs
+    # faster (no TFMs, no visual prompts).
     "sep": [
         "num-clients=10",
         "clients-per-round=5",
@@ -149,7 +153,7 @@ VARIANTS: dict[str, list[tuple[str, str, list[str]]]] = {
 # Variant tasks run on several seeds (--seed, --seed + 1, ...): mean and spread
 SEEDS = {"sep": 3}
 # Rounds when `--rounds` is not given (default 20); conifer: one a level
-ROUNDS = {"xfinder": 3, "conifer": 5, "mustard": 5, "sep": 40}
+ROUNDS = {"xfinder": 3, "conifer": 5, "mustard": 5, "sep": 30}
 
 
 def run_task(
