@@ -213,3 +213,45 @@ def test_finish_writes_zero_shot_and_final_scores(task, tmp_path):
     assert written["test-images"] == 100 and written["train-images"] == 80
     # finish leaves the final prompts in the model
     assert (trainable.state()["text_prompts"] == moved["text_prompts"]).all()
+
+
+def _residual_only(tfm) -> None:
+    """Mixes at 1: a TFM then returns exactly the tokens it selected."""
+    with torch.no_grad():
+        tfm.mix_attention.fill_(1.0)
+        tfm.mix_mlp.fill_(1.0)
+
+
+def test_text_layers_fuse_the_tokens_after_the_prompts(task):
+    # Prepare: a hand-made layer input, 2 classes, 12 tokens, K = 4 prompts
+    model = task.model().model
+    _residual_only(model.text_fusion[0])
+    hidden = torch.randn(2, 12, 384)
+    attention = torch.ones(2, 12, dtype=torch.long)
+    # Execute
+    with torch.no_grad():
+        out = model._fuse_text(1, hidden, attention)
+    # Assert: the prompts' places now hold the 4 tokens right after them (the
+    # class name's), every other token is as it was
+    assert out.shape == hidden.shape
+    torch.testing.assert_close(out[:, 1:5], hidden[:, 5:9])
+    torch.testing.assert_close(out[:, :1], hidden[:, :1])
+    torch.testing.assert_close(out[:, 5:], hidden[:, 5:])
+
+
+def test_image_blocks_fuse_each_images_highest_energy_tokens(task):
+    # Prepare: 1 CLS + 16 patches + 4 prompts; image 0's strongest tokens are
+    # 3, 7, 11, 15 (in that order), image 1's are 0, 2, 4, 6
+    model = task.model().model
+    _residual_only(model.visual_fusion[0])
+    tokens = torch.randn(2, 17 + 4, 32) * 0.1
+    for rank, (t0, t1) in enumerate(zip((3, 7, 11, 15), (0, 2, 4, 6), strict=True)):
+        tokens[0, t0] = 10.0 - rank
+        tokens[1, t1] = -(10.0 - rank)
+    # Execute
+    with torch.no_grad():
+        out = model._fuse_image(1, tokens, pretrained=17)
+    # Assert: per image, the prompts are replaced by its own top-4 tokens
+    torch.testing.assert_close(out[0, 17:], tokens[0, [3, 7, 11, 15]])
+    torch.testing.assert_close(out[1, 17:], tokens[1, [0, 2, 4, 6]])
+    torch.testing.assert_close(out[:, :17], tokens[:, :17])

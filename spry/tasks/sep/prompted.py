@@ -219,18 +219,18 @@ class PromptedClip(nn.Module):
         tokens = torch.cat([tokens, prompts], dim=1)  # (B, 1 + P + M, W)
         for index, block in enumerate(vit.blocks):
             if index >= 1:
-                before, prompts = tokens[:, :pretrained], tokens[:, pretrained:]
-                chosen = energy_top_k(
-                    before,
-                    prompts.shape[1],
-                    per_input=self.config.per_input_selection,
-                )  # (B, M)
-                fused = self.visual_fusion[index - 1](
-                    prompts, gather_tokens(before, chosen)
-                )
-                tokens = torch.cat([before, fused], dim=1)
+                tokens = self._fuse_image(index, tokens, pretrained)
             tokens = block(tokens)
         return F.normalize(vit.pool(tokens), dim=-1)
+
+    def _fuse_image(self, index: int, tokens: Tensor, pretrained: int) -> Tensor:
+        """Block `index`'s input with its prompts (after `pretrained`) fused."""
+        before, prompts = tokens[:, :pretrained], tokens[:, pretrained:]
+        chosen = energy_top_k(
+            before, prompts.shape[1], per_input=self.config.per_input_selection
+        )  # (B, M)
+        fused = self.visual_fusion[index - 1](prompts, gather_tokens(before, chosen))
+        return torch.cat([before, fused], dim=1)
 
     # -- both ----------------------------------------------------------------------
 
