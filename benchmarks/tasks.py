@@ -25,6 +25,13 @@
   constraints; several runs on the same seed (Spry with the curriculum and
   shuffled, FedAvg, FedMeZO), IFEval prompt- and instruction-level strict accuracy
   by level before (round 0) and after.
+- sep: prompt tuning of the offline CLIP, base to new (train on 10 base classes
+  of Fashion-MNIST and the digits, test on them and on the 10 new ones): SEP
+  with Spry, CoOp with Spry (the baseline, same budget) and SEP with FedAvg,
+  each on 3 seeds (`SEEDS`: --seed, --seed + 1, --seed + 2); base, new and
+  harmonic-mean accuracy, zero-shot (round 0) and final, mean and spread over
+  the seeds, 30 rounds. Needs the full offline CLIP (`python -m
+  spry.vision.build`, cached).
 
 A task in `VARIANTS` runs once per variant (a label, a method, settings) on the same
 seed, and its table compares them.
@@ -35,6 +42,7 @@ seed, and its table compares them.
     python -m benchmarks.tasks --task conifer      # four runs, 5 rounds: one a level
     python -m benchmarks.tasks --task mustard      # three runs, 5 rounds
     python -m benchmarks.tasks --task conifer --resume  # keep runs already done
+    python -m benchmarks.tasks --task sep          # 9 runs: 3 variants x 3 seeds
 Writes benchmarks/results/task_<name>.{md,json} (and the VeriX mask grid).
 """
 
@@ -89,6 +97,25 @@ SETTINGS: dict[str, list[str]] = {  # on top of the task's own `run_defaults`
         "clients-per-round=2",
         "eval-every=1000",
     ],  # fmt: skip
+    # 10 clients (Dirichlet alpha 1 over the 10 base classes), 5 a round, 64
+    # shots a base class (640 images, about 58 to train a client: 4 batches of
+    # 16, 2 local epochs); central test 100 images a class (all 36 or so of each
+    # digit: 1,360 in all) scored every 5 rounds. Measured on the default CLIP
+    # shape (ViT 128 wide, 4 layers; MiniLM) with SEP and Spry on a 2-core CPU
+    # shared with another benchmark: about 23 s a round with an evaluation,
+    # 17 s of it training (5 clients on 2 workers), plus about 60 s to start;
+    # so 30 rounds should take about 10 minutes on 2 free cores. CoOp runs
+    # faster (no TFMs, no visual prompts).
+    "sep": [
+        "num-clients=10",
+        "clients-per-round=5",
+        "eval-clients-per-round=0",
+        "batch-size=16",
+        "local-epochs=2",
+        "eval-every=5",
+        "sep.shots=64",
+        "sep.test-per-class=100",
+    ],
 }
 # Tasks compared over several runs on the same seed: (label, method, settings).
 # FedAvg at lr 0.01 and FedMeZO at SGD 0.005: the rates the sft probe found best
@@ -116,9 +143,17 @@ VARIANTS: dict[str, list[tuple[str, str, list[str]]]] = {
             ],
         ),
     ],
+    # SEP against CoOp on one engine, and SEP on the other engine
+    "sep": [
+        ("sep-spry", "spry", ["sep.method=sep"]),
+        ("coop-spry", "spry", ["sep.method=coop"]),
+        ("sep-fedavg", "fedavg", ["sep.method=sep"]),
+    ],
 }
+# Variant tasks run on several seeds (--seed, --seed + 1, ...): mean and spread
+SEEDS = {"sep": 3}
 # Rounds when `--rounds` is not given (default 20); conifer: one a level
-ROUNDS = {"xfinder": 3, "conifer": 5, "mustard": 5}
+ROUNDS = {"xfinder": 3, "conifer": 5, "mustard": 5, "sep": 30}
 
 
 def run_task(
@@ -414,6 +449,64 @@ def mustard_table(
     return lines
 
 
+def sep_table(
+    runs: dict[str, tuple[dict[str, Any], list[dict[str, float]]]],
+) -> list[str]:
+    """Base, new and H (SEP's table), zero-shot and final, mean +- std over seeds.
+
+    `runs` is keyed `<variant>/seed<n>` (`SEEDS`); each summary's `sep` entry is
+    the task's `finish` (spry/tasks/sep/task.py).
+    """
+    import statistics
+
+    keys = ("base-accuracy", "new-accuracy", "harmonic-mean")
+    variants: dict[str, list[dict[str, Any]]] = {}
+    for label, (summary, _) in runs.items():
+        variants.setdefault(label.split("/")[0], []).append(summary["sep"])
+
+    def cell(values: list[float]) -> str:
+        mean = 100 * statistics.fmean(values)
+        spread = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{mean:.1f} ± {spread:.1f}"
+
+    lines = [
+        "| variant | seeds | when | base | new | H |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
+    for variant, scores in variants.items():
+        for when in ("zero-shot", "final"):
+            cells = " | ".join(cell([s[when][k] for s in scores]) for k in keys)
+            lines.append(f"| {variant} | {len(scores)} | {when} | {cells} |")
+    first = next(iter(variants.values()))[0]
+    seconds = {
+        variant: statistics.fmean(
+            runs[label][0].get("wall-seconds", 0.0)
+            for label in runs
+            if label.split("/")[0] == variant
+        )
+        for variant in variants
+    }
+    lines += [
+        "",
+        "Accuracy in %, mean ± standard deviation over the seeds. Base: held-out "
+        "images of the base classes, each classified among the base classes; new: "
+        "of the new classes among the new classes; H: their harmonic mean (CoOp / "
+        "CoCoOp / SEP's base-to-new protocol). Zero-shot: round 0, the initial "
+        f"prompts. Base classes: {', '.join(first['base-classes'])}; new: "
+        f"{', '.join(first['new-classes'])}. {first['train-images']} training "
+        f"images (base classes only), {first['test-images']} test images. "
+        "Trainable tensors: "
+        + ", ".join(
+            f"{v} {scores[0]['trainable-parameters']:,}"
+            for v, scores in variants.items()
+        )
+        + ". Mean wall time a run: "
+        + ", ".join(f"{v} {t:.0f} s" for v, t in seconds.items())
+        + ".",
+    ]
+    return lines
+
+
 # What a variant table needs besides the runs, measured once per task
 EXTRAS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "mustard": lambda args: {
@@ -433,6 +526,7 @@ TABLES = {
     "xfinder": xfinder_table,
     "conifer": conifer_table,
     "mustard": mustard_table,
+    "sep": sep_table,
 }
 
 
@@ -440,20 +534,24 @@ def run_variants(task: str, rounds: int, args: argparse.Namespace) -> str:
     """Every variant of `task` on the same seed; the results files' text."""
     runs: dict[str, tuple[dict[str, Any], list[dict[str, float]]]] = {}
     commands: dict[str, str] = {}
+    seeds = [args.seed + i for i in range(SEEDS.get(task, 1))]
     for label, method, sets in VARIANTS[task]:
-        run_dir = run_task(
-            task, rounds, args.seed, [*sets, *args.set],
-            args.runs_dir / task / label, method=method, resume=args.resume,
-        )  # fmt: skip
-        runs[label] = (
-            json.loads((run_dir / "summary.json").read_text()),
-            read_rows(run_dir),
-        )
-        flags = [f"--set {s}" for s in [*SETTINGS[task], *sets, *args.set]]
-        commands[label] = " ".join(
-            [f"--task {task} --method {method} --rounds {rounds}",
-             f"--seed {args.seed}", *flags]
-        )  # fmt: skip
+        for seed in seeds:
+            # one seed: the label alone, as before; several: label/seed<n>
+            key = label if len(seeds) == 1 else f"{label}/seed{seed}"
+            run_dir = run_task(
+                task, rounds, seed, [*sets, *args.set],
+                args.runs_dir / task / key, method=method, resume=args.resume,
+            )  # fmt: skip
+            runs[key] = (
+                json.loads((run_dir / "summary.json").read_text()),
+                read_rows(run_dir),
+            )
+            flags = [f"--set {s}" for s in [*SETTINGS[task], *sets, *args.set]]
+            commands[key] = " ".join(
+                [f"--task {task} --method {method} --rounds {rounds}",
+                 f"--seed {seed}", *flags]
+            )  # fmt: skip
     extras = EXTRAS[task](args) if task in EXTRAS else {}
     table = TABLES[task](runs, **extras)
     listing = [

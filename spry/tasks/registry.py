@@ -42,6 +42,7 @@ BUILTIN = {
     "lm-classification": "spry.tasks.lm_classification:LMClassificationTask",
     "mustard": "spry.tasks.mustard:MustardTask",
     "raee": "spry.tasks.raee:RaeeTask",
+    "sep": "spry.tasks.sep:SepTask",
     "sft": "spry.tasks.sft:SFTTask",
     "verix": "spry.tasks.verix:VerixTask",
     "xfinder": "spry.tasks.xfinder:XFinderTask",

@@ -95,3 +95,45 @@ def test_clipscope_prior_from_client_counts_in_two_rounds(tmp_path):
     assert (run_dir / "clipscope-scores.png").is_file()
     weights = dict(__import__("numpy").load(run_dir / "final-weights.npz"))
     assert set(weights) == {"log_scale"}
+
+
+def test_sep_and_coop_train_prompts_base_to_new_in_two_rounds(tmp_path):
+    # A tiny offline CLIP, built into this test's own cache by the ServerApp;
+    # SEP with Spry, then CoOp with backprop FedAvg on the same cache
+    cache = tmp_path / "cache"
+    tiny = [
+        "clip-epochs=1", "clip-max-train=200", "clip-width=32", "clip-depth=2",
+        "clip-heads=2", "clip-patch=7", "shots=8", "test-per-class=5",
+        "tfm-hidden=16",
+    ]  # fmt: skip
+    sets = [arg for option in tiny for arg in ("--set", f"sep.{option}")]
+    for method, sep_method in (("spry", "sep"), ("fedavg", "coop")):
+        results = tmp_path / method
+        result = subprocess.run(
+            [sys.executable, "-m", "cli", "run", "--task", "sep", "--method", method,
+             "--rounds", "2", "--clients", "4", "--per-round", "2",
+             "--set", "eval-clients-per-round=2", *sets,
+             "--set", f"sep.method={sep_method}", "--results-dir", str(results)],
+            capture_output=True, text=True, timeout=600, cwd=ROOT,
+            env={**ENV, "SPRY_CACHE": str(cache)},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        (run_dir,) = results.iterdir()
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == "completed"
+        assert summary["rounds-recorded"] == 3  # round 0 (zero-shot), 1, 2
+        scored = json.loads((run_dir / "sep.json").read_text())
+        assert scored["method"] == sep_method
+        assert len(scored["evaluations"]) == 3
+        for when in ("zero-shot", "final"):
+            assert 0.0 <= scored[when]["harmonic-mean"] <= 1.0
+        weights = dict(__import__("numpy").load(run_dir / "final-weights.npz"))
+        if sep_method == "coop":
+            assert set(weights) == {"text_prompts"}
+        else:
+            assert {"text_prompts", "visual_prompts"} < set(weights)
+            assert all(
+                k in ("text_prompts", "visual_prompts")
+                or k.startswith(("text_fusion.", "visual_fusion."))
+                for k in weights
+            )
