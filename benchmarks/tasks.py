@@ -369,10 +369,12 @@ def mustard_local_rate(
         MustardTask,
         {"generator": endpoint or "local", "items": items, "generator-chat": chat},
     )
+    task = MustardTask(run, options)
+    cached = task.cache_path().exists()
     start = time.time()
-    records = MustardTask(run, options).records  # cached under $SPRY_CACHE/mustard
+    records = task.records  # cached under $SPRY_CACHE/mustard
     summary = summarize(records)
-    summary["seconds"] = time.time() - start
+    summary["seconds"] = None if cached else time.time() - start
     summary["examples"] = [r["text"] for r in records[:3]]
     summary["generator"] = endpoint or "local"
     return summary
@@ -389,6 +391,7 @@ def mustard_table(
     runs: dict[str, tuple[dict[str, Any], list[dict[str, float]]]],
     local: dict[str, Any],
     local_chat: dict[str, Any] | None = None,
+    extraction: dict[str, dict[str, float]] | None = None,
 ) -> list[str]:
     kept = next(iter(runs.values()))[0]["mustard"]  # the same kept set in each run
     planted, found = kept["planted"], kept["diversity"]
@@ -441,12 +444,70 @@ def mustard_table(
         ("in its chat template", local_chat),
     ):
         if rate is not None:
+            took = (
+                "read from an earlier run's cache"
+                if rate["seconds"] is None
+                else f"in {rate['seconds']:.0f} s"
+            )
             lines.append(
                 f"- {how}: {rate['generated']} items, {rate['accepted']} kept "
-                f"({100 * rate['accept-rate']:.1f}%), in {rate['seconds']:.0f} s. "
+                f"({100 * rate['accept-rate']:.1f}%), {took}. "
                 f"By reason: {_shares(rate)}."
             )
+    if extraction:
+        names = list(next(iter(extraction.values())))
+        lines += [
+            "",
+            "## The same outputs, read by each extractor",
+            "",
+            "Each run's last word-problem outputs (mustard-answers.jsonl), their "
+            "final answer extracted by: the task's default (last-number: the number "
+            "after the last 'Answer:', else the last number), OpenCompass's gsm8k "
+            "RegEx (regex), and the xFinder extractor an xfinder run trained "
+            "(model; `mustard.extractor=model`), exact numeric match.",
+            "",
+            "| method | " + " | ".join(names) + " |",
+            "|---|" + "---:|" * len(names),
+            *[
+                f"| {method} | "
+                + " | ".join(f"{100 * scores[n]:.1f}%" for n in names)
+                + " |"
+                for method, scores in extraction.items()
+            ],
+        ]
     return lines
+
+
+def mustard_extraction(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Each mustard variant's last outputs scored by every extractor.
+
+    The model extractor is the xfinder run at `--xfinder-run` (skipped without
+    one): what `mustard.extractor=model --set mustard.extractor-generator=RUN`
+    does inside a run, applied to outputs already written.
+    """
+    from spry.generators import make_generator
+    from spry.tasks.mustard.word_problems import extract_answers, same_number
+
+    reader = make_generator(args.xfinder_run) if args.xfinder_run else None
+    found: dict[str, dict[str, float]] = {}
+    for label, _, _ in VARIANTS["mustard"]:
+        run_dir = _newest_run(args.runs_dir / "mustard" / label)
+        path = run_dir / "mustard-answers.jsonl" if run_dir else None
+        if path is None or not path.exists():
+            continue
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        questions = [r["question"] for r in rows]
+        outputs = [r["output"] for r in rows]
+        found[label] = {}
+        for spec in ("last-number", "regex", "model"):
+            if spec == "model" and reader is None:
+                continue
+            answers = extract_answers(spec, questions, outputs, generator=reader)
+            hits = [
+                same_number(a, r["answer"]) for a, r in zip(answers, rows, strict=True)
+            ]
+            found[label][spec] = sum(hits) / max(len(hits), 1)
+    return found
 
 
 def sep_table(
@@ -516,6 +577,7 @@ EXTRAS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
         "local_chat": mustard_local_rate(
             args.local_items, args.seed, chat=True, endpoint=args.local_endpoint
         ),
+        "extraction": mustard_extraction(args),
     },
 }
 
@@ -585,6 +647,11 @@ def main() -> None:
     parser.add_argument(
         "--local-items", type=int, default=16,
         help="mustard: items the offline SmolLM2 writes for its valid rate",
+    )  # fmt: skip
+    parser.add_argument(
+        "--xfinder-run", default="",
+        help="mustard: a finished xfinder run's results folder, whose extractor "
+        "also reads the word-problem outputs",
     )  # fmt: skip
     parser.add_argument(
         "--local-endpoint", default="",

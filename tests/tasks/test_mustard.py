@@ -713,3 +713,7 @@ def test_the_benchmark_table_reports_shares_diversity_and_accuracy_change():
     assert "- in its chat template: 1 items" in "\n".join(
         mustard_table(runs, local, local)
     )
+    read = {"spry": {"last-number": 0.1, "regex": 0.05, "model": 0.2}}
+    text = "\n".join(mustard_table(runs, local, extraction=read))
+    assert "| method | last-number | regex | model |" in text
+    assert "| spry | 10.0% | 5.0% | 20.0% |" in text
