@@ -14,12 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from spry.vision import build
-from spry.vision.build import (
-    OfflineClipConfig,
-    build_offline_clip,
-    cache_dir,
-    contrastive_loss,
-)
+from spry.vision.build import OfflineClipConfig, build_offline_clip, cache_dir
+from spry.vision.contrastive import contrastive_loss
 from spry.vision.images import FASHION_MNIST_DIR, IMAGE_SIZE, load_image_set
 from spry.vision.vit import VisionTransformer, ViTConfig
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...vision.build import CLASS_NAMES, TEMPLATES
+from ...vision.contrastive import CLASS_NAMES, TEMPLATES
 
 IMAGE_SETS = ("fashion-mnist", "digits")
 
