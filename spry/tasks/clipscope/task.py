@@ -49,6 +49,7 @@ from ...jsonfile import write_json
 from ...models import TrainableModel
 from ...vision.clip import MAX_LOGIT_SCALE, VisionLanguageModel
 from ..base import LabelledDataTask, TaskOptions
+from ..offline_clip import OfflineClipOptions
 from .detector import ID_TEMPLATE, embed_texts, mine_from_wordnet
 from .evaluation import (
     METHODS,
@@ -63,7 +64,7 @@ PAIRS = ("fashion-vs-digits", "fashion-near")
 
 
 @dataclass(frozen=True)
-class ClipscopeOptions(TaskOptions):
+class ClipscopeOptions(OfflineClipOptions):
     """The pair, the model, the mining and what `finish` scores."""
 
     pair: str = field(default="fashion-vs-digits", metadata={"help": "|".join(PAIRS)})
@@ -71,14 +72,6 @@ class ClipscopeOptions(TaskOptions):
         default="offline",
         metadata={"help": "offline | a transformers CLIPModel name or folder"},
     )
-    clip_epochs: int = field(default=3, metadata={"help": "offline CLIP: epochs"})
-    clip_max_train: int = field(
-        default=0, metadata={"help": "offline CLIP: train images per set (0: all)"}
-    )
-    clip_width: int = field(default=128, metadata={"help": "offline CLIP: ViT width"})
-    clip_depth: int = field(default=4, metadata={"help": "offline CLIP: ViT layers"})
-    clip_heads: int = field(default=4, metadata={"help": "offline CLIP: ViT heads"})
-    clip_patch: int = field(default=4, metadata={"help": "offline CLIP: patch side"})
     num_nearest: int = field(
         default=100, metadata={"help": "mined labels nearest to the ID classes"}
     )
@@ -99,14 +92,11 @@ class ClipscopeOptions(TaskOptions):
     )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.pair not in PAIRS:
             raise ConfigError(f"`pair` should be one of {PAIRS}, got {self.pair!r}")
         self.require_at_least(
-            1, "clip_epochs", "clip_width", "clip_depth", "clip_heads", "clip_patch"
-        )
-        self.require_at_least(
             0,
-            "clip_max_train",
             "num_nearest",
             "num_farthest",
             "wordnet_candidates",
@@ -198,21 +188,7 @@ class ClipscopeTask(LabelledDataTask):
         """The vision-language model, built (or loaded) once per process."""
         if self._clip is None:
             if self.opts.clip == "offline":
-                from ...vision.build import OfflineClipConfig, build_offline_clip
-                from ...vision.vit import ViTConfig
-
-                config = OfflineClipConfig(
-                    vit=ViTConfig(
-                        width=self.opts.clip_width,
-                        depth=self.opts.clip_depth,
-                        heads=self.opts.clip_heads,
-                        patch_size=self.opts.clip_patch,
-                    ),
-                    epochs=self.opts.clip_epochs,
-                    max_train_per_set=self.opts.clip_max_train,
-                    held_out_classes=self.unseen_classes(),
-                )
-                self._clip, _ = build_offline_clip(config, progress=False)
+                self._clip = self.opts.offline_clip(self.unseen_classes())
             else:
                 from ...vision.clip import load_transformers_clip
 

@@ -46,6 +46,7 @@ from ...engines.base import Batch
 from ...jsonfile import write_json
 from ...models import TrainableModel
 from ..base import LabelledDataTask, TaskOptions
+from ..offline_clip import OfflineClipOptions
 from .classes import ClassSplit, base_to_new_split, harmonic_mean
 from .prompted import (
     METHODS,
@@ -59,7 +60,7 @@ SELECTIONS = ("input", "batch")
 
 
 @dataclass(frozen=True)
-class SepOptions(TaskOptions):
+class SepOptions(OfflineClipOptions):
     """The method, the prompt learner, the offline CLIP and the data sizes."""
 
     method: str = field(default="sep", metadata={"help": "|".join(METHODS)})
@@ -91,16 +92,9 @@ class SepOptions(TaskOptions):
     test_per_class: int = field(
         default=100, metadata={"help": "held-out images per class (0: all)"}
     )
-    clip_epochs: int = field(default=3, metadata={"help": "offline CLIP: epochs"})
-    clip_max_train: int = field(
-        default=0, metadata={"help": "offline CLIP: train images per set (0: all)"}
-    )
-    clip_width: int = field(default=128, metadata={"help": "offline CLIP: ViT width"})
-    clip_depth: int = field(default=4, metadata={"help": "offline CLIP: ViT layers"})
-    clip_heads: int = field(default=4, metadata={"help": "offline CLIP: ViT heads"})
-    clip_patch: int = field(default=4, metadata={"help": "offline CLIP: patch side"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.method not in METHODS:
             raise ConfigError(
                 f"`method` should be one of {METHODS}, got {self.method!r}"
@@ -114,17 +108,11 @@ class SepOptions(TaskOptions):
             "context_tokens",
             "visual_prompts",
             "tfm_hidden",
-            "clip_epochs",
-            "clip_width",
-            "clip_depth",
-            "clip_heads",
-            "clip_patch",
         )
         self.require_at_least(
             0,
             "shots",
             "test_per_class",
-            "clip_max_train",
             "text_consistency",
             "visual_consistency",
         )
@@ -205,20 +193,7 @@ class SepTask(LabelledDataTask):
     def clip(self) -> Any:
         """The offline CLIP, built (or loaded from the cache) once per process."""
         if self._clip is None:
-            from ...vision.build import OfflineClipConfig, build_offline_clip
-            from ...vision.vit import ViTConfig
-
-            config = OfflineClipConfig(
-                vit=ViTConfig(
-                    width=self.opts.clip_width,
-                    depth=self.opts.clip_depth,
-                    heads=self.opts.clip_heads,
-                    patch_size=self.opts.clip_patch,
-                ),
-                epochs=self.opts.clip_epochs,
-                max_train_per_set=self.opts.clip_max_train,
-            )
-            self._clip, _ = build_offline_clip(config, progress=False)
+            self._clip = self.opts.offline_clip()
             self._clip.eval().requires_grad_(False)
         return self._clip
 
