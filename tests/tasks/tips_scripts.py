@@ -4,9 +4,10 @@ They read the same prompts an LLM reads (`spry.tasks.tips.agent.turn_prompt`,
 `introspect.introspection_prompt`) and answer by rule, so a test knows what
 tips do:
 
-- `agent`: plays the admissible command a tip names first that is not among its
-  last commands; without one it explores: the first admissible command not
-  among its last, an action before a move (no look, inventory, examine, drop).
+- `agent`: reads first the tip that shares the most words with the goal, and
+  plays the admissible command it names first that is not among its last
+  commands; without one it explores: the first admissible command not among
+  its last, an action before a move (no look, inventory, examine, drop).
 - `own_writer`: from its own trajectory, one tip naming the commands that gained
   points ("Commands that gained points: a, b").
 - `expert_writer`: from the expert's walkthrough shown beside its game, one tip
@@ -25,8 +26,8 @@ _IDLE = ("look", "inventory", "examine ")
 
 
 def _section(prompt: str, header: str) -> str:
-    """The text after `header` up to the next blank line."""
-    start = prompt.find(header)
+    """The text after the last `header` up to the next blank line."""
+    start = prompt.rfind(header)
     if start < 0:
         return ""
     rest = prompt[start + len(header) :]
@@ -36,18 +37,21 @@ def _section(prompt: str, header: str) -> str:
 def agent(prompt: str) -> str:
     admissible = [
         c.strip()
-        for c in prompt.rsplit("Admissible commands:", 1)[1]
-        .split("\n\n")[0]
-        .split(",")
+        for c in prompt.rsplit("Admissible commands:", 1)[1].split("\n\n")[0].split(",")
     ]
-    tips = _section(prompt, "Tips from earlier games:\n").lower()
+    tips = _section(prompt, "Tips from earlier games:\n").lower().splitlines()
+    goal = set(re.findall(r"\w+", _section(prompt, "Goal: ").lower()))
     recent = re.findall(r"^> (.*)$", _section(prompt, "Your last commands:\n"), re.M)
     fresh = [c for c in admissible if c not in recent]
-    named = sorted(
-        (tips.find(c.lower()), c) for c in fresh if c.lower() in tips and c.strip()
-    )
-    if named:
-        return named[0][1]
+    # the tip that shares the most words with the goal is read first
+    for tip in sorted(tips, key=lambda t: -len(goal & set(re.findall(r"\w+", t)))):
+        named = sorted(
+            (found.start(), c)
+            for c in fresh
+            if c.strip() and (found := re.search(rf"\b{re.escape(c.lower())}\b", tip))
+        )
+        if named:
+            return named[0][1]
     acts = [c for c in fresh if not c.startswith((*_IDLE, "go ", "drop "))]
     moves = [c for c in fresh if c.startswith("go ")]
     return (acts or moves or fresh or admissible)[0]

@@ -23,6 +23,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -179,7 +180,12 @@ class GameSession:
 
     def start(self) -> str:
         """Reset the game; the first observation is the room's description."""
-        self._state = self._env.reset()
+        with warnings.catch_warnings():
+            # jericho looks for its own (Infocom) walkthrough and action lists on
+            # every reset and warns that a TextWorld game has none; TextWorld's
+            # own, read here, are there.
+            warnings.filterwarnings("ignore", message="Unable to (retrieve|find)")
+            self._state = self._env.reset()
         return clean(self._state["description"])
 
     def step(self, command: str) -> str:
