@@ -24,7 +24,8 @@ import shutil
 import subprocess
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,19 @@ def clean(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
+@contextmanager
+def quiet_jericho() -> Iterator[None]:
+    """Without jericho's UnsupportedGameWarning, for the turns inside.
+
+    Jericho looks for its own (Infocom) walkthrough and action lists at every
+    turn and warns that a TextWorld game has none; TextWorld's own, which this
+    module reads, are there.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Unable to (retrieve|find)")
+        yield
+
+
 class GameSession:
     """One playthrough of a game file: `start`, then `step(command)` until `done`."""
 
@@ -180,17 +194,14 @@ class GameSession:
 
     def start(self) -> str:
         """Reset the game; the first observation is the room's description."""
-        with warnings.catch_warnings():
-            # jericho looks for its own (Infocom) walkthrough and action lists on
-            # every reset and warns that a TextWorld game has none; TextWorld's
-            # own, read here, are there.
-            warnings.filterwarnings("ignore", message="Unable to (retrieve|find)")
+        with quiet_jericho():
             self._state = self._env.reset()
         return clean(self._state["description"])
 
     def step(self, command: str) -> str:
         """Play `command`; the game's reply."""
-        self._state, _, _ = self._env.step(command)
+        with quiet_jericho():
+            self._state, _, _ = self._env.step(command)
         return clean(self._state["feedback"])
 
     @property
