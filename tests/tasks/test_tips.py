@@ -9,6 +9,7 @@ play them through TextWorld's engine. Tip merging uses the real offline MiniLM.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -263,7 +264,7 @@ def test_options_are_checked(cache):
         _task(cache, games_per_client=0)
 
 
-def test_a_round_plays_introspects_and_the_server_merges(cache, games, embed):
+def test_a_round_plays_introspects_and_the_server_merges(cache, games, embed, tmp_path):
     task = _task(cache)
     task._embedder = embed
     trainable = task.model()
@@ -298,6 +299,18 @@ def test_a_round_plays_introspects_and_the_server_merges(cache, games, embed):
     task.shared_text = {"tips": []}
     bare = task.evaluate(trainable, task.test_data())
     assert bare["score"] == scores["score-no-tips"] and bare["score-gain"] == 0.0
+
+    final = task.merge_text(2, merged, again)
+    report = task.finish(trainable, tmp_path)["tips"]
+    assert report["final-tips"] == task._history[-1]["tips"]
+    assert [t["text"] for t in report["final-tips"]] == final["tips"]
+    assert [h["train-score"] for h in task._history] == [
+        sum(r.metrics["score"] for r in rs) / 2 for rs in (replies, again)
+    ]  # 2 games a client: the mean of the clients' means
+    assert [e["tips"] for e in report["evaluations"]] == [len(merged["tips"]), 0]
+    written = json.loads((tmp_path / "tips.json").read_text())
+    assert written["evaluations"] == report["evaluations"]
+    assert len((tmp_path / "tips-trajectories.jsonl").read_text().splitlines()) == 2
 
 
 def test_the_same_seed_gives_the_same_tips_and_scores(cache, games, embed):

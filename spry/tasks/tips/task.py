@@ -341,21 +341,26 @@ class TipsTask(TextTask):
         replies: Sequence[TextReply],
     ) -> dict[str, list[str]]:
         """The shared tips and every client's, near-duplicates one, most supported."""
-        if self.opts.source == NONE:
-            return {TIPS: []}
         sources = [list(shared.get(TIPS, []))]
         sources += [list(r.text.get(TIPS, [])) for r in replies]
-        merged = merge_tips(
-            sources,
-            self.embedder,
-            threshold=self.opts.similarity,
-            max_tips=self.opts.max_tips,
+        merged = (
+            []
+            if self.opts.source == NONE
+            else merge_tips(
+                sources,
+                self.embedder,
+                threshold=self.opts.similarity,
+                max_tips=self.opts.max_tips,
+            )
         )
-        written = sum(len(s) for s in sources[1:])
+        games = sum(r.metrics["num-examples"] for r in replies) or 1.0
+        played = sum(r.metrics["score"] * r.metrics["num-examples"] for r in replies)
         self.__dict__.setdefault("_history", []).append(
             {
                 "round": server_round,
-                "written": written,
+                # the clients' own games this round, played with the tips sent
+                "train-score": played / games,
+                "written": sum(len(s) for s in sources[1:]),
                 "kept": len(merged),
                 "tips": [{"text": t.text, "support": t.support} for t in merged],
             }
@@ -389,7 +394,10 @@ class TipsTask(TextTask):
             result["score-no-tips"] = baseline["score"]
             result["won-no-tips"] = baseline["won"]
             result["score-gain"] = scores["score"] - baseline["score"]
-        self._last_played = played
+        if rows is getattr(self, "_test", None):  # the server's test games
+            self._last_played = played
+            kept = {k: v for k, v in result.items() if k != "loss"}  # nan: no loss
+            self.__dict__.setdefault("_evaluations", []).append(kept)
         return result
 
     def no_tips_scores(
@@ -419,6 +427,8 @@ class TipsTask(TextTask):
             "few-shot": self.opts.few_shot,
             "final-tips": [{"text": t.text, "support": t.support} for t in merged],
             "rounds": getattr(self, "_history", []),
+            # every central evaluation in order (the first: round 0, no tips)
+            "evaluations": getattr(self, "_evaluations", []),
         }
         results.mkdir(parents=True, exist_ok=True)
         (results / "tips.json").write_text(json.dumps(summary, indent=1))
