@@ -380,7 +380,11 @@ class TipsTask(TextTask):
         tips = list(getattr(self, "shared_text", {}).get(TIPS, []))
         settings = self.settings()
         agent = self.agent(trainable, device)
-        played = play_games(games, agent, tips, settings)
+        played = (
+            play_games(games, agent, tips, settings)
+            if tips
+            else self.played_without_tips(games, agent, settings)
+        )
         scores = summarize(played)
         result = {
             "accuracy": scores["score"],
@@ -390,7 +394,7 @@ class TipsTask(TextTask):
             "tips": float(len(tips)),
         }
         if self.opts.compare_no_tips:
-            baseline = self.no_tips_scores(games, agent, settings, played, tips)
+            baseline = summarize(self.played_without_tips(games, agent, settings))
             result["score-no-tips"] = baseline["score"]
             result["won-no-tips"] = baseline["won"]
             result["score-gain"] = scores["score"] - baseline["score"]
@@ -400,23 +404,19 @@ class TipsTask(TextTask):
             self.__dict__.setdefault("_evaluations", []).append(kept)
         return result
 
-    def no_tips_scores(
-        self,
-        games: list[str],
-        agent: Generator,
-        settings: AgentSettings,
-        played: list[Trajectory],
-        tips: list[str],
-    ) -> dict[str, float]:
-        """The games' scores without tips: played once per process and set of games."""
-        cache: dict[tuple[str, ...], dict[str, float]] = self.__dict__.setdefault(
+    def played_without_tips(
+        self, games: list[str], agent: Generator, settings: AgentSettings
+    ) -> list[Trajectory]:
+        """The games played without tips: once per process and set of games.
+
+        The agent and the games are fixed, and play is greedy, so it cannot change.
+        """
+        cache: dict[tuple[str, ...], list[Trajectory]] = self.__dict__.setdefault(
             "_no_tips", {}
         )
         key = tuple(games)
         if key not in cache:
-            cache[key] = summarize(
-                played if not tips else play_games(games, agent, [], settings)
-            )
+            cache[key] = play_games(games, agent, [], settings)
         return cache[key]
 
     def finish(self, trainable: TrainableModel, results: Path) -> dict[str, Any]:
@@ -437,4 +437,7 @@ class TipsTask(TextTask):
             with open(results / "tips-trajectories.jsonl", "w") as out:
                 for trajectory in played:
                     out.write(json.dumps(trajectory.to_json()) + "\n")
-        return {"tips": {k: v for k, v in summary.items() if k != "rounds"}}
+        rounds = [  # the run summary gets each round's numbers, tips.json the tips
+            {k: v for k, v in r.items() if k != "tips"} for r in summary["rounds"]
+        ]
+        return {"tips": {**summary, "rounds": rounds}}
