@@ -552,7 +552,8 @@ def load_transformers_clip(name_or_path: str) -> TransformersClip:
     A hub name is looked up in the Hugging Face cache only when
     `HF_HUB_OFFLINE` is set (`local_files_only`), else downloaded; either way
     a name that cannot be loaded raises `ModelError` saying what was tried.
-    Eager attention: the `sdpa` kernels on CPU have no forward-mode AD rule.
+    Eager attention (the `sdpa` kernels on CPU have no forward-mode AD rule) and
+    float32 whatever the checkpoint stores, as the project's other models load.
     """
     import transformers
     from transformers import AutoTokenizer, CLIPModel
@@ -574,7 +575,10 @@ def load_transformers_clip(name_or_path: str) -> TransformersClip:
         where = "the Hugging Face hub"
     try:
         model = CLIPModel.from_pretrained(
-            path, attn_implementation="eager", local_files_only=offline
+            path,
+            attn_implementation="eager",
+            dtype=torch.float32,
+            local_files_only=offline,
         )
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=offline)
     except OSError as error:

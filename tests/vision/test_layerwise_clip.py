@@ -160,3 +160,15 @@ def test_a_missing_clip_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelError, match="HF_HUB_OFFLINE is set"):
         load_transformers_clip("spry-tests/no-such-clip")
+
+
+def test_a_half_precision_checkpoint_loads_in_float32(clip_folder, tmp_path):
+    # forward-mode prompt tuning runs in float32 whatever the checkpoint holds
+    from transformers import AutoTokenizer, CLIPModel
+
+    half = tmp_path / "half"
+    CLIPModel.from_pretrained(clip_folder).half().save_pretrained(half)
+    AutoTokenizer.from_pretrained(clip_folder).save_pretrained(half)
+    loaded = load_transformers_clip(str(half))
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.float32}
+    assert next(CLIPModel.from_pretrained(half).parameters()).dtype == torch.float16
