@@ -20,8 +20,13 @@ from spry.tasks import load_task
 from spry.tasks.sep.classes import base_to_new_split, harmonic_mean
 from spry.tasks.sep.prompted import PromptConfig, PromptedClip, prompt_loss
 from spry.training import train_slice
-from spry.vision.clip import TransformersClip, load_transformers_clip
+from spry.vision.clip import (
+    TransformersClip,
+    build_offline_clip_model,
+    load_transformers_clip,
+)
 from spry.vision.images import FASHION_MNIST_DIR
+from spry.vision.vit import ViTConfig
 from tests.vision.tiny_clip import (
     EMBED,
     IMAGE_LAYERS,
@@ -72,9 +77,19 @@ def _batch(size: int = 6) -> dict[str, torch.Tensor]:
 # -- the prompted CLIP -----------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def offline():
+    """A random offline CLIP (2-layer ViT) under the real locked MiniLM."""
+    torch.manual_seed(0)
+    vit = ViTConfig(width=32, depth=2, heads=2, patch_size=7)
+    return build_offline_clip_model(vit, "all-MiniLM-L6-v2").eval()
+
+
 @torch.no_grad()
-def test_coop_from_a_photo_of_a_is_clips_own_caption_feature(clip):
+@pytest.mark.parametrize("which", ["transformers", "offline"])
+def test_coop_from_a_photo_of_a_is_clips_own_caption_feature(which, request):
     # Prepare: CoOp's context starts as the embeddings of "a photo of a"
+    clip = request.getfixturevalue("clip" if which == "transformers" else which)
     model = _prompted(clip, method="coop")
     split = base_to_new_split()
     classes = torch.arange(len(split.names))

@@ -21,7 +21,10 @@ pooling and the vocabulary, is said there). What one forward pass does
   tokens at the prompts' places are replaced by the layer's TFM output fused
   from them and the K tokens after them (the text rule,
   `selection.tokens_after_prompts`); the tower pools the last layer (MiniLM:
-  the mean; CLIP: the end-of-text token, projected); normalized.
+  the mean; CLIP: the end-of-text token, projected); normalized. No "." after
+  the name (CoOp's and SEP's code write "name."): the offline CLIP's captions
+  have none, and so CoOp's start from "a photo of a" is exactly either CLIP's
+  own feature of the caption "a photo of a {name}".
 - image: CoOp leaves the image tower alone. SEP appends M learnable visual prompt
   tokens after CLS and patches (the code's `ctx_visual`, VPT-style, appended
   after the positions and before CLIP's `ln_pre`) and, before every layer but
