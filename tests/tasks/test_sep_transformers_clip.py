@@ -283,3 +283,16 @@ def test_the_clip_option_is_checked(clip_folder, tmp_path):
     task = _task(tmp_path / "no-clip-here")
     with pytest.raises(ModelError, match="no CLIP folder"):
         task.model()
+
+
+def test_sep_and_clipscope_share_the_clip_option(clip_folder):
+    from spry.tasks.clipscope.task import ClipscopeOptions
+    from spry.tasks.offline_clip import OfflineClipOptions
+    from spry.tasks.sep.task import SepOptions
+
+    for options in (SepOptions, ClipscopeOptions):
+        assert issubclass(options, OfflineClipOptions)
+        assert options().clip == "offline"
+    loaded = SepOptions(clip=str(clip_folder)).vision_language_model()
+    assert isinstance(loaded, TransformersClip)
+    assert loaded.image_size == 32
