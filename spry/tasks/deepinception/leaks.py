@@ -22,7 +22,8 @@ carries the whole secret, or None:
 Pieces are runs of ASCII letters and digits, so a match always starts and ends at
 a piece's boundary: "CAMBER 4721", "AMBER-47215" and "AMBER-4722" are not the
 secret, and neither is half of it ("AMBER" alone, "4721" alone). Not covered:
-translations, ciphers (ROT13, Caesar), other bases, and digits written as a
+a word or number cut into pieces with other text between them ("AM, then BER"),
+translations, ciphers (ROT13, Caesar), other bases, and a number written as a
 number's words ("four thousand seven hundred...").
 
 `wilson_interval` gives the 95% Wilson score interval of a rate, right for the
