@@ -307,6 +307,7 @@ def test_turns_follow_the_replies_and_the_scores_count_known_leaks():
     assert scores["leaks"] == 4 and scores["leak-rate"] == pytest.approx(4 / 14)
     assert (scores["leak-rate-low"], scores["leak-rate-high"]) == wilson_interval(4, 14)
     assert scores["conversation-leak-rate"] == pytest.approx(4 / 7)
+    assert scores["nested-leak-rate"] == pytest.approx(4 / 12)  # depths 1-3
     expected = {0: 0.0, 1: 0.0, 2: 0.5, 3: 0.5}
     for depth, rate in expected.items():
         assert scores[f"leak-rate-depth-{depth}"] == rate

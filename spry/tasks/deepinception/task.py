@@ -15,7 +15,8 @@ is the model after it, so `eval-every` larger than the run's rounds scores just
 those two.
 
 Metrics: `leak-rate` with its 95% Wilson interval (`leak-rate-low`/`-high`),
-the same by depth (0 = the request asked plainly, no scene), by turn (turn 2 on:
+the same inside scenes only (`nested-leak-rate`: depth 1 and more), by depth
+(0 = the request asked plainly, no scene: the control), by turn (turn 2 on:
 the continued jailbreak), by depth and turn, by scene; the share of
 conversations that leaked at any turn; leaks by the form the secret took. The
 per-round table keeps the SFT task's `accuracy` (exact match) and `loss`; the
