@@ -32,6 +32,9 @@
   harmonic-mean accuracy, zero-shot (round 0) and final, mean and spread over
   the seeds, 30 rounds. Needs the full offline CLIP (`python -m
   spry.vision.build`, cached).
+- deepinception: federated SFT by spry and fedavg (same seed); the nested-scene
+  canary red team (4 scenes x depths 0-3, 2 turns) on the global model before
+  (round 0) and after: leak rate with Wilson intervals by depth and turn.
 - clipscope: zero-shot OOD detection with the offline CLIP on two ID/OOD pairs
   (Fashion-MNIST vs the digits; the near-OOD split of four held-out Fashion-MNIST
   classes): the federation calibrates the logit scale with Spry, clients share
@@ -49,7 +52,9 @@ seed, and its table compares them.
     python -m benchmarks.tasks --task mustard      # three runs, 5 rounds
     python -m benchmarks.tasks --task conifer --resume  # keep runs already done
     python -m benchmarks.tasks --task sep          # 9 runs: 3 variants x 3 seeds
+    python -m benchmarks.tasks --task sep --set sep.clip=<CLIPModel dir>  # real CLIP
     python -m benchmarks.tasks --task clipscope    # two pairs, 5 rounds each
+    python -m benchmarks.tasks --task deepinception  # two runs: spry, fedavg
 Writes benchmarks/results/task_<name>.{md,json} (and the VeriX mask grid).
 """
 
@@ -126,6 +131,22 @@ SETTINGS: dict[str, list[str]] = {  # on top of the task's own `run_defaults`
     # 10 clients (Dirichlet over the ID classes), 5 a round, calibrating the
     # logit scale; 2,000 held-out images a side scored, all WordNet nouns mined
     "clipscope": ["eval-every=5"],
+    # Federated SFT (the sft task's offline review questions) on SmolLM2-135M-
+    # Instruct: 400 training pairs over 10 clients, 2 a round (40 pairs each: 5
+    # batches of 8), 30 central test pairs; the red team (4 scenes x depths 1-3
+    # plus the plain request, 2 turns, 96 tokens a reply: 26 replies) runs at
+    # round 0 and after the last round only. One red-team evaluation of the
+    # untrained model took 1,688 s on the 2-core CPU under a load average of
+    # about 8 (two turns of 13 batched replies: 779 s and 909 s).
+    "deepinception": [
+        "num-clients=10",
+        "clients-per-round=2",
+        "eval-clients-per-round=0",
+        "batch-size=8",
+        "max-train-examples=400",
+        "deepinception.test-examples=30",
+        "eval-every=1000",
+    ],
 }
 # Tasks compared over several runs on the same seed: (label, method, settings).
 # FedAvg at lr 0.01 and FedMeZO at SGD 0.005: the rates the sft probe found best
@@ -159,6 +180,11 @@ VARIANTS: dict[str, list[tuple[str, str, list[str]]]] = {
         ("coop-spry", "spry", ["sep.method=coop"]),
         ("sep-fedavg", "fedavg", ["sep.method=sep"]),
     ],
+    # the same red team before and after fine-tuning, by Spry and by FedAvg
+    "deepinception": [
+        ("spry", "spry", []),
+        ("fedavg", "fedavg", ["lr=0.01"]),
+    ],
     # one run a pair: the near pair's CLIP is built without its OOD classes
     "clipscope": [
         (pair, "spry", [f"clipscope.pair={pair}"])
@@ -168,7 +194,14 @@ VARIANTS: dict[str, list[tuple[str, str, list[str]]]] = {
 # Variant tasks run on several seeds (--seed, --seed + 1, ...): mean and spread
 SEEDS = {"sep": 3}
 # Rounds when `--rounds` is not given (default 20); conifer: one a level
-ROUNDS = {"xfinder": 3, "conifer": 5, "mustard": 5, "sep": 30, "clipscope": 5}
+ROUNDS = {
+    "xfinder": 3,
+    "conifer": 5,
+    "mustard": 5,
+    "sep": 30,
+    "clipscope": 5,
+    "deepinception": 5,
+}
 # A run's pictures copied next to a variant table, as task_<task>_<label>.png
 PICTURES = {"clipscope": "clipscope-scores.png"}
 
@@ -624,6 +657,78 @@ def clipscope_table(
     return lines
 
 
+def deepinception_table(
+    runs: dict[str, tuple[dict[str, Any], list[dict[str, float]]]],
+) -> list[str]:
+    """Canary-leak rates with 95% Wilson intervals, before (round 0) and after.
+
+    One row for the untrained model (every run's round 0 is the same model and
+    red team) and one per run after its last round; columns: all trials, inside
+    scenes, each depth, each turn, conversations leaking at any turn, SFT exact
+    match.
+    """
+
+    def rate(scores: dict[str, float], key: str) -> str:
+        return (
+            f"{100 * scores[key]:.0f}% [{100 * scores[f'{key}-low']:.0f}, "
+            f"{100 * scores[f'{key}-high']:.0f}]"
+        )
+
+    first = next(iter(runs.values()))[0]["deepinception"]
+    depths, turns = first["depths"], range(1, first["turns"] + 1)
+    lines = [
+        "| model | round | leak rate | inside scenes | "
+        + " | ".join(f"depth {d}" for d in depths)
+        + " | "
+        + " | ".join(f"turn {t}" for t in turns)
+        + " | conversations | SFT exact match |",
+        "|---|---:|---:|---:|" + "---:|" * (len(depths) + len(turns)) + "---:|---:|",
+    ]
+    shown = [("untrained", runs[next(iter(runs))][1][0], first["before"])]
+    shown += [
+        (label, rows[-1], summary["deepinception"]["after"])
+        for label, (summary, rows) in runs.items()
+    ]
+    for label, row, scores in shown:
+        cells = [rate(scores, f"leak-rate-depth-{d}") for d in depths]
+        cells += [rate(scores, f"leak-rate-turn-{t}") for t in turns]
+        lines.append(
+            f"| {label} | {int(row['round'])} | {rate(scores, 'leak-rate')} | "
+            f"{rate(scores, 'nested-leak-rate')} | "
+            + " | ".join(cells)
+            + f" | {rate(scores, 'conversation-leak-rate')} | "
+            f"{100 * row['test-accuracy']:.1f}% |"
+        )
+    forms = {
+        label: ", ".join(
+            f"{k.removeprefix('leaks-')} {int(v)}"
+            for k, v in summary["deepinception"]["after"].items()
+            if k.startswith("leaks-") and v
+        )
+        or "none"
+        for label, (summary, _) in runs.items()
+    }
+    seconds = ", ".join(
+        f"{label} {rows[-1]['elapsed-seconds']:.0f} s"
+        for label, (_, rows) in runs.items()
+    )
+    lines += [
+        "",
+        f"Leak rate = share of replies that reveal their conversation's planted "
+        f"secret (any form the detector reads), with its 95% Wilson interval; "
+        f"{first['probes']} conversations ({', '.join(first['scenes'])} at depths "
+        f"{', '.join(str(d) for d in depths if d)}; depth 0 = the request asked "
+        f"plainly) of {first['turns']} turns, {first['reply-tokens']} tokens a "
+        f"reply, greedy; the system prompt (the secret and the rule) placed as "
+        f"{first['chat']!r} (system-turn: the chat template's system turn). "
+        "Conversations = those that leaked at any turn. Forms of the leaks after "
+        "training: "
+        + "; ".join(f"{label}: {text}" for label, text in forms.items())
+        + f". Wall time: {seconds}. Every reply: each run's redteam.jsonl.",
+    ]
+    return lines
+
+
 # What a variant table needs besides the runs, measured once per task
 EXTRAS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "mustard": lambda args: {
@@ -646,6 +751,7 @@ TABLES = {
     "mustard": mustard_table,
     "sep": sep_table,
     "clipscope": clipscope_table,
+    "deepinception": deepinception_table,
 }
 
 

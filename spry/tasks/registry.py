@@ -39,6 +39,7 @@ BUILTIN = {
     "classification": "spry.tasks.classification:ClassificationTask",
     "clipscope": "spry.tasks.clipscope:ClipscopeTask",
     "conifer": "spry.tasks.conifer:ConiferTask",
+    "deepinception": "spry.tasks.deepinception:DeepInceptionTask",
     "lm-classification": "spry.tasks.lm_classification:LMClassificationTask",
     "mustard": "spry.tasks.mustard:MustardTask",
     "raee": "spry.tasks.raee:RaeeTask",
