@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml constraints.txt requirements-offline.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# -c constraints.txt: torch stays the 2.13.0 CPU wheel whatever else asks for it;
-	# `all`: every task's extra (VeriX, RAEE), so tests and benchmarks run them all
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,all]"
+	# `all`: every task's extra, and `tips` (TextWorld: heavy and GPL-licensed jericho,
+	# left out of `all`), so tests and benchmarks run every task
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,all,tips]"
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-offline.txt
 	-scripts/fetch_compose.sh  # compose for tests/deploy, into .tools/; offline: those tests fail, setup goes on
 	touch $(STAMP)

