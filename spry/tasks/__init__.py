@@ -4,8 +4,11 @@
 registered ones. See `base.Task` for the interface and `registry` for adding one.
 
 Layout: the modules here are the core's (the interface `base`, with the labelled-data
-task; the default `classification` task, which RAEE builds on; the `causal_lm` base
-of the language-model tasks; `registry`, `extras`, `memory_probe`). Each folder is
+task and the `TextTask` of rounds that share text; the default `classification`
+task, which RAEE builds on; the `causal_lm` base of the language-model tasks and the
+`sft` task with its offline `sft_reviews` data, which DeepInception builds on;
+`offline_clip`, the vision tasks' model options; `registry`, `extras`,
+`memory_probe`). Each folder is
 one task's package (`verix/`, `raee/`) holding everything only it uses, its
 third-party packages an install extra of the same name (`extras.require`). No core
 module imports a task package; the registry loads them by name.

@@ -24,9 +24,8 @@ from spry.data.pairs import load_pairs, read_pairs
 from spry.models.causal_lm import build_causal_lm
 from spry.tasks import get
 from spry.tasks.base import build_options
-from spry.tasks.sft import SFTTask
-from spry.tasks.sft.reviews import KINDS, MAX_WORDS, review_questions
-from spry.tasks.sft.task import normalise
+from spry.tasks.sft import SFTTask, normalise
+from spry.tasks.sft_reviews import KINDS, MAX_WORDS, review_questions
 from spry.training import make_client_engine, train_slice
 from tests.helpers import tiny_llama
 from tests.tasks.test_causal_lm_task import WORDS, word_tokenizer

@@ -43,7 +43,7 @@ from ...generators import Generator, LocalGenerator
 from ...models import TrainableModel
 from ..base import Rows, TaskOptions
 from ..causal_lm import CausalLMOptions, GeneratorOptions
-from ..sft.task import SFTOptions, SFTTask
+from ..sft import SFTOptions, SFTTask
 from .redteam import Conversation, chat_mode, leak_scores, render, run_redteam
 from .scenes import MAX_TURNS, SCENES, Probe, build_probes
 

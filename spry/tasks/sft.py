@@ -8,13 +8,17 @@ chunked loss. What is here is where the pairs come from and how answers are scor
 - data: the run's `dataset`, a local JSONL/CSV/Parquet file or folder or a Hugging
   Face id with `prompt-column` / `response-column` (`spry.data.pairs`); left at
   the run's default (or named `sft-reviews`), questions on the shipped Rotten
-  Tomatoes reviews with answers a rule decides (`reviews`). Clients get
+  Tomatoes reviews with answers a rule decides (`sft_reviews`). Clients get
   flwr-datasets partitions (Dirichlet over the `kind` column when the data has
   one, else IID), each split into train and held out as the labelled tasks do;
 - scores: the teacher-forced `loss` of the answer tokens, and exact match of the
   greedy answer (`spry.generation`: batched, KV cache, `max-new-tokens` at most),
   its first line compared after `normalise`, overall and per `kind`; `accuracy`
   is exact match, so the per-round table and plot show it.
+
+A core task, like `classification`, not a package of its own: task packages build
+on it (DeepInception fine-tunes with it and red-teams the result), and a task
+package is loaded only by its name, never imported by another.
 """
 
 from __future__ import annotations
@@ -28,14 +32,14 @@ from typing import Any, ClassVar
 import datasets
 import torch
 
-from ...config import ConfigError
-from ...data import make_partitioner
-from ...data.pairs import KIND_COLUMN, PairDataset, load_pairs
-from ...generation import generate
-from ...models import TrainableModel
-from ..base import ClientData, Rows
-from ..causal_lm import CausalLMOptions, CausalLMTask
-from .reviews import NAMES, review_questions
+from ..config import ConfigError
+from ..data import make_partitioner
+from ..data.pairs import KIND_COLUMN, PairDataset, load_pairs
+from ..generation import generate
+from ..models import TrainableModel
+from .base import ClientData, Rows
+from .causal_lm import CausalLMOptions, CausalLMTask
+from .sft_reviews import NAMES, review_questions
 
 _TRAILING = string.punctuation + " \t"
 

@@ -25,9 +25,9 @@ import re
 import datasets
 import numpy as np
 
-from ...data import load_text_dataset
-from ...data.pairs import PairDataset
-from ...data.sources import SPLIT_SEED
+from ..data import load_text_dataset
+from ..data.pairs import PairDataset
+from ..data.sources import SPLIT_SEED
 
 NAMES = ("rotten-tomatoes", "sft-reviews")  # the run's default dataset means this
 KINDS = ("sentiment", "word-count", "word-choice")
