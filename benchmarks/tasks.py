@@ -32,6 +32,12 @@
   harmonic-mean accuracy, zero-shot (round 0) and final, mean and spread over
   the seeds, 30 rounds. Needs the full offline CLIP (`python -m
   spry.vision.build`, cached).
+- clipscope: zero-shot OOD detection with the offline CLIP on two ID/OOD pairs
+  (Fashion-MNIST vs the digits; the near-OOD split of four held-out Fashion-MNIST
+  classes): the federation calibrates the logit scale with Spry, clients share
+  prediction counts (the class prior), then AUROC and FPR95 of MSP, energy and
+  CLIPScope (with and without mined WordNet labels; the clients' prior and a
+  uniform one); the score histograms are copied next to the table.
 
 A task in `VARIANTS` runs once per variant (a label, a method, settings) on the same
 seed, and its table compares them.
@@ -43,6 +49,7 @@ seed, and its table compares them.
     python -m benchmarks.tasks --task mustard      # three runs, 5 rounds
     python -m benchmarks.tasks --task conifer --resume  # keep runs already done
     python -m benchmarks.tasks --task sep          # 9 runs: 3 variants x 3 seeds
+    python -m benchmarks.tasks --task clipscope    # two pairs, 5 rounds each
 Writes benchmarks/results/task_<name>.{md,json} (and the VeriX mask grid).
 """
 
@@ -116,6 +123,9 @@ SETTINGS: dict[str, list[str]] = {  # on top of the task's own `run_defaults`
         "sep.shots=64",
         "sep.test-per-class=100",
     ],
+    # 10 clients (Dirichlet over the ID classes), 5 a round, calibrating the
+    # logit scale; 2,000 held-out images a side scored, all WordNet nouns mined
+    "clipscope": ["eval-every=5"],
 }
 # Tasks compared over several runs on the same seed: (label, method, settings).
 # FedAvg at lr 0.01 and FedMeZO at SGD 0.005: the rates the sft probe found best
@@ -149,11 +159,18 @@ VARIANTS: dict[str, list[tuple[str, str, list[str]]]] = {
         ("coop-spry", "spry", ["sep.method=coop"]),
         ("sep-fedavg", "fedavg", ["sep.method=sep"]),
     ],
+    # one run a pair: the near pair's CLIP is built without its OOD classes
+    "clipscope": [
+        (pair, "spry", [f"clipscope.pair={pair}"])
+        for pair in ("fashion-vs-digits", "fashion-near")
+    ],
 }
 # Variant tasks run on several seeds (--seed, --seed + 1, ...): mean and spread
 SEEDS = {"sep": 3}
 # Rounds when `--rounds` is not given (default 20); conifer: one a level
-ROUNDS = {"xfinder": 3, "conifer": 5, "mustard": 5, "sep": 30}
+ROUNDS = {"xfinder": 3, "conifer": 5, "mustard": 5, "sep": 30, "clipscope": 5}
+# A run's pictures copied next to a variant table, as task_<task>_<label>.png
+PICTURES = {"clipscope": "clipscope-scores.png"}
 
 
 def run_task(
@@ -568,6 +585,45 @@ def sep_table(
     return lines
 
 
+def clipscope_table(
+    runs: dict[str, tuple[dict[str, Any], list[dict[str, float]]]],
+) -> list[str]:
+    """AUROC and FPR95 of every method on every pair (one run a pair)."""
+    from spry.tasks.clipscope.evaluation import METHODS
+
+    pairs = {label: summary["clipscope"] for label, (summary, _) in runs.items()}
+    head = " | ".join(f"{p} AUROC | {p} FPR95" for p in pairs)
+    lines = [f"| method | {head} |", "|---|" + "---:|" * (2 * len(pairs))]
+    for method in METHODS:
+        cells = " | ".join(
+            f"{100 * scores[method]['auroc']:.1f} | {100 * scores[method]['fpr95']:.1f}"
+            for scores in pairs.values()
+        )
+        lines.append(f"| {method} | {cells} |")
+    lines += [
+        "",
+        "AUROC and FPR at 95% TPR in % (ID positive). msp: the top ID softmax "
+        "probability; energy: logsumexp of the ID logits; clipscope: the top ID "
+        "probability over the class prior, times p(ID) against the mined labels; "
+        "-no-labels: without the mined labels; -uniform-prior: a uniform prior "
+        "instead of the clients' counts; -online: the prior updated as test images "
+        "arrive. Score histograms: task_clipscope_<pair>.png.",
+        "",
+        "| pair | ID classes | ID / OOD images | prior from | logit scale | "
+        "zero-shot ID accuracy, round 0 -> last |",
+        "|---|---|---:|---|---:|---:|",
+    ]
+    for label, (summary, rows) in runs.items():
+        info = summary["clipscope"]
+        lines.append(
+            f"| {label} | {', '.join(info['id-classes'])} | {info['id-images']} / "
+            f"{info['ood-images']} | {info['prior-source']} | "
+            f"{info['logit-scale']:.2f} | {100 * rows[0]['test-accuracy']:.1f}% -> "
+            f"{100 * rows[-1]['test-accuracy']:.1f}% |"
+        )
+    return lines
+
+
 # What a variant table needs besides the runs, measured once per task
 EXTRAS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "mustard": lambda args: {
@@ -589,6 +645,7 @@ TABLES = {
     "conifer": conifer_table,
     "mustard": mustard_table,
     "sep": sep_table,
+    "clipscope": clipscope_table,
 }
 
 
@@ -609,6 +666,10 @@ def run_variants(task: str, rounds: int, args: argparse.Namespace) -> str:
                 json.loads((run_dir / "summary.json").read_text()),
                 read_rows(run_dir),
             )
+            picture = run_dir / PICTURES.get(task, "-")
+            if picture.is_file():
+                name = key.replace("/", "_")
+                shutil.copy(picture, RESULTS / f"task_{task}_{name}.png")
             flags = [f"--set {s}" for s in [*SETTINGS[task], *sets, *args.set]]
             commands[key] = " ".join(
                 [f"--task {task} --method {method} --rounds {rounds}",

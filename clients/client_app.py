@@ -13,7 +13,15 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 
 from spry import protocol
@@ -351,3 +359,26 @@ def task_report(msg: Message, context: Context) -> Message:
         }
     )
     return Message(RecordDict({protocol.METRICS: metrics}), reply_to=msg)
+
+
+@app.query(protocol.TEXT_ROUND)
+def text_round(msg: Message, context: Context) -> Message:
+    """A round of a task that shares text: work with it, return numbers and text."""
+    cfg = _run_config(msg)
+    partition_id, _ = _partition(context)
+    task, device = load_task(cfg), device_for(cfg)
+    server_round = int(msg.content[protocol.CONFIG][protocol.SERVER_ROUND])
+    shared = {k: list(v) for k, v in msg.content[protocol.TEXT].items()}
+    reply = task.text_round(
+        task.model(device), partition_id, server_round, shared, device
+    )
+    metrics = MetricRecord(
+        {
+            **{k: float(v) for k, v in reply.metrics.items()},
+            protocol.PARTITION_ID: partition_id,
+        }
+    )
+    text = ConfigRecord({k: [str(x) for x in v] for k, v in reply.text.items()})
+    return Message(
+        RecordDict({protocol.METRICS: metrics, protocol.TEXT: text}), reply_to=msg
+    )

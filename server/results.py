@@ -205,11 +205,24 @@ class RunRecorder:
             "device-round-seconds": round_log.get("device-seconds"),
             "elapsed-seconds": now - self.started,
         }
+        # Every number the task's evaluation returned, its paper's metrics with
+        # names the CSV's fixed columns do not have (SEP's base/new/H, Conifer's
+        # per-level accuracies): evaluations.json, one entry a recorded round
+        row["task-metrics"] = {
+            key: float(value)
+            for key, value in central.items()
+            if isinstance(value, int | float) and not isinstance(value, bool)
+        }
         rejected = len(round_log.get("rejected") or {})  # not a CSV column
         self.last = now
         self.rows.append(row)
         with open(self.directory / "metrics.csv", "a", newline="") as fh:
             csv.writer(fh).writerow(["" if row[c] is None else row[c] for c in COLUMNS])
+        write_json(
+            self.directory / "evaluations.json",
+            [{"round": r["round"], **r.get("task-metrics", {})} for r in self.rows],
+            indent=1,
+        )
         self._print(row, rejected)
         self.plot()
         return row

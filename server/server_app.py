@@ -42,7 +42,7 @@ from spry.resolve import resolve
 from spry.tasks import Task, load_task
 from strategies import SlicedRounds
 
-from . import checkpoint, queries, resume
+from . import checkpoint, queries, resume, text_rounds
 from .budgets import BudgetDealer
 from .faults import FaultInjection
 from .results import RunRecorder
@@ -136,6 +136,23 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
         return metrics
 
     status = "failed"
+    if task.shares_text:  # no weights train: the rounds exchange text
+        if cfg.runtime.resume:
+            raise ValueError(f"task {task.name!r} shares text; it cannot resume")
+
+        def evaluate_text(server_round: int) -> None:
+            scores = task.evaluate(trainable, task.test_data())
+            entry = strategy.round_log.get(server_round, {})
+            recorder.record(server_round, scores, entry)
+
+        try:
+            text_rounds.run_text_rounds(grid, cfg, task, strategy, evaluate_text)
+            recorder.notes["shared-text"] = task.shared_text
+            recorder.notes.update(task.finish(trainable, recorder.directory))
+            status = "completed"
+        finally:
+            recorder.finish(status, strategy.round_log)
+        return recorder.directory
     try:
         first_round = _before_round_one(
             grid, cfg, task, trainable, strategy, recorder, resumed

@@ -12,6 +12,8 @@ CONTEXT = "context"  # ArrayRecord: other trainable tensors, read-only on the cl
 GUESS = "guess"
 CONFIG = "config"  # ConfigRecord: the run config + per-message fields below
 METRICS = "metrics"  # MetricRecord in replies
+# ConfigRecord kind -> list[str]: a text round's shared text, or a client's reply
+TEXT = "text"
 
 # ConfigRecord fields added per message
 SERVER_ROUND = "server-round"
@@ -42,6 +44,7 @@ FORWARD_PASSES = "forward-passes"  # model passes the engine ran (a jvp pass cou
 DESCRIBE = "describe"  # query: which partition a node holds
 FEATURE_STATS = "feature_stats"  # query: sum and count of the pooled features
 TASK_REPORT = "task_report"  # query: after the last round, the task's client report
+TEXT_ROUND = "text_round"  # query: a round of a task that shares text, not weights
 
 # Model statistics the server sets and every train/evaluate message carries
 FEATURE_CENTER = "feature-center"  # list[float]: the mean pooled feature

@@ -23,6 +23,7 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.common.logger import log
 
 from spry import protocol
+from spry.tasks import TextReply
 
 # Bytes a reply may carry beyond the raw tensors it was sent: the .npy header of
 # each array (128 bytes for any shape here) and some slack. Derived from what was
@@ -35,6 +36,9 @@ MAX_SCALAR_STEPS = 100_000
 # Far above any partition (the whole datasets here are < 1e7 examples); stops a
 # client claiming an overflow-scale weight that zeroes everyone else's share.
 MAX_NUM_EXAMPLES = 10**9
+# A text round's reply (tips, hints): far above any honest round's text, a bound
+# on what one client can make the server hold and merge.
+MAX_TEXT_CHARS = 1_000_000
 
 # The metrics an honest training reply carries (clients/client_app.py `train`).
 # Counts, bytes and seconds must be >= 0; the loss only finite.
@@ -243,6 +247,44 @@ def checked_report(reply: Message, partition: int | None = None) -> dict[str, fl
         for key, value in metrics.items()
         if key != protocol.PARTITION_ID
     }
+
+
+def checked_text_reply(reply: Message, partition: int | None = None) -> TextReply:
+    """A text round's reply: finite numbers with an example count, lists of text.
+
+    Exactly one metrics record and one config record of `kind -> list[str]`, no
+    arrays; at most `MAX_TEXT_CHARS` characters of text in all.
+    """
+    _check_no_error(reply)
+    content = reply.content
+    if (
+        list(content.metric_records.keys()) != [protocol.METRICS]
+        or list(content.config_records.keys()) != [protocol.TEXT]
+        or content.array_records
+    ):
+        raise InvalidReply(
+            "a text round's reply is one metrics and one text record, nothing else"
+        )
+    metrics = content[protocol.METRICS]
+    for key, value in metrics.items():
+        _check_number("metric", key, value)
+    examples = metrics.get(protocol.NUM_EXAMPLES)
+    if examples is None or not 0 <= examples <= MAX_NUM_EXAMPLES:
+        raise InvalidReply(
+            f"`{protocol.NUM_EXAMPLES}` should be in 0..{MAX_NUM_EXAMPLES}, "
+            f"got {_short(examples)}"
+        )
+    _check_claim(metrics.get(protocol.PARTITION_ID), partition)
+    text: dict[str, list[str]] = {}
+    for kind, lines in content[protocol.TEXT].items():
+        if not isinstance(lines, list) or not all(isinstance(x, str) for x in lines):
+            raise InvalidReply(f"text `{kind}` should be a list of strings")
+        text[kind] = list(lines)
+    chars = sum(len(line) for lines in text.values() for line in lines)
+    if chars > MAX_TEXT_CHARS:
+        raise InvalidReply(f"{chars} characters of text, the limit is {MAX_TEXT_CHARS}")
+    numbers = {k: float(v) for k, v in metrics.items() if k != protocol.PARTITION_ID}
+    return TextReply(metrics=numbers, text=text)
 
 
 def _check_no_error(reply: Message) -> None:

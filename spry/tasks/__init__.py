@@ -14,7 +14,16 @@ module imports a task package; the registry loads them by name.
 from functools import lru_cache
 
 from ..config import RunConfig
-from .base import ClientData, NoOptions, Task, TaskOptions, build_options, device_for
+from .base import (
+    ClientData,
+    NoOptions,
+    Task,
+    TaskOptions,
+    TextReply,
+    TextTask,
+    build_options,
+    device_for,
+)
 from .registry import available, get, register
 
 
@@ -30,6 +39,8 @@ __all__ = [
     "NoOptions",
     "Task",
     "TaskOptions",
+    "TextReply",
+    "TextTask",
     "available",
     "device_for",
     "get",

@@ -12,6 +12,10 @@ model, a dataset or a metric: it asks the run's task. A task says
   (counts, sums, times) computed after the last round on the client's private data,
   which the server merges with `merge_reports`; and a server-side `finish` that
   works on the final model (explanations, plots) and writes into the results folder;
+- or, for a task that learns in its clients' prompts rather than their weights
+  (`shares_text`: tips, optimization hints), what a client does in a round with
+  the server's shared text (`text_round`) and how the server merges the text the
+  clients return (`merge_text`); no weights train then;
 - what a client's training step holds at its peak, for device budgets: the model it
   trains and its largest batch (`probe_inputs`, with the data facts of
   `probe_context`), which the memory model (`spry.memory_model`) measures.
@@ -71,6 +75,18 @@ class NoOptions(TaskOptions):
 
 
 @dataclass(frozen=True)
+class TextReply:
+    """One client's answer in a text round: numbers and text, never its data.
+
+    `metrics` must hold `num-examples`, the weight of the round's means; `text`
+    maps a kind ("tips", "hints") to lines the server may merge.
+    """
+
+    metrics: dict[str, float]
+    text: dict[str, list[str]]
+
+
+@dataclass(frozen=True)
 class ClientData:
     """One client's private examples: what it trains on and what it holds out."""
 
@@ -99,6 +115,7 @@ class Task(ABC):
         self._models: dict[str, TrainableModel] = {}
         self._initial: dict[str, dict[str, np.ndarray]] = {}
         self._partitions: dict[int, ClientData] = {}
+        self.shared_text = {}
 
     # -- what a task defines ---------------------------------------------------------
 
@@ -190,6 +207,37 @@ class Task(ABC):
     def finish(self, trainable: TrainableModel, results: Path) -> dict[str, Any]:
         """Server-side work on the final model; files go under `results`."""
         return {}
+
+    # -- rounds that share text, not weights ------------------------------------------
+
+    shares_text: ClassVar[bool] = False
+    # The server's current shared text (kind -> lines). The core sets it before
+    # each `evaluate` and `finish` on the server; clients get it in `text_round`.
+    shared_text: dict[str, list[str]]
+
+    def initial_text(self) -> dict[str, list[str]]:
+        """The shared text before round 1 (default: none)."""
+        return {}
+
+    def text_round(
+        self,
+        trainable: TrainableModel,
+        partition_id: int,
+        server_round: int,
+        shared: Mapping[str, list[str]],
+        device: str = "cpu",
+    ) -> TextReply:
+        """One client's round on its own partition, given the shared text."""
+        raise NotImplementedError(f"task {self.name!r} does not share text")
+
+    def merge_text(
+        self,
+        server_round: int,
+        shared: Mapping[str, list[str]],
+        replies: Sequence[TextReply],
+    ) -> dict[str, list[str]]:
+        """The next round's shared text from this round's replies."""
+        raise NotImplementedError(f"task {self.name!r} does not share text")
 
     # -- memory planning (device budgets) ----------------------------------------------
 
@@ -287,6 +335,54 @@ class Task(ABC):
             trainable, rows, batch_size=self.run.client.batch_size, order=order
         ):
             yield {k: v.to(device) for k, v in batch.items()}
+
+
+class TextTask(Task):
+    """A task that learns in its clients' prompts: rounds share text, not weights.
+
+    The model it builds (by default none; a generator's LM for tasks that write
+    text) has no trainable tensors, so there is no batch and no loss: a round is
+    `text_round` on each sampled client and `merge_text` on the server
+    (`server.text_rounds`), and `evaluate` scores `shared_text` on the test data.
+    """
+
+    shares_text: ClassVar[bool] = True
+
+    def build_model(self, device: str) -> TrainableModel:
+        """No model: override to build the clients' generator (nothing trains)."""
+        return TrainableModel(model=nn.Module(), tokenizer=None, names={})
+
+    def batches(
+        self,
+        trainable: TrainableModel,
+        rows: Rows,
+        *,
+        batch_size: int,
+        order: np.ndarray | None = None,
+    ) -> Iterator[Batch]:
+        return iter(())
+
+    @staticmethod
+    def loss(model: nn.Module, batch: Batch) -> tuple[Tensor, Any]:
+        raise NotImplementedError("a text task trains no weights: it has no loss")
+
+    @abstractmethod
+    def text_round(
+        self,
+        trainable: TrainableModel,
+        partition_id: int,
+        server_round: int,
+        shared: Mapping[str, list[str]],
+        device: str = "cpu",
+    ) -> TextReply: ...  # fmt: skip
+
+    @abstractmethod
+    def merge_text(
+        self,
+        server_round: int,
+        shared: Mapping[str, list[str]],
+        replies: Sequence[TextReply],
+    ) -> dict[str, list[str]]: ...  # fmt: skip
 
 
 def device_for(run: RunConfig) -> str:

@@ -149,3 +149,25 @@ def test_a_device_row_sets_the_measured_peak_beside_the_prediction_and_flags_it(
     assert row["measured-extra-mib-max"] == 900
     assert row["measured-peak-mib-max"] == 1600
     assert row["client-rounds-over-budget"] == 1 and row["measured-exceeds-budget"]
+
+
+def test_every_number_the_task_evaluates_is_kept_per_round_and_survives_resume(
+    tmp_path,
+):
+    # A task's paper metrics beyond accuracy and loss (SEP's base/new/H) have no
+    # CSV column: evaluations.json holds them, round by round, through a resume
+    cfg = RunConfig.from_run_config({"results-dir": str(tmp_path)})
+    old = RunRecorder.create(cfg)
+    old.record(0, {**CENTRAL, "new-accuracy": 0.3, "num-examples": 40}, {})
+    state = old.checkpoint_state()
+
+    recorder = RunRecorder.reopen(old.directory, cfg, state)
+    recorder.record(1, {**CENTRAL, "new-accuracy": math.nan, "note": "text"}, {})
+
+    assert strict_json(recorder.directory / "evaluations.json") == [
+        {"round": 0, "accuracy": 0.7, "loss": 0.6, "new-accuracy": 0.3,
+         "num-examples": 40.0},
+        {"round": 1, "accuracy": 0.7, "loss": 0.6, "new-accuracy": None},
+    ]  # fmt: skip
+    header = (recorder.directory / "metrics.csv").read_text().splitlines()[0]
+    assert "task-metrics" not in header and "new-accuracy" not in header
