@@ -100,7 +100,7 @@ def solution_source(problem: Problem, reply: str) -> str:
     code = extract_code(reply) if "```" in reply else reply
     if re.search(rf"^\s*def {re.escape(problem.entry_point)}\s*\(", code, re.M):
         return f"{problem.prompt.rstrip()}\n\n\n{code.strip()}\n"
-    return problem.prompt + truncate_completion(code)
+    return problem.prompt + truncate_completion(code).rstrip() + "\n"
 
 
 def program_for(problem: Problem, solution: str) -> str:

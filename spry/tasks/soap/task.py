@@ -26,14 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from torch import nn
-
 from ...config import ConfigError, ConfigValue
 from ...generators import Generator, LocalGenerator
 from ...models import TrainableModel
+from ...models.causal_lm import DEFAULT_CAUSAL_LM, build_causal_lm
 from ...seeding import STREAM_DATA, numpy_rng
-from ..base import ClientData, Rows
-from ..causal_lm import CausalLMTask, GeneratorOptions
+from ..base import ClientData, Rows, TextReply, TextTask
+from ..causal_lm import GeneratorOptions
 from .optimize import (
     Problem,
     ProblemRun,
@@ -46,18 +45,6 @@ from .optimize import (
 )
 from .profiler import Profile
 from .sandbox import Limits
-
-try:  # the text-rounds interface (spry.tasks.base), until it lands on this branch
-    from ..base import TextReply
-except ImportError:  # pragma: no cover
-
-    @dataclass(frozen=True)
-    class TextReply:  # type: ignore[no-redef]
-        """What one client returns from a text round: numbers and text."""
-
-        metrics: dict[str, float]
-        text: dict[str, list[str]]
-
 
 HINTS = "hints"
 
@@ -154,7 +141,7 @@ def merge_hints(
     return [first[k] for k in ranked[:limit]]
 
 
-class SoapTask(CausalLMTask):
+class SoapTask(TextTask):
     """SOAP's generate-profile-revise loop per client; metrics (and hints) shared."""
 
     name: ClassVar[str] = "soap"
@@ -165,9 +152,10 @@ class SoapTask(CausalLMTask):
     Options: ClassVar[type[GeneratorOptions]] = SoapOptions
     shares_text: ClassVar[bool] = True
     run_defaults: ClassVar[Mapping[str, ConfigValue]] = {
-        **CausalLMTask.run_defaults,
+        "model": DEFAULT_CAUSAL_LM,  # the local generator (SmolLM2-135M-Instruct)
         "num-clients": 4,
         "clients-per-round": 2,
+        "eval-clients-per-round": 0,  # the server scores the held-out problems
     }
 
     @property
@@ -177,11 +165,18 @@ class SoapTask(CausalLMTask):
     # -- the model: only a writer ------------------------------------------------------
 
     def build_model(self, device: str) -> TrainableModel:
-        """The local causal LM when it writes the code, else nothing; none trains."""
-        if self.opts.generator.strip() == "local":
-            trainable = super().build_model(device)
-            return dataclasses.replace(trainable, names={})
-        return TrainableModel(model=nn.Module(), tokenizer=None, names={})
+        """The run's causal LM when it writes the code, else none; nothing trains.
+
+        (Its LoRA starts at zero, so it writes as the base model does.)
+        """
+        if self.opts.generator.strip() != "local":
+            return super().build_model(device)
+        cfg = self.run.model
+        trainable = build_causal_lm(
+            cfg.model, seed=self.run.runtime.seed, device=device, dtype=cfg.frozen_dtype
+        )
+        trainable.model.eval()
+        return dataclasses.replace(trainable, names={})
 
     def generator(self, trainable: TrainableModel, device: str) -> Generator:
         def local() -> LocalGenerator:
