@@ -348,6 +348,7 @@ def test_two_rounds_in_the_simulation_engine(tmp_path, problem_file):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed"
     assert summary["shared-text"]["hints"] == [HINT_RANGE, HINT_CLOSED]
+    assert set(summary["soap"]["isolation"]) == {"network", "processes", "files"}
     log = json.loads((run_dir / "rounds.json").read_text())
     for server_round in ("1", "2"):
         train = log[server_round]["train"]

@@ -18,6 +18,7 @@ loss: nan).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 from collections import Counter
@@ -306,12 +307,14 @@ class SoapTask(TextTask):
         return metrics
 
     def finish(self, trainable: TrainableModel, results: Path) -> dict[str, Any]:
-        """Every evaluated problem's iterations (code, status, profile) to a file."""
+        """The last evaluation's iterations (code, status, profile) to a file.
+
+        `soap-steps.jsonl`: a row per problem and iteration; the summary gets the
+        merged hints and the isolation the sandbox had on this machine.
+        """
         runs: list[ProblemRun] = getattr(self, "_last_runs", [])
         if not runs:
             return {}
-        import json
-
         results.mkdir(parents=True, exist_ok=True)
         with open(results / "soap-steps.jsonl", "w") as out:
             for run in runs:
@@ -332,4 +335,10 @@ class SoapTask(TextTask):
                     }
                     out.write(json.dumps(row) + "\n")
         hints = (getattr(self, "shared_text", None) or {}).get(HINTS, [])
-        return {"soap": {"problems": len(runs), "hints": list(hints)}}
+        summary = {
+            "problems": len(runs),
+            "hints": list(hints),
+            # which kernel mechanisms the sandbox got here (or the hook instead)
+            "isolation": runs[0].steps[0].result.isolation,
+        }
+        return {"soap": summary}
