@@ -348,7 +348,11 @@ def test_two_rounds_in_the_simulation_engine(tmp_path, problem_file):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed"
     assert summary["shared-text"]["hints"] == [HINT_RANGE, HINT_CLOSED]
-    assert set(summary["soap"]["isolation"]) == {"network", "processes", "files"}
+    report = summary["soap"]
+    assert set(report["isolation"]) == {"network", "processes", "files"}
+    for evaluation in ("first-evaluation", "last-evaluation"):
+        assert report[evaluation]["pass@1-it0"] == 1.0
+        assert report[evaluation]["net-it0"] > report[evaluation]["net-it2"]
     log = json.loads((run_dir / "rounds.json").read_text())
     for server_round in ("1", "2"):
         train = log[server_round]["train"]

@@ -302,15 +302,20 @@ class SoapTask(TextTask):
         metrics = summarize(runs)
         metrics["accuracy"] = metrics.get("pass@1", 0.0)
         metrics["loss"] = math.nan
-        if rows is self.test_data() or problems == list(self.test_data()):
+        if problems == list(self.test_data()):
             self._last_runs = runs
+            self._evaluations: list[dict[str, float]] = [
+                *getattr(self, "_evaluations", []),
+                metrics,
+            ]
         return metrics
 
     def finish(self, trainable: TrainableModel, results: Path) -> dict[str, Any]:
         """The last evaluation's iterations (code, status, profile) to a file.
 
         `soap-steps.jsonl`: a row per problem and iteration; the summary gets the
-        merged hints and the isolation the sandbox had on this machine.
+        merged hints, the isolation the sandbox had on this machine, and the
+        first and last evaluations' metrics (per iteration).
         """
         runs: list[ProblemRun] = getattr(self, "_last_runs", [])
         if not runs:
@@ -340,5 +345,8 @@ class SoapTask(TextTask):
             "hints": list(hints),
             # which kernel mechanisms the sandbox got here (or the hook instead)
             "isolation": runs[0].steps[0].result.isolation,
+            # per iteration: the first evaluation (round 0, no hints) and the last
+            "first-evaluation": self._evaluations[0],
+            "last-evaluation": self._evaluations[-1],
         }
         return {"soap": summary}
