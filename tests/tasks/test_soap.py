@@ -173,11 +173,20 @@ def test_the_loop_keeps_faster_correct_revisions_and_rejects_a_wrong_one():
 
 def test_a_wrong_first_solution_is_replaced_by_the_first_that_passes():
     answers = iter(["    return 0\n", FASTEST, WRONG])
+    prompts: list[str] = []
+
+    def writer(prompt: str) -> str:
+        prompts.append(prompt)
+        return next(answers)
+
     runs = optimize(
-        [total_problem()],
-        ScriptedGenerator(lambda prompt: next(answers)),
-        fast_settings(iterations=2),
+        [total_problem()], ScriptedGenerator(writer), fast_settings(iterations=2)
     )
+    # the failing code's feedback is how it failed, not an overhead it did not have
+    assert (
+        "The code does not pass the test case (failed): AssertionError" in (prompts[1])
+    )
+    assert "The total execution time" not in prompts[1]
     m = summarize(runs)
     assert m["pass@1-it0"] == 0.0 and m["pass@1-it1"] == 1.0 == m["pass@1-it2"]
     assert "et-it0" not in m and "net-it0" not in m  # nothing passes: no efficiency

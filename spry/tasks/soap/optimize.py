@@ -20,6 +20,7 @@ Revisions that were kept and made the code faster or leaner may carry a one-line
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import statistics
@@ -175,14 +176,23 @@ def line_summary(program: str, profile: Profile, solution_lines: int) -> str:
     return "\n".join(rows) or "  (no line of the solution took measurable time)"
 
 
+def overhead_analysis(profile: Profile, lines: str) -> str:
+    """SOAP's overhead summary: ET, MU, TMU and the hottest lines."""
+    return (
+        f"The total execution time is {profile.et:.6f} s. "
+        f"The peak memory usage is {profile.mu:.3f} MB. "
+        f"The total memory usage is {profile.tmu:.6f} MB*s.\n"
+        f"Line profile (the hottest lines of the code):\n{lines}"
+    )
+
+
 def feedback_prompt(
     problem: Problem,
     solution: str,
-    profile: Profile,
-    lines: str,
+    overhead: str,
     hints: Sequence[str] = (),
 ) -> str:
-    """SOAP's revision prompt: the task, the code, its overhead profile, the rules."""
+    """SOAP's revision prompt: the task, the code, its overhead, the rules."""
     shared = ""
     if hints:
         shared = "Optimization hints that worked on other problems:\n" + "".join(
@@ -195,11 +205,7 @@ def feedback_prompt(
         f"Task description:\n{problem.prompt.strip()}\n\n"
         f"Test case:\n{problem.test.strip()}\n\n"
         f"Original code:\n```python\n{solution.strip()}\n```\n\n"
-        "Overhead analysis:\n"
-        f"The total execution time is {profile.et:.6f} s. "
-        f"The peak memory usage is {profile.mu:.3f} MB. "
-        f"The total memory usage is {profile.tmu:.6f} MB*s.\n"
-        f"Line profile (the hottest lines of the code):\n{lines}\n\n"
+        f"Overhead analysis:\n{overhead}\n\n"
         f"{shared}"
         "Optimization rules:\n"
         "- Write the complete optimized function in one Python code block.\n"
@@ -285,11 +291,14 @@ def revision_prompt(run: ProblemRun, settings: Settings, hints: Sequence[str]) -
     last = run.steps[-1]
     problem = run.problem
     profile = last.result.profile
-    if profile is None:  # it never ran to the end: report how it failed
-        profile = Profile(et=last.result.wall, mu=0.0, tmu=0.0, samples=0)
-        lines = f"  (the code did not pass: {last.result.status}: {last.result.error})"
-    elif settings.line_profile:
-        traced_limits = Limits(**{**vars(settings.limits), "line_profile": True})
+    if not last.passed or profile is None:  # no overhead to show: how it failed
+        overhead = (
+            f"The code does not pass the test case ({last.result.status}): "
+            f"{last.result.error}"
+        )
+        return feedback_prompt(problem, last.solution, overhead, hints)
+    if settings.line_profile:
+        traced_limits = dataclasses.replace(settings.limits, line_profile=True)
         program = program_for(problem, last.solution)
         traced = run_program(program, traced_limits, call=test_call(problem))
         count = len(last.solution.splitlines())
@@ -300,7 +309,8 @@ def revision_prompt(run: ProblemRun, settings: Settings, hints: Sequence[str]) -
         )
     else:
         lines = "  (not traced)"
-    return feedback_prompt(problem, last.solution, profile, lines, hints)
+    overhead = overhead_analysis(profile, lines)
+    return feedback_prompt(problem, last.solution, overhead, hints)
 
 
 def revise(run: ProblemRun, reply: str, iteration: int, settings: Settings) -> Step:
