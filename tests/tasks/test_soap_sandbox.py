@@ -109,6 +109,9 @@ def test_no_write_outside_its_folder(tmp_path):
         f"import os\nos.rename({str(kept)!r}, 'stolen.txt')\n",
         f"import shutil\nshutil.rmtree({str(tmp_path)!r})\n",
         "import os\nos.symlink('/etc', 'etc')\nopen('etc/x', 'w')\n",
+        # a descriptor of a folder outside, then a relative path against it
+        f"import os\nd = os.open({str(tmp_path)!r}, os.O_RDONLY)\n"
+        f"os.open({outside.name!r}, os.O_WRONLY | os.O_CREAT, dir_fd=d)\n",
     ):
         result = run_program(program)
         assert result.status == "error", program
@@ -219,6 +222,8 @@ def test_starting_a_program_is_refused():
         "import os\nos.system('true')\n",
         "import os\nos.execv('/bin/true', ['true'])\n",
         "import ctypes\nctypes.CDLL(None)\n",
+        # the call under subprocess.Popen, which skips its audit event
+        "import _posixsubprocess\n",
     ):
         result = run_program(program)
         assert result.status == "error", program

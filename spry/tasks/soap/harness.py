@@ -1,14 +1,16 @@
 """What runs inside the sandbox: the program under an audit hook, timed and traced.
 
 `spry.tasks.soap.sandbox` copies this file into the run's fresh directory and
-starts it as `python -I harness.py <settings JSON>`; it imports only the standard
-library (the child has an empty environment and no site-packages of ours). It
+starts it as `python -I harness.py <settings JSON>`, with an empty environment;
+it imports only the standard library. It
 
-- installs an audit hook (PEP 578) that refuses, with PermissionError: opening a
-  file for writing, and renaming, removing, linking or changing files, outside the
-  working directory; starting programs (`exec*`, `posix_spawn`, `os.system`,
-  `subprocess`); loading C code through ctypes (which could step around the hook);
-  signalling other processes; and, where the parent says so, sockets (no network
+- installs an audit hook (PEP 578) that refuses, with PermissionError: opening
+  a file for writing, and renaming, removing, linking or changing files, outside
+  the working directory, and opening a folder outside it (whose descriptor
+  `dir_fd=` calls could write through); starting programs (`exec*`,
+  `posix_spawn`, `os.system`, `subprocess`, importing `_posixsubprocess`);
+  loading C code through ctypes (which could step around the hook); signalling
+  other processes; and, where the parent says so, sockets (no network
   namespace) and `fork` (no pids cgroup to bound a fork bomb);
 - runs `program.py` once, timing it with the monotonic clock the parent also reads
   (so the parent integrates the memory it sampled over exactly this window); with
@@ -47,6 +49,8 @@ ALWAYS_REFUSED = {
     "os.killpg": "signalling processes",
     "signal.pthread_kill": "signalling processes",
 }
+# fork_exec starts programs without the "subprocess.Popen" event
+REFUSED_IMPORTS = {"_posixsubprocess"}
 NETWORK = {"socket.__new__", "socket.connect", "socket.bind", "socket.getaddrinfo"}
 FORK = {"os.fork", "os.forkpty"}
 # event -> indexes of the path arguments it changes
@@ -101,6 +105,12 @@ def main() -> None:
             )
             if writes and not inside(path):
                 raise PermissionError(f"sandbox: writing outside its folder: {path}")
+            # a directory's descriptor outside would let `dir_fd=` calls write
+            # where the path checked here does not point
+            if not inside(path) and os.path.isdir(os.fsdecode(path)):
+                raise PermissionError(f"sandbox: opening a folder outside: {path}")
+        elif event == "import" and args and args[0] in REFUSED_IMPORTS:
+            raise PermissionError(f"sandbox: importing {args[0]} refused")
         elif event in PATH_EVENTS:
             for index in PATH_EVENTS[event]:
                 if index < len(args) and not inside(args[index]):

@@ -48,6 +48,7 @@ from .profiler import MemoryTrace, Profile, profile_of, rss_bytes
 
 HARNESS = Path(__file__).with_name("harness.py")
 CLONE_NEWNET = 0x40000000
+PR_SET_PDEATHSIG = 1
 OUTPUT_LIMIT = 20_000  # characters of stdout/stderr kept
 SIGNAL_STATUS = {
     signal.SIGXCPU: "cpu-limit",
@@ -191,6 +192,7 @@ def _confine(limits: Limits, cgroup: Path | None):  # noqa: ANN202
     procs = str(cgroup / "cgroup.procs") if cgroup is not None else ""
 
     def confine() -> None:
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # dies if this process does
         if procs:
             with open(procs, "w") as f:
                 f.write(str(os.getpid()))
