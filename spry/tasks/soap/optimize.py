@@ -109,7 +109,7 @@ def program_for(problem: Problem, solution: str) -> str:
     return f"{solution}\n\n{problem.test}\n"
 
 
-def test_call(problem: Problem) -> str:
+def check_call(problem: Problem) -> str:
     """The statement that runs the tests: what ET, MU and TMU measure."""
     return f"check({problem.entry_point})"
 
@@ -135,7 +135,7 @@ class Settings:
 def measure(problem: Problem, solution: str, settings: Settings) -> SandboxResult:
     """Run the solution with the tests `repeats` times; the median-ET run."""
     program = program_for(problem, solution)
-    call = test_call(problem)
+    call = check_call(problem)
     runs = [
         run_program(program, settings.limits, call=call)
         for _ in range(settings.repeats)
@@ -300,7 +300,7 @@ def revision_prompt(run: ProblemRun, settings: Settings, hints: Sequence[str]) -
     if settings.line_profile:
         traced_limits = dataclasses.replace(settings.limits, line_profile=True)
         program = program_for(problem, last.solution)
-        traced = run_program(program, traced_limits, call=test_call(problem))
+        traced = run_program(program, traced_limits, call=check_call(problem))
         count = len(last.solution.splitlines())
         lines = (
             line_summary(program, traced.profile, count)
