@@ -226,6 +226,7 @@ class Step:
     candidate_status: str  # how this iteration's own candidate ended
     kept: bool  # whether this iteration's candidate became the kept code
     hint: str = ""  # the candidate's hint, when kept and it improved ET or TMU
+    candidate: str = ""  # this iteration's own solution (kept or not)
 
     @property
     def passed(self) -> bool:
@@ -277,7 +278,8 @@ def optimize(
     for run, reply in zip(runs, replies, strict=True):
         solution = solution_source(run.problem, reply)
         result = measure(run.problem, solution, settings)
-        run.steps.append(Step(0, solution, result, result.status, kept=True))
+        step = Step(0, solution, result, result.status, kept=True, candidate=solution)
+        run.steps.append(step)
     for iteration in range(1, settings.iterations + 1):
         prompts = [revision_prompt(run, settings, hints) for run in runs]
         replies = generator(prompts, max_new_tokens=settings.max_new_tokens)
@@ -320,8 +322,12 @@ def revise(run: ProblemRun, reply: str, iteration: int, settings: Settings) -> S
     result = measure(run.problem, solution, settings)
     if result.passed:
         hint = extract_hint(reply) if improved(result.profile, last.profile) else ""
-        return Step(iteration, solution, result, result.status, kept=True, hint=hint)
-    return Step(iteration, last.solution, last.result, result.status, kept=False)
+        return Step(
+            iteration, solution, result, result.status, True, hint, solution
+        )  # fmt: skip
+    return Step(
+        iteration, last.solution, last.result, result.status, False, "", solution
+    )  # fmt: skip
 
 
 def summarize(runs: Sequence[ProblemRun]) -> dict[str, float]:

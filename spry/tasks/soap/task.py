@@ -337,6 +337,7 @@ class SoapTask(TextTask):
                         "tmu": profile.tmu if profile else None,
                         **run.normalized(step.iteration),
                         "code": step.solution,
+                        "candidate-code": step.candidate,
                     }
                     out.write(json.dumps(row) + "\n")
         hints = (getattr(self, "shared_text", None) or {}).get(HINTS, [])
