@@ -11,14 +11,24 @@ curve: 64 MiB held for 0.6 s within a 1.2 s run.
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 import uuid
 
 import pytest
 
 from spry.tasks.soap.profiler import MB, MemoryTrace, Profile, profile_of
-from spry.tasks.soap.sandbox import Limits, make_pids_cgroup, remove_cgroup, run_program
+from spry.tasks.soap.sandbox import (
+    CGROUP_PREFIX,
+    Limits,
+    make_pids_cgroup,
+    remove_cgroup,
+    run_program,
+    sweep_stale,
+)
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists("/proc/self/status"), reason="the sandbox reads /proc (Linux)"
@@ -312,3 +322,21 @@ def test_the_line_profile_names_the_hot_line():
     assert lines[4][0] == 200_000 and lines[3][0] == 200_001
     hottest_inside = max((3, 4, 5), key=lambda n: lines[n][1])
     assert hottest_inside in (3, 4)
+
+
+@pytest.mark.skipif(not HAS_CGROUP, reason="no writable pids cgroup here")
+def test_a_dead_parents_cgroup_and_what_runs_in_it_are_swept():
+    # a parent that died mid-run: its cgroup holds a sleeper nobody will kill
+    dead_parent = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_parent.wait()
+    own = make_pids_cgroup(4)
+    stale = own.with_name(f"{CGROUP_PREFIX}{dead_parent.pid}-0000")
+    stale.mkdir()
+    remove_cgroup(own)
+    sleeper = subprocess.Popen(["sleep", "60"])
+    (stale / "cgroup.procs").write_text(str(sleeper.pid))
+    fresh = make_pids_cgroup(4)  # sweeps while it makes one
+    assert sleeper.wait(timeout=5) == -signal.SIGKILL
+    remove_cgroup(fresh)
+    sweep_stale(stale.parent)  # the sleeper reaped: its emptied group goes too
+    assert not stale.exists()

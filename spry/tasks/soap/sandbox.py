@@ -54,6 +54,7 @@ SIGNAL_STATUS = {
     signal.SIGXCPU: "cpu-limit",
     signal.SIGXFSZ: "file-limit",
 }
+CGROUP_PREFIX = "spry-sandbox-"  # then the parent's pid and a random suffix
 PIDS_ROOTS = (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup"))
 
 _libc = ctypes.CDLL(None, use_errno=True)  # loaded here: preexec must not dlopen
@@ -220,7 +221,8 @@ def make_pids_cgroup(max_processes: int) -> Path | None:
                     continue
         if not (root / "cgroup.procs").exists():
             continue
-        path = root / f"spry-sandbox-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        sweep_stale(root)
+        path = root / f"{CGROUP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             path.mkdir()
             (path / "pids.max").write_text(str(max_processes))
@@ -229,6 +231,22 @@ def make_pids_cgroup(max_processes: int) -> Path | None:
             with contextlib.suppress(OSError):
                 path.rmdir()
     return None
+
+
+def sweep_stale(root: Path) -> None:
+    """Empty and remove the cgroups of sandboxes whose parent process has died.
+
+    A parent killed mid-run never reached its `finally`; what its run started
+    may still be running in the cgroup (the run itself died with its parent).
+    """
+    for path in root.glob(f"{CGROUP_PREFIX}*"):
+        owner = path.name[len(CGROUP_PREFIX) :].split("-")[0]
+        if owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
+            for pid in cgroup_pids(path):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                path.rmdir()  # busy until they are reaped: the next sweep
 
 
 def kill_all(proc: subprocess.Popen, cgroup: Path | None) -> None:
