@@ -49,6 +49,7 @@ seed, and its table compares them.
     python -m benchmarks.tasks --task mustard      # three runs, 5 rounds
     python -m benchmarks.tasks --task conifer --resume  # keep runs already done
     python -m benchmarks.tasks --task sep          # 9 runs: 3 variants x 3 seeds
+    python -m benchmarks.tasks --task sep --set sep.clip=<CLIPModel folder>  # a real CLIP
     python -m benchmarks.tasks --task clipscope    # two pairs, 5 rounds each
 Writes benchmarks/results/task_<name>.{md,json} (and the VeriX mask grid).
 """

@@ -1,8 +1,10 @@
-"""Settings of the offline CLIP that vision tasks build, declared and checked once.
+"""Which CLIP a vision task runs on, and the offline CLIP's settings, declared once.
 
-CLIPScope and SEP both run on the project's own CLIP (`spry.vision.build`): the
-same image-tower shape and training size options, the same checks, and the same
-build (or cache load). A vision task's Options extend `OfflineClipOptions`.
+CLIPScope and SEP both run on the project's own CLIP (`spry.vision.build`) by
+default, or on a transformers `CLIPModel` a user has (`clip=<name or folder>`):
+the same option, the same image-tower shape and training size options for the
+offline one, the same checks, and the same build (or cache load). A vision
+task's Options extend `OfflineClipOptions`.
 """
 
 from __future__ import annotations
@@ -10,13 +12,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config import ConfigError
 from .base import TaskOptions
 
 
 @dataclass(frozen=True)
 class OfflineClipOptions(TaskOptions):
-    """The offline CLIP's image tower and training size (`clip-*` options)."""
+    """The CLIP (`clip`) and the offline CLIP's tower and training size (`clip-*`)."""
 
+    clip: str = field(
+        default="offline",
+        metadata={"help": "offline | a transformers CLIPModel name or folder"},
+    )
     clip_epochs: int = field(default=3, metadata={"help": "offline CLIP: epochs"})
     clip_max_train: int = field(
         default=0, metadata={"help": "offline CLIP: train images per set (0: all)"}
@@ -27,6 +34,10 @@ class OfflineClipOptions(TaskOptions):
     clip_patch: int = field(default=4, metadata={"help": "offline CLIP: patch side"})
 
     def __post_init__(self) -> None:
+        if not self.clip.strip():
+            raise ConfigError(
+                "`clip` should be 'offline' or a CLIPModel name or folder"
+            )
         self.require_at_least(
             1, "clip_epochs", "clip_width", "clip_depth", "clip_heads", "clip_patch"
         )
@@ -50,3 +61,15 @@ class OfflineClipOptions(TaskOptions):
         )
         model, _ = build_offline_clip(config, progress=False)
         return model
+
+    def vision_language_model(self, held_out_classes: tuple[str, ...] = ()) -> Any:
+        """The CLIP `clip` names: the offline one (built or cached) or a real one.
+
+        `held_out_classes` are kept out of the offline CLIP's training; a real
+        CLIP is used as it is. Either implements `spry.vision.clip.LayerwiseClip`.
+        """
+        if self.clip == "offline":
+            return self.offline_clip(held_out_classes)
+        from ..vision.clip import load_transformers_clip
+
+        return load_transformers_clip(self.clip)

@@ -68,10 +68,6 @@ class ClipscopeOptions(OfflineClipOptions):
     """The pair, the model, the mining and what `finish` scores."""
 
     pair: str = field(default="fashion-vs-digits", metadata={"help": "|".join(PAIRS)})
-    clip: str = field(
-        default="offline",
-        metadata={"help": "offline | a transformers CLIPModel name or folder"},
-    )
     num_nearest: int = field(
         default=100, metadata={"help": "mined labels nearest to the ID classes"}
     )
@@ -187,12 +183,7 @@ class ClipscopeTask(LabelledDataTask):
     def clip(self) -> VisionLanguageModel:
         """The vision-language model, built (or loaded) once per process."""
         if self._clip is None:
-            if self.opts.clip == "offline":
-                self._clip = self.opts.offline_clip(self.unseen_classes())
-            else:
-                from ...vision.clip import load_transformers_clip
-
-                self._clip = load_transformers_clip(self.opts.clip)
+            self._clip = self.opts.vision_language_model(self.unseen_classes())
             self._clip.eval().requires_grad_(False)
         return self._clip
 

@@ -1,4 +1,4 @@
-"""The offline CLIP with CoOp's context tokens and, for SEP, TFMs at every layer.
+"""A CLIP with CoOp's context tokens and, for SEP, TFMs at every layer.
 
 CoOp: Zhou et al., "Learning to Prompt for Vision-Language Models", IJCV 2022,
 arxiv.org/abs/2109.01134; code github.com/KaiyangZhou/CoOp (`trainers/coop.py`:
@@ -7,20 +7,29 @@ class name's tokens, "[SOS] ctx_1 .. ctx_K name .", and only they train).
 SEP: Yao et al., arxiv.org/abs/2405.15549; code github.com/htyao89/SEP
 (`trainers/sep.py` `CustomCLIP`, `trainers/clip_text/model.py`).
 
-What one forward pass does (`PromptedClip.logits`):
+The CLIP is any `spry.vision.clip.LayerwiseClip`: the offline one (locked
+MiniLM text tower, small ViT) or a transformers `CLIPModel`; this module walks
+their layers through that interface alone (what differs between them, the
+pooling and the vocabulary, is said there). What one forward pass does
+(`PromptedClip.forward`):
 
-- text: for each candidate class, "[CLS] ctx_1 .. ctx_K name [SEP]" through the
-  locked MiniLM, the context vectors in place of the placeholder tokens' word
-  embeddings (BERT then adds positions and normalizes, as CLIP adds positions).
-  With SEP, before every layer but the first (the code's layer list
-  `[1, ..., 11]` of 12) the tokens at the prompts' places are replaced by the
-  layer's TFM output fused from them and the K tokens after them (the text
-  rule, `selection.tokens_after_prompts`); the feature is the mean-pooled last
-  layer (how this text tower pools), normalized.
+- text: for each candidate class, "[SOS] ctx_1 .. ctx_K name [EOS]" (BERT's
+  [CLS]/[SEP] for MiniLM, CLIP's start/end-of-text tokens for a real CLIP)
+  through the text tower, the context vectors in place of the placeholder
+  tokens' word embeddings (the tower then adds positions). With SEP, before
+  every layer but the first (the code's layer list `[1, ..., 11]` of 12) the
+  tokens at the prompts' places are replaced by the layer's TFM output fused
+  from them and the K tokens after them (the text rule,
+  `selection.tokens_after_prompts`); the tower pools the last layer (MiniLM:
+  the mean; CLIP: the end-of-text token, projected); normalized. No "." after
+  the name (CoOp's and SEP's code write "name."): the offline CLIP's captions
+  have none, and so CoOp's start from "a photo of a" is exactly either CLIP's
+  own feature of the caption "a photo of a {name}".
 - image: CoOp leaves the image tower alone. SEP appends M learnable visual prompt
-  tokens after CLS and patches (the code's `ctx_visual`, VPT-style) and, before
-  every block but the first, replaces them with the TFM's fusion of them and the
-  M highest-energy pre-trained tokens (`selection.energy_top_k`); CLS pools.
+  tokens after CLS and patches (the code's `ctx_visual`, VPT-style, appended
+  after the positions and before CLIP's `ln_pre`) and, before every layer but
+  the first, replaces them with the TFM's fusion of them and the M
+  highest-energy pre-trained tokens (`selection.energy_top_k`); CLS pools.
 - SEP's features, as its code computes them: each is added to the frozen model's
   own feature and renormalized (text: the hand-written caption's; image: the
   un-prompted tower's), and its loss adds the consistency terms
@@ -43,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...vision.clip import OfflineClip
+from ...vision.clip import LayerwiseClip
 from .fusion import TokenFusionModule
 from .selection import energy_top_k, gather_tokens, tokens_after_prompts
 
@@ -99,12 +108,12 @@ class PromptConfig:
 
 
 class PromptedClip(nn.Module):
-    """A frozen offline CLIP, learnable prompts, and (SEP) one TFM per layer.
+    """A frozen CLIP, learnable prompts, and (SEP) one TFM per layer.
 
     Parameters
     ----------
-    clip : OfflineClip
-        The vision-language model; frozen here.
+    clip : LayerwiseClip
+        The vision-language model (offline or transformers); frozen here.
     captions : Sequence[str]
         Per class: the name the prompts precede.
     frozen_captions : Sequence[str]
@@ -117,7 +126,7 @@ class PromptedClip(nn.Module):
 
     def __init__(
         self,
-        clip: OfflineClip,
+        clip: LayerwiseClip,
         names: Sequence[str],
         frozen_captions: Sequence[str],
         config: PromptConfig,
@@ -134,68 +143,54 @@ class PromptedClip(nn.Module):
         self.register_buffer(
             "train_classes", torch.tensor(list(train_classes)), persistent=False
         )
-        text = clip.text
-        words = text.encoder.embeddings.word_embeddings
-        tokenizer = text.tokenizer
         if config.context_init:
-            init_ids = tokenizer(config.context_init, add_special_tokens=False)[
-                "input_ids"
-            ]
-            k = len(init_ids)
-            with torch.no_grad():
-                context = words.weight[torch.tensor(init_ids)].clone()  # (K, D)
+            context = clip.context_embeddings(config.context_init)  # (K, D)
+            k = len(context)
             prefix = config.context_init
         else:
             k = config.context_tokens
-            context = torch.randn(k, text.width) * 0.02
+            context = torch.randn(k, clip.text_width) * 0.02
             prefix = " ".join([PLACEHOLDER] * k)
         self.k = k
         self.text_prompts = nn.Parameter(context)  # (K, D)
-        # "[CLS] ctx_1..ctx_K name [SEP] [PAD]..", at least 1 + 2K long (the rule)
-        batch = tokenizer(
-            [f"{prefix} {name}" for name in names],
-            padding="max_length",
-            max_length=max(1 + 2 * k, text.max_length),
-            truncation=True,
-            return_tensors="pt",
+        # "[SOS] ctx_1..ctx_K name [EOS] [PAD]..", at least 1 + 2K long (the rule)
+        ids, attention = clip.tokenize_prompts(
+            [f"{prefix} {name}" for name in names], min_length=1 + 2 * k
         )
-        self.register_buffer("input_ids", batch["input_ids"], persistent=False)
-        self.register_buffer("attention", batch["attention_mask"], persistent=False)
+        self.register_buffer("input_ids", ids, persistent=False)
+        self.register_buffer("attention", attention, persistent=False)
         with torch.no_grad():
             frozen_text = clip.text_features(list(frozen_captions))
         self.register_buffer("frozen_text", frozen_text, persistent=False)  # (C, D)
-        layers = len(text.layers)
-        vit = clip.vision
         if config.sep:
             m = config.visual_prompts
-            self.visual_prompts = nn.Parameter(torch.randn(m, vit.config.width) * 0.02)
+            self.visual_prompts = nn.Parameter(torch.randn(m, clip.image_width) * 0.02)
             self.text_fusion = nn.ModuleList(
-                TokenFusionModule(text.width, config.tfm_hidden)
-                for _ in range(layers - 1)
+                TokenFusionModule(clip.text_width, config.tfm_hidden)
+                for _ in range(clip.text_depth - 1)
             )
             self.visual_fusion = nn.ModuleList(
-                TokenFusionModule(vit.config.width, config.tfm_hidden)
-                for _ in range(vit.config.depth - 1)
+                TokenFusionModule(clip.image_width, config.tfm_hidden)
+                for _ in range(clip.image_depth - 1)
             )
 
     # -- the text tower ------------------------------------------------------------
 
     def text_features(self, classes: Tensor) -> Tensor:
         """`(C,)` class ids -> `(C, D)` unit-norm prompted text features."""
-        text = self.clip.text
+        clip = self.clip
         attention = self.attention[classes]  # (C, T)
         length = max(int(attention.sum(1).max()), 1 + 2 * self.k)
         ids, attention = self.input_ids[classes, :length], attention[:, :length]
-        embeddings = text.encoder.embeddings
-        words = embeddings.word_embeddings(ids)  # (C, T, D)
+        words = clip.word_embeddings(ids)  # (C, T, D)
         context = self.text_prompts.unsqueeze(0).expand(len(ids), -1, -1)
         words = torch.cat([words[:, :1], context, words[:, 1 + self.k :]], dim=1)
-        hidden = embeddings(inputs_embeds=words)  # (C, T, D) + positions, norm
-        for index in range(len(text.layers)):
+        hidden = clip.text_input(words)  # (C, T, D), positions added
+        for index in range(clip.text_depth):
             if self.config.sep and index >= 1:
                 hidden = self._fuse_text(index, hidden, attention)
-            hidden = text.run_layer(index, hidden, attention)
-        return F.normalize(text.pool(hidden, attention), dim=-1)
+            hidden = clip.text_layer(index, hidden, attention)
+        return F.normalize(clip.text_pool(hidden, ids, attention), dim=-1)
 
     def _fuse_text(self, index: int, hidden: Tensor, attention: Tensor) -> Tensor:
         k = self.k
@@ -210,21 +205,21 @@ class PromptedClip(nn.Module):
 
     def image_features(self, images: Tensor) -> Tensor:
         """`(B, 1, 28, 28)` -> `(B, D)` unit-norm (prompted for SEP) features."""
-        vit = self.clip.vision
+        clip = self.clip
         if not self.config.sep:
-            return F.normalize(vit(images).embeds, dim=-1)
-        tokens = vit.embed(images)  # (B, 1 + P, W)
+            return clip.image_features(images)
+        tokens = clip.image_tokens(images)  # (B, 1 + P, W)
         pretrained = tokens.shape[1]
         prompts = self.visual_prompts.unsqueeze(0).expand(len(images), -1, -1)
-        tokens = torch.cat([tokens, prompts], dim=1)  # (B, 1 + P + M, W)
-        for index, block in enumerate(vit.blocks):
+        tokens = clip.image_input(torch.cat([tokens, prompts], dim=1))  # + M
+        for index in range(clip.image_depth):
             if index >= 1:
                 tokens = self._fuse_image(index, tokens, pretrained)
-            tokens = block(tokens)
-        return F.normalize(vit.pool(tokens), dim=-1)
+            tokens = clip.image_layer(index, tokens)
+        return F.normalize(clip.image_pool(tokens), dim=-1)
 
     def _fuse_image(self, index: int, tokens: Tensor, pretrained: int) -> Tensor:
-        """Block `index`'s input with its prompts (after `pretrained`) fused."""
+        """Layer `index`'s input with its prompts (after `pretrained`) fused."""
         before, prompts = tokens[:, :pretrained], tokens[:, pretrained:]
         chosen = energy_top_k(
             before, prompts.shape[1], per_input=self.config.per_input_selection

@@ -5,10 +5,12 @@ Paper: arxiv.org/abs/2405.15549; code: github.com/htyao89/SEP
 CoOp (the baseline, `sep.method=coop`): Zhou et al., arxiv.org/abs/2109.01134.
 
 - The model: the offline CLIP (`spry.vision.build`, built once and cached; the
-  same default build CLIPScope uses), frozen, with the prompt learner of
-  `prompted.py`. Only prompts (and SEP's TFMs) are trainable tensors, so the
-  run's engine (Spry's forward mode by default; backprop FedAvg, zero-order)
-  differentiates `prompt_loss` with respect to them alone.
+  same default build CLIPScope uses) or, with `sep.clip=<name or folder>`, a
+  transformers `CLIPModel` (images resized to its side, CLIP's normalization),
+  frozen, with the prompt learner of `prompted.py`. Only prompts (and SEP's
+  TFMs) are trainable tensors, so the run's engine (Spry's forward mode by
+  default; backprop FedAvg, zero-order) differentiates `prompt_loss` with
+  respect to them alone.
 - The data: clients hold images of the *base* classes only (`classes.py`: the
   first half of Fashion-MNIST's and of the digits' classes), `sep.shots` train
   images per base class drawn from both sets' train splits, split among clients
@@ -61,7 +63,7 @@ SELECTIONS = ("input", "batch")
 
 @dataclass(frozen=True)
 class SepOptions(OfflineClipOptions):
-    """The method, the prompt learner, the offline CLIP and the data sizes."""
+    """The method, the prompt learner, the CLIP and the data sizes."""
 
     method: str = field(default="sep", metadata={"help": "|".join(METHODS)})
     context_init: str = field(
@@ -161,12 +163,13 @@ def _sample_per_class(
 
 
 class SepTask(LabelledDataTask):
-    """Federated SEP (or CoOp) prompt tuning of the offline CLIP, base to new."""
+    """Federated SEP (or CoOp) prompt tuning of a frozen CLIP, base to new."""
 
     name: ClassVar[str] = "sep"
     summary: ClassVar[str] = (
         "SEP prompt tuning (TFM at every layer of both towers) vs CoOp on the "
-        "offline CLIP: base, new and harmonic-mean accuracy"
+        "offline CLIP or a transformers CLIPModel: base, new and harmonic-mean "
+        "accuracy"
     )
     Options = SepOptions
     # The authors' Adam rate (their configs' OPTIM.LR 0.0025) for the client step
@@ -191,9 +194,9 @@ class SepTask(LabelledDataTask):
     # -- the model -----------------------------------------------------------------
 
     def clip(self) -> Any:
-        """The offline CLIP, built (or loaded from the cache) once per process."""
+        """The CLIP `sep.clip` names, built or loaded once per process."""
         if self._clip is None:
-            self._clip = self.opts.offline_clip()
+            self._clip = self.opts.vision_language_model()
             self._clip.eval().requires_grad_(False)
         return self._clip
 
