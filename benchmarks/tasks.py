@@ -41,6 +41,10 @@
   merges with MiniLM; zero-shot (no tips), own trajectories, expert walkthroughs,
   own + few-shot; normalized score without tips (round 0) and with the last
   merged tips (one 20-game evaluation took about 25 min on a loaded 2-core CPU).
+- soap: SOAP's generate-profile-revise loop with the offline SmolLM2 (chat form)
+  on 12 seeded HumanEval problems (4 held out), with and without shared hints:
+  pass@1 and ET/MU/TMU, NET/NMU/NTMU per iteration, before (round 0) and after
+  (one 4-problem evaluation took about 650 s on a loaded 2-core CPU).
 - clipscope: zero-shot OOD detection with the offline CLIP on two ID/OOD pairs
   (Fashion-MNIST vs the digits; the near-OOD split of four held-out Fashion-MNIST
   classes): the federation calibrates the logit scale with Spry, clients share
@@ -62,6 +66,7 @@ seed, and its table compares them.
     python -m benchmarks.tasks --task clipscope    # two pairs, 5 rounds each
     python -m benchmarks.tasks --task deepinception  # two runs: spry, fedavg
     python -m benchmarks.tasks --task tips         # four runs, 2 rounds
+    python -m benchmarks.tasks --task soap         # two runs: hints shared or not
 Writes benchmarks/results/task_<name>.{md,json} (and the VeriX mask grid).
 """
 
@@ -145,6 +150,17 @@ SETTINGS: dict[str, list[str]] = {  # on top of the task's own `run_defaults`
     # round 0 and after the last round only. One red-team evaluation of the
     # untrained model took 1,688 s on the 2-core CPU under a load average of
     # about 8 (two turns of 13 batched replies: 779 s and 909 s).
+    "soap": [
+        "num-clients=4",
+        "clients-per-round=2",
+        "soap.problems=12",
+        "soap.test-problems=4",
+        "soap.problems-per-round=1",
+        "soap.generator-chat=true",
+        "soap.max-new-tokens=160",
+        "soap.repeats=3",
+        "eval-every=1000",
+    ],
     "tips": ["tips.test-games=20", "tips.max-steps=10", "eval-every=1000"],
     "deepinception": [
         "num-clients=10",
@@ -193,6 +209,11 @@ VARIANTS: dict[str, list[tuple[str, str, list[str]]]] = {
         ("spry", "spry", []),
         ("fedavg", "fedavg", ["lr=0.01"]),
     ],
+    # SOAP with and without the hints the server merges (text rounds)
+    "soap": [
+        ("hints", "spry", ["soap.share-hints=true"]),
+        ("no-hints", "spry", ["soap.share-hints=false"]),
+    ],
     # where the tips come from (the text rounds share them; no weights train)
     "tips": [
         ("zero-shot", "spry", ["tips.source=none"]),
@@ -217,6 +238,7 @@ ROUNDS = {
     "clipscope": 5,
     "deepinception": 5,
     "tips": 2,
+    "soap": 2,
 }
 # A run's pictures copied next to a variant table, as task_<task>_<label>.png
 PICTURES = {"clipscope": "clipscope-scores.png"}
@@ -784,6 +806,46 @@ def tips_table(
     return lines
 
 
+def soap_table(
+    runs: dict[str, tuple[dict[str, Any], list[dict[str, float]]]],
+) -> list[str]:
+    """pass@1 and ET/MU/TMU with NET/NMU/NTMU per iteration, one block a run.
+
+    From the summary's `soap` report: the first evaluation (round 0: no shared
+    hints yet) and the last (after the rounds' hints), on the held-out problems.
+    """
+    lines = []
+    for label, (summary, _) in runs.items():
+        report = summary["soap"]
+        isolation = ", ".join(f"{k}: {v}" for k, v in report["isolation"].items())
+        lines += [
+            f"**{label}** ({report['problems']} held-out problems; sandbox "
+            f"{isolation}; {len(report['hints'])} merged hints)",
+            "",
+            "| evaluation | iteration | pass@1 | ET (s) | MU (MB) | TMU (MB*s) "
+            "| NET | NMU | NTMU |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name in ("first-evaluation", "last-evaluation"):
+            scores = report[name]
+            count = 1 + max(int(k.rsplit("-it", 1)[1]) for k in scores if "-it" in k)
+            for i in range(count):
+                cells = [
+                    f"{scores[f'{m}-it{i}']:.4g}" if f"{m}-it{i}" in scores else "-"
+                    for m in ("et", "mu", "tmu", "net", "nmu", "ntmu")
+                ]
+                lines.append(
+                    f"| {name.split('-')[0]} | {i} | "
+                    f"{100 * scores[f'pass@1-it{i}']:.1f}% | "
+                    + " | ".join(cells)
+                    + " |"
+                )
+        if report["hints"]:
+            lines += ["", "Merged hints: " + "; ".join(report["hints"])]
+        lines.append("")
+    return lines
+
+
 # What a variant table needs besides the runs, measured once per task
 EXTRAS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "mustard": lambda args: {
@@ -808,6 +870,7 @@ TABLES = {
     "clipscope": clipscope_table,
     "deepinception": deepinception_table,
     "tips": tips_table,
+    "soap": soap_table,
 }
 
 

@@ -45,6 +45,7 @@ BUILTIN = {
     "raee": "spry.tasks.raee:RaeeTask",
     "sep": "spry.tasks.sep:SepTask",
     "sft": "spry.tasks.sft:SFTTask",
+    "soap": "spry.tasks.soap:SoapTask",
     "tips": "spry.tasks.tips:TipsTask",
     "verix": "spry.tasks.verix:VerixTask",
     "xfinder": "spry.tasks.xfinder:XFinderTask",
