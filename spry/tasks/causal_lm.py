@@ -94,6 +94,21 @@ class GeneratorOptions(CausalLMOptions):
         )
 
 
+def frozen_writer(run: Any, device: str) -> TrainableModel:
+    """The run's causal LM as a writer only: eval mode, no trainable tensors.
+
+    For tasks whose rounds share text, not weights (SOAP, Introspective Tips):
+    its LoRA starts at zero, so it writes as the base model does, and with no
+    trainable names the core sends nothing for it.
+    """
+    cfg = run.model
+    built = build_causal_lm(
+        cfg.model, seed=run.runtime.seed, device=device, dtype=cfg.frozen_dtype
+    )
+    built.model.eval()
+    return TrainableModel(model=built.model, tokenizer=built.tokenizer, names={})
+
+
 class CausalLMTask(Task):
     """A causal LM with LoRA that learns to answer prompts (abstract: no data)."""
 

@@ -17,7 +17,6 @@ loss: nan).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
@@ -30,10 +29,10 @@ from typing import Any, ClassVar
 from ...config import ConfigError, ConfigValue
 from ...generators import Generator, LocalGenerator
 from ...models import TrainableModel
-from ...models.causal_lm import DEFAULT_CAUSAL_LM, build_causal_lm
+from ...models.causal_lm import DEFAULT_CAUSAL_LM
 from ...seeding import STREAM_DATA, numpy_rng
 from ..base import ClientData, Rows, TextReply, TextTask
-from ..causal_lm import GeneratorOptions
+from ..causal_lm import GeneratorOptions, frozen_writer
 from .optimize import (
     Problem,
     ProblemRun,
@@ -172,12 +171,7 @@ class SoapTask(TextTask):
         """
         if self.opts.generator.strip() != "local":
             return super().build_model(device)
-        cfg = self.run.model
-        trainable = build_causal_lm(
-            cfg.model, seed=self.run.runtime.seed, device=device, dtype=cfg.frozen_dtype
-        )
-        trainable.model.eval()
-        return dataclasses.replace(trainable, names={})
+        return frozen_writer(self.run, device)
 
     def generator(self, trainable: TrainableModel, device: str) -> Generator:
         def local() -> LocalGenerator:

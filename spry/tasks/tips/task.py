@@ -37,9 +37,9 @@ from ...generators import (
     make_generator,
 )
 from ...models import TrainableModel
-from ...models.causal_lm import DEFAULT_CAUSAL_LM, DEFAULT_TARGETS, build_causal_lm
+from ...models.causal_lm import DEFAULT_CAUSAL_LM
 from ..base import ClientData, Rows, TextReply, TextTask
-from ..causal_lm import GeneratorOptions
+from ..causal_lm import GeneratorOptions, frozen_writer
 from .agent import (
     AgentSettings,
     Trajectory,
@@ -206,13 +206,7 @@ class TipsTask(TextTask):
         """
         if not self.opts.uses_local:
             return super().build_model(device)
-        built = build_causal_lm(
-            self.run.model.model,
-            targets=DEFAULT_TARGETS,
-            seed=self.run.runtime.seed,
-            device=device,
-        )
-        return TrainableModel(model=built.model, tokenizer=built.tokenizer, names={})
+        return frozen_writer(self.run, device)
 
     def _generator(
         self, spec: str, trainable: TrainableModel, device: str
