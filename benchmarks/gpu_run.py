@@ -300,6 +300,9 @@ def run_suite(points: list[Point], out: Path, budget: float, timeout: float) -> 
             records.append({**point.__dict__, "error": "skipped: time budget spent"})
             continue
         record = measure(point, timeout=min(timeout, left))
+        if left < timeout and record.get("error", "").startswith("timed out"):
+            # the budget, not the point's own limit, stopped it: a skip, not a failure
+            record["error"] = f"skipped: time budget spent ({record['error']})"
         records.append(record)
         what = record.get("error") or f"extra {record['extra_mib']:.1f} MiB"
         print(
