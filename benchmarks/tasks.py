@@ -256,7 +256,10 @@ def run_task(
     """`spry run --task [--method]` in a fresh process; its results folder.
 
     With `resume`, a run that already completed in `out` under the same command
-    is taken as it is (`command.json` beside it says which command made it).
+    is taken as it is (`command.json` beside it says which command made it), and
+    one that the same command started but did not finish (a session that ended,
+    a killed process) goes on from its checkpoint (`started.json` says which
+    command started it), so an hour-long run loses at most a round.
     """
     out.mkdir(parents=True, exist_ok=True)
     command = [
@@ -267,21 +270,32 @@ def run_task(
         command += ["--method", method]
     for item in [*SETTINGS[task], *extra]:
         command += ["--set", item]
-    saved = out / "command.json"
+    saved, started = out / "command.json", out / "started.json"
     done = _newest_run(out)
-    if resume and done and _completed(done) and saved.exists():
-        if json.loads(saved.read_text()) == command[1:]:
-            print(f"{task} {method or ''}: kept {done}")
-            return done
+    if resume and done and _completed(done) and _same(saved, command):
+        print(f"{task} {method or ''}: kept {done}")
+        return done
     saved.unlink(missing_ok=True)
+    run = command
+    cut_short = done is not None and (done / "checkpoint.npz").exists()
+    if resume and cut_short and _same(started, command):
+        print(f"{task} {method or ''}: continuing {done} from its checkpoint")
+        run = [*command, "--resume", str(done)]
+    else:
+        write_json(started, command[1:])
     start = time.time()
-    with open(out / "run.log", "w") as log:
-        subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True)
+    with open(out / "run.log", "a" if run is not command else "w") as log:
+        subprocess.run(run, stdout=log, stderr=subprocess.STDOUT, check=True)
     print(f"{task} {method or ''}: {time.time() - start:.0f} s")
     write_json(saved, command[1:])  # the interpreter's path left out
     done = _newest_run(out)
     assert done is not None, f"the run wrote no results folder under {out}"
     return done
+
+
+def _same(saved: Path, command: list[str]) -> bool:
+    """Whether `saved` holds `command` (the interpreter's path left out)."""
+    return saved.exists() and json.loads(saved.read_text()) == command[1:]
 
 
 def _newest_run(out: Path) -> Path | None:

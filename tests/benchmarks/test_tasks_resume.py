@@ -43,3 +43,33 @@ def test_anything_else_runs_again(tmp_path, monkeypatch, why):
     with pytest.raises(__import__("subprocess").CalledProcessError):
         run_task("raee", rounds, 0, [], tmp_path, resume=why != "no-resume")
     assert not (tmp_path / "command.json").exists()  # no stale claim left behind
+
+
+def test_an_unfinished_run_of_the_same_command_goes_on_from_its_checkpoint(
+    tmp_path, monkeypatch
+):
+    # Prepare: a run that the same command started and a session end cut short;
+    # `echo` stands in for the interpreter, so run.log shows the command it got
+    run_dir = _finished_run(tmp_path, status="running")
+    (run_dir / "checkpoint.npz").write_bytes(b"")
+    (tmp_path / "started.json").write_text(json.dumps(_command(tmp_path)))
+    monkeypatch.setattr(sys, "executable", "echo")
+
+    assert run_task("raee", 2, 0, [], tmp_path, resume=True) == run_dir
+
+    logged = (tmp_path / "run.log").read_text().split()
+    assert logged[-2:] == ["--resume", str(run_dir)]
+    assert logged[:-2] == _command(tmp_path)  # the same flags, repeated
+    assert json.loads((tmp_path / "command.json").read_text()) == _command(tmp_path)
+
+
+def test_a_checkpoint_of_another_command_is_not_continued(tmp_path, monkeypatch):
+    run_dir = _finished_run(tmp_path, status="running")
+    (run_dir / "checkpoint.npz").write_bytes(b"")
+    (tmp_path / "started.json").write_text(json.dumps(_command(tmp_path, rounds=3)))
+    monkeypatch.setattr(sys, "executable", "echo")
+
+    run_task("raee", 2, 0, [], tmp_path, resume=True)
+
+    assert "--resume" not in (tmp_path / "run.log").read_text()
+    assert json.loads((tmp_path / "started.json").read_text()) == _command(tmp_path)
