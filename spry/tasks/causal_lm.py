@@ -84,14 +84,47 @@ class GeneratorOptions(CausalLMOptions):
         except ValueError as error:
             raise ConfigError(f"`generator` {error}") from None
 
-    def make_generator(self, local: Callable[[], LocalGenerator]) -> Generator:
-        """The generator `generator` names; `local()` builds the task's model's."""
+    def make_generator(
+        self, local: Callable[[], LocalGenerator], spec: str | None = None
+    ) -> Generator:
+        """The generator `spec` (else `generator`) names; `local()` builds ours."""
         return make_generator(
-            self.generator,
+            self.generator if spec is None else spec,
             local=local,
             model=self.generator_model,
             chat=self.generator_chat,
         )
+
+
+def own_writer(
+    trainable: TrainableModel,
+    run: Any,
+    device: str = "cpu",
+    *,
+    fit_prompt: bool = False,
+) -> Callable[[], LocalGenerator]:
+    """`trainable` as the "local" generator: greedy, batched as the run evaluates.
+
+    Built only when asked for, so a run that writes with an endpoint never pays
+    for it. With `fit_prompt`, prompts are cut to the run's `max-length` less the
+    token to write; otherwise the whole prompt goes in (a conversation keeps its
+    system turn).
+    """
+
+    def build() -> LocalGenerator:
+        if trainable.tokenizer is None:
+            raise ConfigError(
+                "a local generator needs the task's model (generator=local)"
+            )
+        return LocalGenerator(
+            trainable.model,
+            trainable.tokenizer,
+            batch_size=run.client.eval_batch_size,
+            max_prompt_tokens=max(1, run.model.max_length - 1) if fit_prompt else 0,
+            device=device,
+        )
+
+    return build
 
 
 def frozen_writer(run: Any, device: str) -> TrainableModel:

@@ -56,11 +56,11 @@ import torch
 from ...config import ConfigError, ConfigValue, RunConfig
 from ...data import make_partitioner
 from ...engines.base import Batch
-from ...generators import Generator, LocalGenerator
+from ...generators import Generator
 from ...models import TrainableModel
 from ...seeding import STREAM_DATA, numpy_rng
 from ..base import ClientData, Rows, TaskOptions
-from ..causal_lm import CausalLMOptions, CausalLMTask, GeneratorOptions
+from ..causal_lm import CausalLMOptions, CausalLMTask, GeneratorOptions, own_writer
 from .constraints import Constraint, dumps, loads, verdicts
 from .instructions import LEVELS, Instruction
 from .pairs import build_instructions
@@ -296,16 +296,7 @@ class ConiferTask(CausalLMTask):
 
     def generator(self, trainable: TrainableModel, device: str = "cpu") -> Generator:
         """The option's generator; "local" is `trainable` itself, greedy."""
-
-        def local() -> LocalGenerator:
-            return LocalGenerator(
-                trainable.model,
-                trainable.tokenizer,
-                batch_size=self.run.client.eval_batch_size,
-                max_prompt_tokens=max(1, self.run.model.max_length - 1),
-                device=device,
-            )
-
+        local = own_writer(trainable, self.run, device, fit_prompt=True)
         return self.opts.make_generator(local)
 
     def feedback_pairs(

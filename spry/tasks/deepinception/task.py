@@ -39,10 +39,10 @@ from typing import Any, ClassVar
 import torch
 
 from ...config import ConfigError, RunConfig
-from ...generators import Generator, LocalGenerator
+from ...generators import Generator
 from ...models import TrainableModel
 from ..base import Rows, TaskOptions
-from ..causal_lm import CausalLMOptions, GeneratorOptions
+from ..causal_lm import CausalLMOptions, GeneratorOptions, own_writer
 from ..sft import SFTOptions, SFTTask
 from .redteam import Conversation, chat_mode, leak_scores, render, run_redteam
 from .scenes import MAX_TURNS, SCENES, Probe, build_probes
@@ -151,16 +151,7 @@ class DeepInceptionTask(SFTTask):
 
     def generator(self, trainable: TrainableModel, device: str = "cpu") -> Generator:
         """The option's generator; "local" is `trainable` itself, greedy."""
-
-        def local() -> LocalGenerator:
-            return LocalGenerator(
-                trainable.model,
-                trainable.tokenizer,
-                batch_size=self.run.client.eval_batch_size,
-                device=device,  # the whole conversation: its system turn stays
-            )
-
-        return self.opts.make_generator(local)
+        return self.opts.make_generator(own_writer(trainable, self.run, device))
 
     def red_team(
         self, trainable: TrainableModel, device: str = "cpu"

@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ...config import ConfigError, ConfigValue
-from ...generators import Generator, LocalGenerator
+from ...generators import Generator
 from ...models import TrainableModel
 from ...models.causal_lm import DEFAULT_CAUSAL_LM
 from ...seeding import STREAM_DATA, numpy_rng
 from ..base import ClientData, Rows, TextReply, TextTask
-from ..causal_lm import GeneratorOptions, frozen_writer
+from ..causal_lm import GeneratorOptions, frozen_writer, own_writer
 from .optimize import (
     Problem,
     ProblemRun,
@@ -174,14 +174,7 @@ class SoapTask(TextTask):
         return frozen_writer(self.run, device)
 
     def generator(self, trainable: TrainableModel, device: str) -> Generator:
-        def local() -> LocalGenerator:
-            return LocalGenerator(
-                trainable.model,
-                trainable.tokenizer,
-                batch_size=self.run.client.eval_batch_size,
-                device=device,
-            )
-
+        local = own_writer(trainable, self.run, device)
         if self.opts.generator.strip() == "local":
             return self.opts.make_generator(local)
         if not hasattr(self, "_generator"):  # an endpoint or a script: build once

@@ -32,14 +32,12 @@ from typing import Any, ClassVar
 from ...config import ConfigError, ConfigValue
 from ...generators import (
     Generator,
-    LocalGenerator,
     check_generator_spec,
-    make_generator,
 )
 from ...models import TrainableModel
 from ...models.causal_lm import DEFAULT_CAUSAL_LM
 from ..base import ClientData, Rows, TextReply, TextTask
-from ..causal_lm import GeneratorOptions, frozen_writer
+from ..causal_lm import GeneratorOptions, frozen_writer, own_writer
 from .agent import (
     AgentSettings,
     Trajectory,
@@ -211,28 +209,13 @@ class TipsTask(TextTask):
     def _generator(
         self, spec: str, trainable: TrainableModel, device: str
     ) -> Generator:
-        def local() -> LocalGenerator:
-            if trainable.tokenizer is None:
-                raise ConfigError("task 'tips': a local generator needs the model")
-            return LocalGenerator(
-                trainable.model,
-                trainable.tokenizer,
-                batch_size=self.run.client.eval_batch_size,
-                device=device,
-            )
-
         key = (spec, device)
         cache: dict[tuple[str, str], Generator] = self.__dict__.setdefault(
             "_generators", {}
         )
         if key not in cache:
-            opts = self.opts
-            cache[key] = make_generator(
-                spec,
-                local=local,
-                model=opts.generator_model,
-                chat=opts.generator_chat,
-            )
+            local = own_writer(trainable, self.run, device)
+            cache[key] = self.opts.make_generator(local, spec)
         return cache[key]
 
     def agent(self, trainable: TrainableModel, device: str) -> Generator:

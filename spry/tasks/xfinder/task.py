@@ -44,7 +44,7 @@ from ...generators import (
 )
 from ...models import TrainableModel
 from ..base import ClientData, Rows
-from ..causal_lm import CausalLMOptions, CausalLMTask, GeneratorOptions
+from ..causal_lm import CausalLMOptions, CausalLMTask, GeneratorOptions, own_writer
 from .examples import (
     HELD_OUT_STYLES,
     MODEL_STYLE,
@@ -153,12 +153,7 @@ class XFinderTask(CausalLMTask):
         """
 
         def local() -> LocalGenerator:
-            trainable = self.build_model("cpu")
-            return LocalGenerator(
-                trainable.model,
-                trainable.tokenizer,
-                batch_size=self.run.client.eval_batch_size,
-            )
+            return own_writer(self.build_model("cpu"), self.run)()
 
         made = self.opts.make_generator(local)
         chats = self.opts.generator_chat and getattr(made, "chats", True)
@@ -218,13 +213,7 @@ class XFinderTask(CausalLMTask):
 
     def extractor(self, trainable: TrainableModel, device: str = "cpu") -> Generator:
         """The extractor `evaluate` scores: `trainable`, greedy, batched."""
-        return LocalGenerator(
-            trainable.model,
-            trainable.tokenizer,
-            batch_size=self.run.client.eval_batch_size,
-            max_prompt_tokens=max(1, self.run.model.max_length - 1),
-            device=device,
-        )
+        return own_writer(trainable, self.run, device, fit_prompt=True)()
 
     @torch.no_grad()
     def evaluate(
