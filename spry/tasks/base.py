@@ -385,6 +385,23 @@ class TextTask(Task):
     ) -> dict[str, list[str]]: ...  # fmt: skip
 
 
+def tensor_batches(
+    columns: Mapping[str, Tensor], batch_size: int, order: np.ndarray | None = None
+) -> Iterator[Batch]:
+    """Batches of the same rows of every column, in `order` (default: as stored).
+
+    For tasks whose model reads tensors computed once (image features, a frozen
+    encoder's states, pixels) rather than text to tokenize.
+    """
+    size = len(next(iter(columns.values())))
+    index = torch.as_tensor(
+        np.arange(size) if order is None else order, dtype=torch.long
+    )
+    for start in range(0, len(index), batch_size):
+        part = index[start : start + batch_size]
+        yield {name: column[part] for name, column in columns.items()}
+
+
 def device_for(run: RunConfig) -> str:
     """CUDA when this process has a GPU and the run gives clients one."""
     return (

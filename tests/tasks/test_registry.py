@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
 
 from spry.config import ConfigError, RunConfig, default_values
 from spry.resolve import resolve
 from spry.tasks import Task, available, get, load_task, register
+from spry.tasks.base import tensor_batches
 from spry.tasks.registry import ENV_VAR
 
 
@@ -79,3 +82,16 @@ def test_an_invalid_task_option_names_the_field(key, value, message):
     with pytest.raises(ConfigError) as error:
         resolve({**default_values(), "task": task, key: value})
     assert message in str(error.value)
+
+
+def test_tensor_batches_keep_every_column_on_the_same_rows_in_order():
+    columns = {"x": torch.arange(10) * 10, "y": torch.arange(10)}
+    order = np.array([9, 2, 5, 0, 7])
+
+    batches = list(tensor_batches(columns, 2, order))
+
+    assert [b["y"].tolist() for b in batches] == [[9, 2], [5, 0], [7]]
+    assert all(torch.equal(b["x"], b["y"] * 10) for b in batches)
+    assert torch.equal(
+        torch.cat([b["y"] for b in tensor_batches(columns, 4)]), columns["y"]
+    )

@@ -48,7 +48,7 @@ from ...engines.base import Batch
 from ...jsonfile import write_json
 from ...models import TrainableModel
 from ...vision.clip import MAX_LOGIT_SCALE, VisionLanguageModel
-from ..base import LabelledDataTask, TaskOptions
+from ..base import LabelledDataTask, TaskOptions, tensor_batches
 from ..offline_clip import OfflineClipOptions
 from .detector import ID_TEMPLATE, embed_texts, mine_from_wordnet
 from .evaluation import (
@@ -283,10 +283,9 @@ class ClipscopeTask(LabelledDataTask):
     ) -> Iterator[Batch]:
         features = self.image_features(rows, self._images_for(rows))
         labels = torch.as_tensor(rows["label"], dtype=torch.long)
-        index = torch.as_tensor(np.arange(len(rows)) if order is None else order)
-        for start in range(0, len(index), batch_size):
-            part = index[start : start + batch_size]
-            yield {"features": features[part], "labels": labels[part]}
+        yield from tensor_batches(
+            {"features": features, "labels": labels}, batch_size, order
+        )
 
     @torch.no_grad()
     def evaluate(

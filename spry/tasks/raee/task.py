@@ -39,7 +39,7 @@ from ...classification import tokenize
 from ...config import RunConfig
 from ...engines.base import Batch
 from ...models import TrainableModel, resolve_model_path
-from ..base import Task, TaskOptions
+from ..base import Task, TaskOptions, tensor_batches
 from ..classification import ClassificationTask
 from .layers import forward_to_layer, layer_states
 from .retrieval import RetrievalDatabase, earliest_correct_layer
@@ -198,12 +198,9 @@ class RaeeTask(ClassificationTask):
         batch_size: int,
         order: np.ndarray | None = None,
     ) -> Iterator[Batch]:
-        states = self.states(rows)
         labels = torch.as_tensor(rows["label"], dtype=torch.long)
-        index = torch.as_tensor(np.arange(len(rows)) if order is None else order)
-        for start in range(0, len(index), batch_size):
-            rows_ = index[start : start + batch_size]
-            yield {"states": states[rows_], "labels": labels[rows_]}
+        columns = {"states": self.states(rows), "labels": labels}
+        yield from tensor_batches(columns, batch_size, order)
 
     @torch.no_grad()
     def evaluate(

@@ -34,7 +34,7 @@ from ...config import ConfigError
 from ...engines.base import Batch
 from ...jsonfile import write_json
 from ...models import TrainableModel
-from ..base import LabelledDataTask, TaskOptions
+from ..base import LabelledDataTask, TaskOptions, tensor_batches
 from .images import ImageDataset, load_image_dataset
 
 
@@ -157,13 +157,11 @@ class VerixTask(LabelledDataTask):
         order: np.ndarray | None = None,
     ) -> Iterator[Batch]:
         pixels, labels = _arrays(rows)
-        index = np.arange(len(labels)) if order is None else order
-        for start in range(0, len(index), batch_size):
-            rows_ = index[start : start + batch_size]
-            yield {
-                "pixels": torch.from_numpy(pixels[rows_]),
-                "labels": torch.from_numpy(labels[rows_]),
-            }
+        columns = {
+            "pixels": torch.from_numpy(pixels),
+            "labels": torch.from_numpy(labels),
+        }
+        yield from tensor_batches(columns, batch_size, order)
 
     @torch.no_grad()
     def evaluate(
