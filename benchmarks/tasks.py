@@ -38,9 +38,10 @@
 - tips: Introspective Tips on 20 unseen TextWorld games (offline, seeded,
   cached): the offline SmolLM2-135M plays (10 commands a game at most); 5 clients
   play 2 games of their own a round and introspect them into tips the server
-  merges with MiniLM; zero-shot (no tips), own trajectories, expert walkthroughs,
-  own + few-shot; normalized score without tips (round 0) and with the last
-  merged tips (one 20-game evaluation took about 25 min on a loaded 2-core CPU).
+  merges with MiniLM; tips from own trajectories, from expert walkthroughs, own
+  + few-shot; normalized score without tips (round 0: zero-shot, or few-shot)
+  and with the last merged tips (one 20-game evaluation took about 25 min on a
+  loaded 2-core CPU).
 - soap: SOAP's generate-profile-revise loop with the offline SmolLM2 (chat form)
   on 12 seeded HumanEval problems (4 held out), with and without shared hints:
   pass@1 and ET/MU/TMU, NET/NMU/NTMU per iteration, before (round 0) and after
@@ -65,7 +66,7 @@ seed, and its table compares them.
     python -m benchmarks.tasks --task sep --set sep.clip=<CLIPModel dir>  # real CLIP
     python -m benchmarks.tasks --task clipscope    # two pairs, 5 rounds each
     python -m benchmarks.tasks --task deepinception  # two runs: spry, fedavg
-    python -m benchmarks.tasks --task tips         # four runs, 2 rounds
+    python -m benchmarks.tasks --task tips         # three runs, 2 rounds
     python -m benchmarks.tasks --task soap         # two runs: hints shared or not
 Writes benchmarks/results/task_<name>.{md,json} (and the VeriX mask grid).
 """
@@ -214,9 +215,10 @@ VARIANTS: dict[str, list[tuple[str, str, list[str]]]] = {
         ("hints", "spry", ["soap.share-hints=true"]),
         ("no-hints", "spry", ["soap.share-hints=false"]),
     ],
-    # where the tips come from (the text rounds share them; no weights train)
+    # where the tips come from (the text rounds share them; no weights train).
+    # No "no tips" run: every run's round 0 plays the same games without tips
+    # (greedy, same seed), so its first column is the zero-shot score
     "tips": [
-        ("zero-shot", "spry", ["tips.source=none"]),
         ("own", "spry", ["tips.source=own"]),
         ("expert", "spry", ["tips.source=expert"]),
         ("own-few-shot", "spry", ["tips.source=own", "tips.few-shot=true"]),
