@@ -962,7 +962,8 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument(
         "--resume", action="store_true",
-        help="keep each run that already completed under the same command",
+        help="keep each run that already completed under the same command, and "
+        "continue one it started but did not finish from its checkpoint",
     )  # fmt: skip
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
