@@ -274,7 +274,8 @@ def run_task(
         command += ["--set", item]
     saved, started = out / "command.json", out / "started.json"
     done = _newest_run(out)
-    if resume and done and _completed(done) and _same(saved, command):
+    ours = _same(saved, command) or _same(started, command)
+    if resume and done and _completed(done) and ours:
         print(f"{task} {method or ''}: kept {done}")
         return done
     saved.unlink(missing_ok=True)

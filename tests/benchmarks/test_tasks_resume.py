@@ -25,9 +25,12 @@ def _finished_run(out, status="completed"):
     return run_dir
 
 
-def test_a_completed_run_of_the_same_command_is_kept(tmp_path):
+@pytest.mark.parametrize("claim", ["command.json", "started.json"])
+def test_a_completed_run_of_the_same_command_is_kept(tmp_path, claim):
+    # started.json alone: the run finished, the wrapper was killed before it
+    # wrote command.json
     run_dir = _finished_run(tmp_path)
-    (tmp_path / "command.json").write_text(json.dumps(_command(tmp_path)))
+    (tmp_path / claim).write_text(json.dumps(_command(tmp_path)))
     assert run_task("raee", 2, 0, [], tmp_path, resume=True) == run_dir
 
 
