@@ -279,15 +279,15 @@ def run_task(
         print(f"{task} {method or ''}: kept {done}")
         return done
     saved.unlink(missing_ok=True)
-    run = command
     cut_short = done is not None and (done / "checkpoint.npz").exists()
-    if resume and cut_short and _same(started, command):
+    resuming = resume and cut_short and _same(started, command)
+    run = [*command, "--resume", str(done)] if resuming else command
+    if resuming:
         print(f"{task} {method or ''}: continuing {done} from its checkpoint")
-        run = [*command, "--resume", str(done)]
     else:
         write_json(started, command[1:])
     start = time.time()
-    with open(out / "run.log", "a" if run is not command else "w") as log:
+    with open(out / "run.log", "a" if resuming else "w") as log:
         subprocess.run(run, stdout=log, stderr=subprocess.STDOUT, check=True)
     print(f"{task} {method or ''}: {time.time() - start:.0f} s")
     write_json(saved, command[1:])  # the interpreter's path left out

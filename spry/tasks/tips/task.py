@@ -30,10 +30,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ...config import ConfigError, ConfigValue
-from ...generators import (
-    Generator,
-    check_generator_spec,
-)
+from ...generators import Generator, check_generator_spec
 from ...models import TrainableModel
 from ...models.causal_lm import DEFAULT_CAUSAL_LM
 from ..base import ClientData, Rows, TextReply, TextTask
