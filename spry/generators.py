@@ -17,6 +17,7 @@ A task option names one (`make_generator`): "local", an http(s) URL of the serve
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import json
 import os
@@ -25,6 +26,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from .generation import generate
@@ -239,13 +241,24 @@ def check_generator_spec(spec: str, *, also: Sequence[str] = ()) -> None:
 def trained_generator(
     run_dir: str, *, batch_size: int = 16, device: str = "cpu"
 ) -> LocalGenerator:
-    """Greedy continuations from the causal LM the run at `run_dir` trained."""
+    """Greedy continuations from the causal LM the run at `run_dir` trained.
+
+    The model is loaded once per process and folder (`_trained_lm`), so a task
+    may ask for its generator every round: only a rewritten folder loads again.
+    """
+    folder = Path(run_dir).resolve()
+    stamp = (folder / "final-weights.npz").stat().st_mtime_ns
+    model, tokenizer = _trained_lm(str(folder), stamp, device)
+    return LocalGenerator(model, tokenizer, batch_size=batch_size, device=device)
+
+
+@functools.lru_cache(maxsize=2)
+def _trained_lm(run_dir: str, stamp: int, device: str) -> tuple[Any, Any]:
+    """(model, tokenizer) the run at `run_dir` trained; `stamp` keys a rewrite."""
     from .trained import load_trained
 
     _, trainable = load_trained(run_dir, device)
     if getattr(trainable, "tokenizer", None) is None:
         raise ValueError(f"the run at {run_dir} trained no language model")
     trainable.model.eval()
-    return LocalGenerator(
-        trainable.model, trainable.tokenizer, batch_size=batch_size, device=device
-    )
+    return trainable.model, trainable.tokenizer

@@ -681,6 +681,8 @@ def test_two_rounds_in_the_simulation_engine(tmp_path, monkeypatch):
         ["problem : what is 3 + 4 ?"], max_new_tokens=3
     )
     assert len(written) == 1 and isinstance(written[0], str)
+    # asked for again (a task asks every round), the folder's model is not reloaded
+    assert make_generator(str(run_dir)).model is make_generator(str(run_dir)).model
 
 
 # -- the benchmark's table -----------------------------------------------------------

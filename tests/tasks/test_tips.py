@@ -336,15 +336,12 @@ def test_zero_shot_shares_no_tips_and_few_shot_shows_an_expert_game(cache, games
     assert reply.text == {"tips": []} and reply.metrics["tips-written"] == 0.0
     assert task.merge_text(1, {"tips": []}, [reply]) == {"tips": []}
 
-    few = _task(cache, source="none", few_shot=True)
+    few = _task(
+        cache, source="none", few_shot=True, generator=f"{SCRIPTS}:recording_agent"
+    )
     example = few.settings().example
     assert example.startswith("Goal: ") and "won" in example.splitlines()[-1]
-    seen = []
-
-    def agent(prompt):
-        seen.append(prompt)
-        return tips_scripts.agent(prompt)
-
-    few._generators = {(f"{SCRIPTS}:agent", "cpu"): ScriptedGenerator(agent)}
+    seen = tips_scripts.SEEN
+    seen.clear()
     few.text_round(few.model(), 0, 1, {"tips": []})
     assert seen and all("An example of a finished game:\n" + example in p for p in seen)

@@ -14,6 +14,8 @@ tips do:
   naming the expert's commands in order.
 - `chatty_writer`: the own writer's tip in other words, numbered and followed by
   chatter, to exercise the tip parser.
+- `recording_agent`: `agent`, keeping every prompt it reads in `SEEN`, so a test
+  can check what the task showed it.
 
 Named as "tests.tasks.tips_scripts:agent" etc. in `tips.generator`/`tip-writer`.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 import re
 
 _IDLE = ("look", "inventory", "examine ")
+SEEN: list[str] = []
 
 
 def _section(prompt: str, header: str) -> str:
@@ -84,3 +87,8 @@ def expert_writer(prompt: str) -> str:
 def chatty_writer(prompt: str) -> str:
     tip = own_writer(prompt).strip()
     return f"1. {tip}\n2. ok\nTip 3: Read the goal before you move.\n\nYour game:\n"
+
+
+def recording_agent(prompt: str) -> str:
+    SEEN.append(prompt)
+    return agent(prompt)

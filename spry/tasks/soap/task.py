@@ -174,12 +174,11 @@ class SoapTask(TextTask):
         return frozen_writer(self.run, device)
 
     def generator(self, trainable: TrainableModel, device: str) -> Generator:
-        local = own_writer(trainable, self.run, device)
-        if self.opts.generator.strip() == "local":
-            return self.opts.make_generator(local)
-        if not hasattr(self, "_generator"):  # an endpoint or a script: build once
-            self._generator = self.opts.make_generator(local)
-        return self._generator
+        """The option's writer ("local": `trainable`, greedy), built per call.
+
+        Free for every spec: a run folder's model loads once per process.
+        """
+        return self.opts.make_generator(own_writer(trainable, self.run, device))
 
     # -- problems ----------------------------------------------------------------------
 

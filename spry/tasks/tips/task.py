@@ -206,14 +206,7 @@ class TipsTask(TextTask):
     def _generator(
         self, spec: str, trainable: TrainableModel, device: str
     ) -> Generator:
-        key = (spec, device)
-        cache: dict[tuple[str, str], Generator] = self.__dict__.setdefault(
-            "_generators", {}
-        )
-        if key not in cache:
-            local = own_writer(trainable, self.run, device)
-            cache[key] = self.opts.make_generator(local, spec)
-        return cache[key]
+        return self.opts.make_generator(own_writer(trainable, self.run, device), spec)
 
     def agent(self, trainable: TrainableModel, device: str) -> Generator:
         """The generator that picks commands (`generator`)."""
