@@ -68,6 +68,10 @@ seed, and its table compares them.
     python -m benchmarks.tasks --task deepinception  # two runs: spry, fedavg
     python -m benchmarks.tasks --task tips         # three runs, 2 rounds
     python -m benchmarks.tasks --task soap         # two runs: hints shared or not
+    # variants side by side in two processes, then the table (keeps both runs)
+    python -m benchmarks.tasks --task tips --variant own --resume &
+    python -m benchmarks.tasks --task tips --variant expert --resume
+    python -m benchmarks.tasks --task tips --resume
 Writes benchmarks/results/task_<name>.{md,json} (and the VeriX mask grid).
 """
 
@@ -891,12 +895,31 @@ TABLES = {
 }
 
 
-def run_variants(task: str, rounds: int, args: argparse.Namespace) -> str:
-    """Every variant of `task` on the same seed; the results files' text."""
-    runs: dict[str, tuple[dict[str, Any], list[dict[str, float]]]] = {}
+def chosen_variants(task: str, labels: list[str]) -> list[tuple[str, str, list[str]]]:
+    """`task`'s variants named in `labels` (all when none is named).
+
+    Naming some lets variants run side by side in separate processes; a later
+    run without `--variant` (and with `--resume`) keeps them and writes the table.
+    """
+    variants = VARIANTS[task]
+    unknown = sorted(set(labels) - {label for label, _, _ in variants})
+    if unknown:
+        known = ", ".join(label for label, _, _ in variants)
+        raise SystemExit(f"{task} has no variant {', '.join(unknown)} (it has {known})")
+    return [v for v in variants if not labels or v[0] in labels]
+
+
+Runs = dict[str, tuple[dict[str, Any], list[dict[str, float]]]]
+
+
+def run_variants(
+    task: str, rounds: int, args: argparse.Namespace
+) -> tuple[Runs, dict[str, str]]:
+    """The chosen variants of `task` on the same seeds: runs and commands by key."""
+    runs: Runs = {}
     commands: dict[str, str] = {}
     seeds = [args.seed + i for i in range(SEEDS.get(task, 1))]
-    for label, method, sets in VARIANTS[task]:
+    for label, method, sets in chosen_variants(task, args.variant):
         for seed in seeds:
             # one seed: the label alone, as before; several: label/seed<n>
             key = label if len(seeds) == 1 else f"{label}/seed{seed}"
@@ -917,6 +940,13 @@ def run_variants(task: str, rounds: int, args: argparse.Namespace) -> str:
                 [f"--task {task} --method {method} --rounds {rounds}",
                  f"--seed {seed}", *flags]
             )  # fmt: skip
+    return runs, commands
+
+
+def variants_results(
+    task: str, runs: Runs, commands: dict[str, str], args: argparse.Namespace
+) -> str:
+    """The variant table's markdown; its runs written to task_<task>.json."""
     extras = EXTRAS[task](args) if task in EXTRAS else {}
     table = TABLES[task](runs, **extras)
     listing = [
@@ -966,12 +996,24 @@ def main() -> None:
         help="keep each run that already completed under the same command, and "
         "continue one it started but did not finish from its checkpoint",
     )  # fmt: skip
+    parser.add_argument(
+        "--variant", action="append", default=[], metavar="LABEL",
+        help="run only this variant of the task (repeatable); the task's results "
+        "files are left as they are",
+    )  # fmt: skip
     args = parser.parse_args()
+    tasks = args.task or sorted(TABLES)
+    if args.variant and (len(tasks) != 1 or tasks[0] not in VARIANTS):
+        parser.error("--variant needs one --task that has variants")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    for task in args.task or sorted(TABLES):
+    for task in tasks:
         rounds = args.rounds or ROUNDS.get(task, 20)
         if task in VARIANTS:
-            text = run_variants(task, rounds, args)
+            runs, commands = run_variants(task, rounds, args)
+            if args.variant:  # some variants only: the results files stay as they are
+                print(f"{task}: {', '.join(runs)} done under {args.runs_dir / task}")
+                continue
+            text = variants_results(task, runs, commands, args)
             (RESULTS / f"task_{task}.md").write_text(text)
             print(text)
             continue

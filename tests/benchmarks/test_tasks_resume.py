@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from benchmarks.tasks import SETTINGS, run_task
+from benchmarks.tasks import SETTINGS, VARIANTS, chosen_variants, run_task
 
 
 def _command(out, task="raee", rounds=2):
@@ -76,3 +76,11 @@ def test_a_checkpoint_of_another_command_is_not_continued(tmp_path, monkeypatch)
 
     assert "--resume" not in (tmp_path / "run.log").read_text()
     assert json.loads((tmp_path / "started.json").read_text()) == _command(tmp_path)
+
+
+def test_variants_are_chosen_by_label_and_an_unknown_label_names_the_known_ones():
+    labels = [label for label, _, _ in chosen_variants("tips", ["expert", "own"])]
+    assert labels == ["own", "expert"]  # the table's order, not the command line's
+    assert len(chosen_variants("tips", [])) == len(VARIANTS["tips"])
+    with pytest.raises(SystemExit, match="no variant fast.*own, expert"):
+        chosen_variants("tips", ["own", "fast"])
