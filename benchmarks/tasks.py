@@ -67,7 +67,7 @@ seed, and its table compares them.
     python -m benchmarks.tasks --task clipscope    # two pairs, 5 rounds each
     python -m benchmarks.tasks --task deepinception  # two runs: spry, fedavg
     python -m benchmarks.tasks --task tips         # three runs, 2 rounds
-    python -m benchmarks.tasks --task soap         # two runs: hints shared or not
+    python -m benchmarks.tasks --task soap         # hints shared or not; reference
     # variants side by side in two processes, then the table (keeps both runs)
     python -m benchmarks.tasks --task tips --variant own --resume &
     python -m benchmarks.tasks --task tips --variant expert --resume
@@ -218,6 +218,15 @@ VARIANTS: dict[str, list[tuple[str, str, list[str]]]] = {
     "soap": [
         ("hints", "spry", ["soap.share-hints=true"]),
         ("no-hints", "spry", ["soap.share-hints=false"]),
+        # no model: the canonical solutions, to show the profiler's noise floor
+        (
+            "reference",
+            "spry",
+            [
+                "soap.share-hints=false",
+                "soap.generator=benchmarks.soap_reference:canonical_writer",
+            ],
+        ),
     ],
     # where the tips come from (the text rounds share them; no weights train).
     # No "no tips" run: every run's round 0 plays the same games without tips
