@@ -85,14 +85,21 @@ class GeneratorOptions(CausalLMOptions):
             raise ConfigError(f"`generator` {error}") from None
 
     def make_generator(
-        self, local: Callable[[], LocalGenerator], spec: str | None = None
+        self,
+        local: Callable[[], LocalGenerator],
+        spec: str | None = None,
+        *,
+        chat: bool | None = None,
     ) -> Generator:
-        """The generator `spec` (else `generator`) names; `local()` builds ours."""
+        """The generator `spec` (else `generator`) names; `local()` builds ours.
+
+        `chat` (else `generator-chat`): whether it is asked in chat form.
+        """
         return make_generator(
             self.generator if spec is None else spec,
             local=local,
             model=self.generator_model,
-            chat=self.generator_chat,
+            chat=self.generator_chat if chat is None else chat,
         )
 
 

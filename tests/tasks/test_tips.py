@@ -214,6 +214,11 @@ def test_the_introspection_prompt_and_the_tip_parser(games):
     chatty = ScriptedGenerator(tips_scripts.chatty_writer)
     (tips,) = introspect(chatty, [played], [], max_tips=3)
     assert tips[-1] == "Read the goal before you move." and len(tips) == 2
+    # a chat writer is asked without the cue that starts a first tip, and its
+    # reply is read as written
+    asked = introspection_prompt(played, [], max_tips=2, cue=False)
+    assert asked.endswith('each starting with "- ".') and "Tips:\n" not in asked
+    assert introspect(chatty, [played], [], max_tips=3, cue=False) == [tips]
 
 
 # -- merging ---------------------------------------------------------------------------

@@ -38,10 +38,14 @@ def introspection_prompt(
     max_tips: int = 3,
     max_steps: int = 20,
     reply_chars: int = 160,
+    cue: bool = True,
 ) -> str:
     """The request for tips after `trajectory` (next to `expert`'s, when given).
 
-    It ends with "- ", so a plain causal LM continues straight into a tip.
+    With `cue` it ends with a "Tips:" line and "- ", so a plain causal LM goes
+    straight into a tip. A chat writer gets no cue: its template closes the turn
+    after it, and SmolLM2-135M-Instruct, asked that way, answered "1. 1. 1. ..."
+    where without the cue it wrote three tips.
     """
     show = {"max_steps": max_steps, "reply_chars": reply_chars}
     parts = []
@@ -61,7 +65,7 @@ def introspection_prompt(
     parts.append(
         compare + f"Write at most {max_tips} short, general tips that would help "
         "you score higher in games like this one, one tip a line, each starting "
-        'with "- ".\nTips:\n- '
+        'with "- ".' + ("\nTips:\n- " if cue else "")
     )
     return "\n\n".join(parts)
 
@@ -101,11 +105,13 @@ def introspect(
     experts: Sequence[Trajectory] | None = None,
     max_tips: int = 3,
     max_new_tokens: int = 96,
+    cue: bool = True,
 ) -> list[list[str]]:
     """One tip list per trajectory, asked of `generator` in one batch.
 
     With `experts` (one per trajectory, same game), each request shows the
-    expert's demonstration next to the agent's game.
+    expert's demonstration next to the agent's game. `cue`: the requests end
+    inside a first tip, for a writer that continues text (not a chat).
     """
     if experts is not None and len(experts) != len(trajectories):
         raise ValueError("one expert trajectory per game is needed")
@@ -115,11 +121,13 @@ def introspect(
             tips,
             expert=None if experts is None else experts[i],
             max_tips=max_tips,
+            cue=cue,
         )
         for i, trajectory in enumerate(trajectories)
     ]
     if not prompts:
         return []
     written = generator(prompts, max_new_tokens=max_new_tokens)
-    # The prompt ends inside the first tip ("- "): put its marker back.
-    return [parse_tips("- " + w, max_tips=max_tips) for w in written]
+    # A cued prompt ends inside the first tip ("- "): put its marker back.
+    marker = "- " if cue else ""
+    return [parse_tips(marker + w, max_tips=max_tips) for w in written]

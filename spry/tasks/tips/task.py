@@ -78,6 +78,13 @@ class TipsOptions(GeneratorOptions):
             "spec: local, an http(s) API root, module:function, a run folder)"
         },
     )
+    tip_writer_chat: bool = field(
+        default=True,
+        metadata={
+            "help": "ask the tip writer in chat form (asked plainly, the offline "
+            'SmolLM2 answers "1. 1. 1. ..." and writes no tip)'
+        },
+    )
     few_shot: bool = field(
         default=False, metadata={"help": "one expert game as an example in prompts"}
     )
@@ -203,19 +210,24 @@ class TipsTask(TextTask):
             return super().build_model(device)
         return frozen_writer(self.run, device)
 
-    def _generator(
-        self, spec: str, trainable: TrainableModel, device: str
-    ) -> Generator:
-        return self.opts.make_generator(own_writer(trainable, self.run, device), spec)
-
     def agent(self, trainable: TrainableModel, device: str) -> Generator:
-        """The generator that picks commands (`generator`)."""
-        return self._generator(self.opts.generator.strip(), trainable, device)
+        """The generator that picks commands (`generator`, `generator-chat`)."""
+        return self.opts.make_generator(own_writer(trainable, self.run, device))
 
     def tip_writer(self, trainable: TrainableModel, device: str) -> Generator:
-        """The generator that introspects (`tip-writer`, else the agent's)."""
+        """The generator that introspects (`tip-writer`, else the agent's).
+
+        Asked in chat form or not by `tip-writer-chat`, apart from the agent: the
+        offline SmolLM2 picks commands best continuing a plain prompt (in chat
+        form 95% of its replies named no admissible command, on 4 games) but
+        writes tips only when asked in chat form.
+        """
         spec = self.opts.tip_writer.strip() or self.opts.generator.strip()
-        return self._generator(spec, trainable, device)
+        return self.opts.make_generator(
+            own_writer(trainable, self.run, device),
+            spec,
+            chat=self.opts.tip_writer_chat,
+        )
 
     # -- games -------------------------------------------------------------------------
 
@@ -286,6 +298,7 @@ class TipsTask(TextTask):
                 experts=experts,
                 max_tips=self.opts.tips_per_game,
                 max_new_tokens=self.opts.tip_tokens,
+                cue=not self.opts.tip_writer_chat,
             ):
                 written.extend(t for t in game_tips if t not in written)
         metrics = {
