@@ -3,8 +3,7 @@
 It measures the loop, not a model. pass@1 is 100% by construction, and each
 revision is the same code measured again, so NET, NMU and NTMU are the canonical
 solution against itself: their spread is the profiler's noise floor on this
-machine, the smallest change a model's revision has to beat to mean anything;
-and the revisions the loop keeps ("faster or leaner") are kept on noise alone.
+machine, the smallest change a model's revision has to beat to mean anything.
 
     spry run --task soap --set soap.generator=benchmarks.soap_reference:canonical_writer
 """

@@ -316,7 +316,10 @@ def revision_prompt(run: ProblemRun, settings: Settings, hints: Sequence[str]) -
 
 
 def revise(run: ProblemRun, reply: str, iteration: int, settings: Settings) -> Step:
-    """Measure a revision; keep it if it passes (and the kept code did not beat it)."""
+    """Measure a revision; keep it if it passes, as SOAP does, faster or not.
+
+    Its hint counts (is shared) only when it also improved ET or TMU.
+    """
     last = run.steps[-1]
     solution = solution_source(run.problem, reply)
     result = measure(run.problem, solution, settings)
