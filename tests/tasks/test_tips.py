@@ -200,12 +200,14 @@ def test_the_introspection_prompt_and_the_tip_parser(games):
     text = (
         "- 1. Open every container you see.\n2) ok\n* Tip 3: Read the goal first, "
         "then act.\nYour game:\n> go east\n- open every container you see.\n"
-        "- Move to rooms named in the goal.\n"
+        "- Move to rooms named in the goal.\nGoal: Hey, thanks for coming over to "
+        "the TextWorld today\n3. **Drop nothing**: keep what the goal names.\n"
     )
     assert parse_tips(text, max_tips=5) == [
         "Open every container you see.",
         "Read the goal first, then act.",
         "Move to rooms named in the goal.",
+        "Drop nothing: keep what the goal names.",
     ]
     assert parse_tips(text, max_tips=1) == ["Open every container you see."]
     long = "- " + " ".join(["word"] * 100)

@@ -28,6 +28,8 @@ from .agent import Trajectory, render_tips, render_trajectory
 OWN, EXPERT = "own", "expert"
 _MARKER = re.compile(r"^\s*(?:(?:[-*\u2022]|\d+[.):]|tip\s*\d*\s*[:.-])\s*)+", re.I)
 MIN_WORDS = 3
+# Lines that begin as the prompt's own parts do: the writer echoing its input
+ECHOES = ("goal:", "start:", "final score:", "your game:", "tips you played with:")
 
 
 def introspection_prompt(
@@ -73,16 +75,19 @@ def introspection_prompt(
 def parse_tips(text: str, *, max_tips: int, max_chars: int = 200) -> list[str]:
     """Tips from a writer's text: one a line, markers dropped, at most `max_tips`.
 
-    A line of fewer than `MIN_WORDS` words, a repeat, a header ("Your game:") or
-    a game command ("> go east") is skipped; a line longer than `max_chars` is
-    cut at its last word that fits.
+    A line of fewer than `MIN_WORDS` words, a repeat, a header ("Your game:"), a
+    game command ("> go east") or an echo of the prompt ("Goal: ...") is skipped;
+    markdown bold goes; a line longer than `max_chars` is cut at its last word
+    that fits.
     """
     tips: list[str] = []
     seen: set[str] = set()
     for raw in text.replace("\r\n", "\n").split("\n"):
-        line = " ".join(_MARKER.sub("", raw).split()).strip("\"'`")
+        line = " ".join(_MARKER.sub("", raw.replace("**", "")).split()).strip("\"'`")
         if line.endswith(":") or raw.lstrip().startswith(">"):
             continue  # a section header or a game command, not a tip
+        if line.lower().startswith(ECHOES):
+            continue  # the writer repeating the prompt
         if len(line.split()) < MIN_WORDS:
             continue
         if len(line) > max_chars:
